@@ -1,0 +1,10 @@
+// The ATen (permute + bmm) implementations of the ks ops. They are the CPU kernels, and the
+// CUDA fallbacks for dtypes the fused kernels do not cover (float64).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace ks {
+at::Tensor matmul_aten(const at::Tensor& x, const at::Tensor& w, bool batch_last);
+at::Tensor weight_grad_aten(const at::Tensor& grad_y, const at::Tensor& x,
+                            at::IntArrayRef pattern, bool batch_last);
+}  // namespace ks

@@ -1,0 +1,103 @@
+// Input validation shared by every ks::matmul / ks::weight_grad kernel (CPU and CUDA), so that
+// bad input gets the same plain-words error whatever the device.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <array>
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+namespace ks {
+
+using Pattern = std::array<int64_t, 4>;  // (a, b, c, d)
+
+inline std::string pattern_str(const Pattern& p) {
+  std::ostringstream s;
+  s << "pattern (a,b,c,d)=(" << p[0] << "," << p[1] << "," << p[2] << "," << p[3] << ")";
+  return s.str();
+}
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::ostringstream s;
+  s << t.sizes();
+  return s.str();
+}
+
+inline void check_float_dtype(const at::Tensor& t, const char* name) {
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "ks: ", name, " must be float32, float64, float16 or bfloat16, got ", dt);
+}
+
+// Validates w and returns its pattern.
+inline Pattern check_weights(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 4, "ks: w must be 4-D (a,b,c,d) carrying the pattern, got shape ",
+              shape_str(w));
+  check_float_dtype(w, "w");
+  const Pattern p = {w.size(0), w.size(1), w.size(2), w.size(3)};
+  TORCH_CHECK(p[0] > 0 && p[1] > 0 && p[2] > 0 && p[3] > 0,
+              "ks: w's dims (a,b,c,d) must be positive, got ", pattern_str(p));
+  return p;
+}
+
+// x's feature size for the product and its batch size; errors name the pattern and shapes.
+inline int64_t check_operand(const at::Tensor& x, const Pattern& p, int64_t features,
+                             bool batch_last, const char* name, const char* what) {
+  if (batch_last) {
+    TORCH_CHECK(x.dim() == 2, "ks: batch-last ", name, " must be 2-D (", what, "=", features,
+                ", B) for ", pattern_str(p), ", got shape ", shape_str(x));
+    TORCH_CHECK(x.size(0) == features, "ks: batch-last ", name, " has ", x.size(0),
+                " rows but ", pattern_str(p), " needs ", what, "=", features, " (shape ",
+                shape_str(x), ")");
+    return x.size(1);
+  }
+  TORCH_CHECK(x.dim() >= 1, "ks: ", name, " must have at least 1 dim (..., ", what, "=", features,
+              ") for ", pattern_str(p), ", got a 0-d tensor");
+  TORCH_CHECK(x.size(-1) == features, "ks: ", name, " last dim is ", x.size(-1), " but ",
+              pattern_str(p), " needs ", what, "=", features, " (shape ", shape_str(x), ")");
+  return features == 0 ? 0 : x.numel() / features;
+}
+
+inline void check_same(const at::Tensor& x, const at::Tensor& w, const char* xn, const char* wn) {
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "ks: ", xn, " and ", wn,
+              " must have the same dtype, got ", xn, " ", x.scalar_type(), " and ", wn, " ",
+              w.scalar_type());
+  TORCH_CHECK(x.device() == w.device(), "ks: ", xn, " and ", wn,
+              " must be on the same device, got ", xn, " on ", x.device(), " and ", wn, " on ",
+              w.device());
+}
+
+// ks::matmul(x, w, batch_last): returns the pattern and the batch size B.
+inline Pattern check_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
+                            int64_t* batch) {
+  const Pattern p = check_weights(w);
+  check_float_dtype(x, "x");
+  check_same(x, w, "x", "w");
+  *batch = check_operand(x, p, p[0] * p[2] * p[3], batch_last, "x", "a*c*d");
+  return p;
+}
+
+// ks::weight_grad(grad_y, x, pattern, batch_last): returns the pattern and B.
+inline Pattern check_weight_grad(const at::Tensor& grad_y, const at::Tensor& x,
+                                 at::IntArrayRef pattern, bool batch_last, int64_t* batch) {
+  TORCH_CHECK(pattern.size() == 4, "ks: pattern must have 4 entries (a,b,c,d), got ",
+              pattern.size());
+  const Pattern p = {pattern[0], pattern[1], pattern[2], pattern[3]};
+  TORCH_CHECK(p[0] > 0 && p[1] > 0 && p[2] > 0 && p[3] > 0,
+              "ks: pattern entries must be positive, got ", pattern_str(p));
+  check_float_dtype(x, "x");
+  check_float_dtype(grad_y, "grad_y");
+  check_same(grad_y, x, "grad_y", "x");
+  const int64_t bx = check_operand(x, p, p[0] * p[2] * p[3], batch_last, "x", "a*c*d");
+  const int64_t by = check_operand(grad_y, p, p[0] * p[1] * p[3], batch_last, "grad_y", "a*b*d");
+  TORCH_CHECK(bx == by && (batch_last || x.sizes().slice(0, x.dim() - 1).equals(
+                                             grad_y.sizes().slice(0, grad_y.dim() - 1))),
+              "ks: x ", shape_str(x), " and grad_y ", shape_str(grad_y),
+              " must have the same batch dims for ", pattern_str(p));
+  *batch = bx;
+  return p;
+}
+
+}  // namespace ks

@@ -1,0 +1,78 @@
+"""KSLinear: a chain of Kronecker-sparse factors, a drop-in for nn.Linear."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import backends
+from .pattern import KSPattern, check_chain
+
+
+class KSLinear(nn.Module):
+    """y = x · (K_n ⋯ K_1)ᵀ + bias, with K_1 (the first pattern listed) applied first.
+
+    Weights are a ParameterList of (a,b,c,d) tensors with the paper's init U[-1/c, 1/c]; the bias
+    is initialized like nn.Linear's. ``backend`` names how the product runs (``ks_ops.backends``).
+    """
+
+    def __init__(
+        self,
+        patterns: Sequence[KSPattern | Sequence[int]],
+        bias: bool = True,
+        *,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        chain = check_chain(patterns)
+        backends.resolve(backend, "cpu", torch.float32)  # fail on unknown names now, not at forward
+        self.backend = backend
+        self.in_features = chain[0].in_features
+        self.out_features = chain[-1].out_features
+        self.factors = nn.ParameterList(
+            nn.Parameter(p.random_weights(device=device, dtype=dtype)) for p in chain
+        )
+        if bias:
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
+
+    @property
+    def patterns(self) -> list[KSPattern]:
+        return [KSPattern.of_weights(w) for w in self.factors]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"KSLinear: input last dim is {x.shape[-1]} but the chain "
+                f"{[str(p) for p in self.patterns]} takes in_features={self.in_features} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        product = backends.get_backend(self.backend, x.device, x.dtype)
+        for w in self.factors:
+            x = product(x, w)
+        return x if self.bias is None else x + self.bias
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense (out_features x in_features) matrix K_n ⋯ K_1."""
+        dense = None
+        for p, w in zip(self.patterns, self.factors):
+            k = p.to_dense(w)
+            dense = k if dense is None else k @ dense
+        return dense
+
+    @property
+    def nnz(self) -> int:
+        return sum(p.nnz for p in self.patterns)
+
+    def extra_repr(self) -> str:
+        chain = ", ".join(str(p) for p in self.patterns)
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"chain=[{chain}], bias={self.bias is not None}, backend={self.backend}"
+        )

@@ -1,0 +1,99 @@
+"""Entry points, fake (meta) kernels and autograd of the ks ops.
+
+The schemas and real kernels live in C++ (csrc/); importing this module loads them."""
+from __future__ import annotations
+
+import torch
+
+from . import _native  # noqa: F401  (registers torch.ops.ks.*)
+
+
+def matmul(x: torch.Tensor, w: torch.Tensor, *, batch_last: bool = False) -> torch.Tensor:
+    """KS product with the pattern carried by w (a,b,c,d).
+
+    batch_last=False: x (..., a·c·d) -> (..., a·b·d), y = x·Kᵀ.
+    batch_last=True:  x (a·c·d, B) -> (a·b·d, B),    y = K·x.
+    """
+    return torch.ops.ks.matmul(x, w, batch_last=batch_last)
+
+
+def _check_operand(x, features: int, batch_last: bool, name: str, what: str, pattern) -> None:
+    if batch_last:
+        torch._check(x.dim() == 2, lambda: f"ks: batch-last {name} must be 2-D ({what}={features}, B) "
+                     f"for pattern {pattern}, got shape {tuple(x.shape)}")
+        torch._check(x.shape[0] == features, lambda: f"ks: batch-last {name} has {x.shape[0]} rows but "
+                     f"pattern {pattern} needs {what}={features}")
+    else:
+        torch._check(x.dim() >= 1, lambda: f"ks: {name} must have at least 1 dim")
+        torch._check(x.shape[-1] == features, lambda: f"ks: {name} last dim is {x.shape[-1]} but "
+                     f"pattern {pattern} needs {what}={features}")
+
+
+def _check_pair(x, w, xn: str, wn: str) -> None:
+    for t, n in ((x, xn), (w, wn)):
+        torch._check(t.dtype.is_floating_point and t.dtype.itemsize >= 2,
+                     lambda: f"ks: {n} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    torch._check(x.dtype == w.dtype, lambda: f"ks: {xn} and {wn} must have the same dtype, got {x.dtype} and {w.dtype}")
+    torch._check(x.device == w.device, lambda: f"ks: {xn} and {wn} must be on the same device, got {x.device} and {w.device}")
+
+
+@torch.library.register_fake("ks::matmul")
+def _matmul_fake(x, w, *, batch_last=False):
+    torch._check(w.dim() == 4, lambda: f"ks: w must be 4-D (a,b,c,d), got shape {tuple(w.shape)}")
+    _check_pair(x, w, "x", "w")
+    a, b, c, d = w.shape
+    _check_operand(x, a * c * d, batch_last, "x", "a*c*d", tuple(w.shape))
+    if batch_last:
+        return x.new_empty((a * b * d, x.shape[1]))
+    return x.new_empty((*x.shape[:-1], a * b * d))
+
+
+@torch.library.register_fake("ks::weight_grad")
+def _weight_grad_fake(grad_y, x, pattern, *, batch_last=False):
+    torch._check(len(pattern) == 4, lambda: f"ks: pattern must have 4 entries, got {pattern}")
+    a, b, c, d = pattern
+    _check_pair(grad_y, x, "grad_y", "x")
+    _check_operand(x, a * c * d, batch_last, "x", "a*c*d", tuple(pattern))
+    _check_operand(grad_y, a * b * d, batch_last, "grad_y", "a*b*d", tuple(pattern))
+    return x.new_empty((a, b, c, d))
+
+
+# Autograd. Both ops are bilinear, so every derivative is again a ks op:
+#   matmul(x, w):         dx = matmul(gy, wᵀ)            dw = weight_grad(gy, x)
+#   weight_grad(gy, x):   dgy = matmul(x, G)             dx = matmul(gy, Gᵀ)     (G: cotangent of w)
+# where wᵀ = w.transpose(1, 2) is the weight tensor of Kᵀ, pattern (a,c,b,d).
+def _matmul_setup(ctx, inputs, keyword_only_inputs, output):
+    x, w = inputs
+    ctx.batch_last = keyword_only_inputs["batch_last"]
+    ctx.pattern = list(w.shape)
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
+
+
+def _matmul_backward(ctx, grad_y):
+    x, w = ctx.saved_tensors
+    grad_x = grad_w = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.ks.matmul(grad_y, w.transpose(1, 2), batch_last=ctx.batch_last)
+    if ctx.needs_input_grad[1]:
+        grad_w = torch.ops.ks.weight_grad(grad_y, x, ctx.pattern, batch_last=ctx.batch_last)
+    return grad_x, grad_w
+
+
+def _weight_grad_setup(ctx, inputs, keyword_only_inputs, output):
+    grad_y, x, _ = inputs
+    ctx.batch_last = keyword_only_inputs["batch_last"]
+    ctx.save_for_backward(grad_y if ctx.needs_input_grad[1] else None, x if ctx.needs_input_grad[0] else None)
+
+
+def _weight_grad_backward(ctx, grad_w):
+    grad_y, x = ctx.saved_tensors
+    d_grad_y = d_x = None
+    if ctx.needs_input_grad[0]:
+        d_grad_y = torch.ops.ks.matmul(x, grad_w, batch_last=ctx.batch_last)
+    if ctx.needs_input_grad[1]:
+        d_x = torch.ops.ks.matmul(grad_y, grad_w.transpose(1, 2), batch_last=ctx.batch_last)
+    return d_grad_y, d_x, None
+
+
+torch.library.register_autograd("ks::matmul", _matmul_backward, setup_context=_matmul_setup)
+torch.library.register_autograd("ks::weight_grad", _weight_grad_backward, setup_context=_weight_grad_setup)

@@ -1,0 +1,51 @@
+"""Builds ks_ops._C: the C++ sources always; the CUDA sources when the installed torch has CUDA
+and a CUDA toolkit is found, unless KS_OPS_NO_CUDA=1. Build with --no-build-isolation so the
+extension is compiled against the torch that will import it."""
+import glob
+import os
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda() -> bool:
+    if os.environ.get("KS_OPS_NO_CUDA", "0") == "1":
+        return False
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def write_build_info(with_cuda: bool) -> None:
+    # Read at import time to explain a version mismatch in plain words.
+    path = os.path.join(HERE, "ks_ops", "_build_info.py")
+    text = (
+        "# Written by setup.py at build time; do not edit.\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"WITH_CUDA = {with_cuda!r}\n"
+    )
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def extension():
+    with_cuda = want_cuda()
+    write_build_info(with_cuda)
+    sources = sorted(glob.glob("csrc/*.cpp"))
+    cxx = ["-O3", "-std=c++17"]
+    if not with_cuda:
+        return CppExtension("ks_ops._C", sources, extra_compile_args={"cxx": cxx})
+    sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
+    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    return CUDAExtension(
+        "ks_ops._C",
+        sources,
+        include_dirs=[os.path.join(HERE, "csrc")],
+        define_macros=[("KS_OPS_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+    )
+
+
+setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})
