@@ -1,0 +1,33 @@
+// Plain C++/CUDA interface of the ks_ops CUDA kernels. No torch types: the kernels compile
+// with bare nvcc (`nvcc -c -arch=sm_90 csrc/cuda/ks_matmul.cu`), and the torch binding
+// (ks_cuda_binding.cpp) only fills these structs and forwards the current stream.
+#pragma once
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace ks {
+
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+// Pattern (a,b,c,d): K (abd x acd) with K[i*bd + j*d + l, i*cd + k*d + l] = w[i,j,k,l],
+// w contiguous (a,b,c,d).
+//   batch-first: x (batch, acd) rows of stride ldx (inner stride 1) -> y (batch, abd), y = x K^T,
+//                y contiguous (row stride abd).
+//   batch-last:  x (acd, batch) rows of stride ldx (inner stride 1) -> y (abd, batch), y = K x,
+//                y contiguous (row stride batch).
+struct MatmulArgs {
+  const void* x;
+  const void* w;
+  void* y;
+  int64_t batch;   // B >= 0
+  int64_t ldx;     // row stride of x in elements
+  int a, b, c, d;
+  bool batch_last;
+  DType dtype;
+  bool allow_tf32;  // F32 only: tensor cores in TF32 allowed
+};
+
+// Launches on `stream`; returns the launch's error (cudaSuccess for batch == 0, nothing launched).
+cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream);
+
+}  // namespace ks
