@@ -1,0 +1,45 @@
+"""Shared test helpers: random KS inputs and the accuracy check against the float64 reference."""
+import torch
+
+from ks_ops import KSPattern, ks_matmul_reference
+
+# Relative error of a float32/float64 product is far below these; low-precision dtypes are judged
+# against the error PyTorch's own dense product makes in that dtype (FlashAttention-style).
+TIGHT_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def make_inputs(pattern, batch, *, batch_last=False, dtype=torch.float32, device="cpu", lead=None):
+    p = KSPattern.of(pattern)
+    w = p.random_weights(dtype=dtype, device=device)
+    if batch_last:
+        x = torch.randn(p.in_features, batch, dtype=dtype, device=device)
+    else:
+        x = torch.randn(*(lead or (batch,)), p.in_features, dtype=dtype, device=device)
+    return x, w
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    y64 = y.to(torch.float64)
+    assert torch.isfinite(y64).all(), "output has non-finite entries (unwritten or overflowed)"
+    return ((y64 - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def same_dtype_dense_err(x, w, batch_last: bool) -> float:
+    """Relative error of the same product done by PyTorch as a dense matmul in x's dtype."""
+    k = KSPattern.of_weights(w).to_dense(w)
+    y = k @ x if batch_last else torch.nn.functional.linear(x, k)
+    return rel_err(y, ks_matmul_reference(x, w, batch_last=batch_last))
+
+
+def assert_matches_reference(y, x, w, *, batch_last=False, factor=3.0):
+    ref = ks_matmul_reference(x, w, batch_last=batch_last)
+    assert y.shape == ref.shape, f"shape {tuple(y.shape)} != reference {tuple(ref.shape)}"
+    assert y.dtype == x.dtype
+    if ref.numel() == 0:
+        return
+    err = rel_err(y, ref)
+    if x.dtype in TIGHT_RTOL:
+        tol = TIGHT_RTOL[x.dtype]
+    else:
+        tol = factor * same_dtype_dense_err(x, w, batch_last) + 1e-6
+    assert err <= tol, f"relative error {err:.3g} > {tol:.3g} ({x.dtype}, pattern {tuple(w.shape)})"

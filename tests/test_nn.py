@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from ks_ops import KSLinear, KSPattern, backends
+
+from support import make_inputs, assert_matches_reference
+
+VIT_UP = [(6, 64, 64, 1), (1, 768, 192, 2)]
+
+
+def dense_forward(layer: KSLinear, x: torch.Tensor) -> torch.Tensor:
+    y = x.to(torch.float64) @ layer.to_dense().to(torch.float64).T
+    return y if layer.bias is None else y + layer.bias.to(torch.float64)
+
+
+def test_forward_matches_dense_chain():
+    layer = KSLinear([(2, 3, 5, 7), (7, 2, 6, 1)], dtype=torch.float64)
+    assert (layer.in_features, layer.out_features) == (70, 14)
+    x = torch.randn(4, 5, 70, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), dense_forward(layer, x))
+
+
+def test_single_factor_matches_reference_and_no_bias():
+    layer = KSLinear([(3, 4, 5, 2)], bias=False, dtype=torch.float64)
+    x = torch.randn(9, 30, dtype=torch.float64)
+    assert_matches_reference(layer(x), x, layer.factors[0])
+
+
+def test_weights_and_init():
+    layer = KSLinear(VIT_UP)
+    assert [tuple(w.shape) for w in layer.factors] == VIT_UP
+    assert layer.patterns == [KSPattern(*p) for p in VIT_UP]
+    assert layer.factors[0].abs().max() <= 1 / 64 and layer.factors[1].abs().max() <= 1 / 192
+    assert layer.bias.shape == (1536,) and layer.bias.abs().max() <= 384 ** -0.5
+    assert layer.nnz == 6 * 64 * 64 + 768 * 192 * 2
+
+
+def test_extra_repr():
+    text = repr(KSLinear(VIT_UP, bias=False))
+    assert "in_features=384, out_features=1536, chain=[(6,64,64,1), (1,768,192,2)], bias=False" in text
+
+
+def test_state_dict_round_trip():
+    src = KSLinear(VIT_UP)
+    dst = KSLinear(VIT_UP)
+    dst.load_state_dict(src.state_dict())
+    x = torch.randn(3, 384)
+    torch.testing.assert_close(dst(x), src(x))
+    assert set(src.state_dict()) == {"factors.0", "factors.1", "bias"}
+
+
+def test_to_dtype():
+    layer = KSLinear(VIT_UP).to(torch.float64)
+    assert all(w.dtype == torch.float64 for w in layer.parameters())
+    x = torch.randn(2, 384, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), dense_forward(layer, x))
+    half = KSLinear(VIT_UP).to(torch.bfloat16)
+    assert half(torch.randn(2, 384, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_input_size_error():
+    with pytest.raises(ValueError, match=r"input last dim is 100 but the chain .* takes in_features=384"):
+        KSLinear(VIT_UP)(torch.randn(2, 100))
+
+
+def test_chain_and_backend_errors():
+    with pytest.raises(ValueError, match="outputs 96 features but factor 1"):
+        KSLinear([(2, 48, 192, 1), (6, 64, 64, 1)])
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        KSLinear(VIT_UP, backend="fast")
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
+@pytest.mark.parametrize("name", sorted(backends.BACKENDS) + ["auto"])
+def test_backends_agree_with_reference(name, batch_last):
+    x, w = make_inputs((3, 4, 5, 2), 7, batch_last=batch_last, dtype=torch.float64)
+    y = backends.get_backend(name, x.device, x.dtype)(x, w, batch_last=batch_last)
+    assert_matches_reference(y, x, w, batch_last=batch_last)
+
+
+@pytest.mark.parametrize("name", sorted(backends.BACKENDS))
+def test_backends_differentiable(name):
+    x, w = make_inputs((3, 4, 5, 2), None, lead=(2, 3), dtype=torch.float64)
+    x.requires_grad_()
+    w.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: backends.BACKENDS[name](x, w), (x, w))
+
+
+def test_training_reduces_loss():
+    torch.manual_seed(1)
+    teacher = KSLinear([(4, 8, 8, 1), (1, 16, 16, 2)])
+    student = KSLinear([(4, 8, 8, 1), (1, 16, 16, 2)])
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    x = torch.randn(256, 32)
+    target = teacher(x).detach()
+    losses = []
+    for _ in range(200):
+        loss = torch.nn.functional.mse_loss(student(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
