@@ -55,6 +55,8 @@ def _weight_grad_fake(grad_y, x, pattern, *, batch_last=False):
     _check_pair(grad_y, x, "grad_y", "x")
     _check_operand(x, a * c * d, batch_last, "x", "a*c*d", tuple(pattern))
     _check_operand(grad_y, a * b * d, batch_last, "grad_y", "a*b*d", tuple(pattern))
+    torch._check(batch_last and x.shape[1] == grad_y.shape[1] or not batch_last and x.shape[:-1] == grad_y.shape[:-1],
+                 lambda: f"ks: x {tuple(x.shape)} and grad_y {tuple(grad_y.shape)} must have the same batch dims")
     return x.new_empty((a, b, c, d))
 
 
