@@ -1,0 +1,149 @@
+"""Models to profile, built without downloads, and the steps that run them.
+
+Sources:
+- ``transformers``: a preset (gpt2, gpt2-medium, vit-s16) with ``config`` overrides, random init,
+  built from its config class (``AutoModel*.from_config``): nothing is fetched from the hub.
+- ``timm``: ``timm.create_model(name, pretrained=False, **config)`` where timm is installed.
+- ``python``: ``target: "module:function"``, called as ``function(**config)`` and returning an
+  nn.Module. This imports and runs the user's own code.
+
+A workload becomes phases, each a step (one iteration) with the units it processes: forward
+(tokens or images per batch), or generate as prefill (prompt tokens) and decode (output tokens:
+``new_tokens`` greedy steps on the KV cache, cropped back to the prompt before each run).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import ConfigError, InputSpec, ModelSpec, Workload
+
+# preset: (config class, config kwargs, input kind, default task)
+PRESETS = {
+    "gpt2": ("GPT2Config", {}, "tokens", "causal-lm"),
+    "gpt2-medium": ("GPT2Config", {"n_layer": 24, "n_embd": 1024, "n_head": 16}, "tokens", "causal-lm"),
+    "vit-s16": ("ViTConfig", {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6,
+                              "intermediate_size": 1536, "image_size": 224, "patch_size": 16,
+                              "num_labels": 1000}, "images", "image-classification"),
+}
+TASKS = {"base": "AutoModel", "causal-lm": "AutoModelForCausalLM",
+         "image-classification": "AutoModelForImageClassification"}
+
+
+@dataclass
+class Phase:
+    name: str  # forward | prefill | decode
+    unit: str  # token | image | output token
+    units: int  # per iteration
+    step: Callable[[], object]
+
+
+def _transformers(spec: ModelSpec, inp: InputSpec, workload_len: int) -> nn.Module:
+    if spec.preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {spec.preset!r}; choose one of {list(PRESETS)}")
+    import transformers
+
+    cls_name, preset, kind, task = PRESETS[spec.preset]
+    task = spec.task or task
+    if task not in TASKS:
+        raise ConfigError(f"model.task: must be one of {list(TASKS)}, got {task!r}")
+    if inp.kind != kind:
+        raise ConfigError(f"input: preset {spec.preset} takes {kind}, "
+                          f"give input.{'seq_len' if kind == 'tokens' else 'image_size'}")
+    config_cls = getattr(transformers, cls_name)
+    known = config_cls(**preset)
+    for key in spec.config:
+        if not hasattr(known, key):
+            raise ConfigError(f"model.config.{key}: not a field of {cls_name}")
+    kwargs = {**preset, **spec.config}
+    if kind == "images":
+        kwargs.setdefault("image_size", inp.image_size)
+        kwargs.setdefault("num_channels", inp.channels)
+        if kwargs["image_size"] != inp.image_size:
+            raise ConfigError(f"input.image_size: {inp.image_size} differs from model.config.image_size "
+                              f"{kwargs['image_size']}")
+    config = config_cls(**kwargs)
+    max_pos = getattr(config, "n_positions", None)
+    if kind == "tokens" and max_pos is not None and workload_len > max_pos:
+        raise ConfigError(f"input: {workload_len} tokens exceed the model's n_positions {max_pos} "
+                          f"(set model.config.n_positions)")
+    return getattr(transformers, TASKS[task]).from_config(config)
+
+
+def build_model(spec: ModelSpec, inp: InputSpec, workloads: list[Workload]) -> nn.Module:
+    """The model on the current default device, float32, random init (seed it before calling)."""
+    longest = max(inp.seq_len or 0, *(w.prompt_len + w.new_tokens for w in workloads))
+    if spec.source == "transformers":
+        model = _transformers(spec, inp, longest)
+    elif spec.source == "timm":
+        import timm
+
+        model = timm.create_model(spec.name, pretrained=False, **spec.config)
+    else:
+        module_name, _, func_name = spec.target.partition(":")
+        try:
+            func = getattr(importlib.import_module(module_name), func_name)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"model.target: cannot load {spec.target!r} ({e})") from None
+        model = func(**spec.config)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model.target: {spec.target!r} returned {type(model).__name__}, not an nn.Module")
+    if any(w.kind == "generate" for w in workloads) and getattr(model, "get_output_embeddings", lambda: None)() is None:
+        raise ConfigError("workload: generate needs a transformers causal LM (model.source: transformers)")
+    return model
+
+
+def _input(inp: InputSpec, model: nn.Module, device, dtype, gen, seq_len=None):
+    if inp.kind == "tokens":
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1000
+        return torch.randint(0, vocab, (inp.batch_size, seq_len or inp.seq_len), generator=gen).to(device)
+    x = torch.randn(inp.batch_size, inp.channels, inp.image_size, inp.image_size, generator=gen)
+    return x.to(device=device, dtype=dtype)
+
+
+def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSpec, workload: Workload,
+           device, dtype, seed: int) -> list[Phase]:
+    """The phases of workload; model may be compiled, raw_model is the module it wraps."""
+    gen = torch.Generator().manual_seed(seed)
+    hf = spec.source == "transformers"
+    if workload.kind == "forward":
+        x = _input(inp, raw_model, device, dtype, gen)
+        if not hf:
+            call = lambda: model(x)  # noqa: E731
+        elif inp.kind == "tokens":
+            call = lambda: model(input_ids=x, use_cache=False)  # noqa: E731
+        else:
+            call = lambda: model(pixel_values=x)  # noqa: E731
+        units = inp.batch_size * (inp.seq_len if inp.kind == "tokens" else 1)
+        return [Phase("forward", "token" if inp.kind == "tokens" else "image", units, call)]
+
+    prompt = _input(inp, raw_model, device, dtype, gen, seq_len=workload.prompt_len)
+    # Only the last position's logits are needed, as generate() does (older versions lack it).
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(raw_model.forward).parameters else {}
+    state = {}
+
+    def prefill():
+        out = model(input_ids=prompt, use_cache=True, **keep)
+        state["cache"], state["first"] = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        return out
+
+    def decode():
+        if "cache" not in state:
+            prefill()
+        cache = state["cache"]
+        grown = cache.get_seq_length() - workload.prompt_len
+        if grown > 0:
+            cache.crop(-grown)  # back to the prompt: every run decodes the same positions
+        token = state["first"]
+        for _ in range(workload.new_tokens):
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+        return token
+
+    return [Phase("prefill", "token", inp.batch_size * workload.prompt_len, prefill),
+            Phase("decode", "output token", inp.batch_size * workload.new_tokens, decode)]

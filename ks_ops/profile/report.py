@@ -1,0 +1,146 @@
+"""Outputs of a profile: the tabulate table, JSON and CSV (each written atomically: a temporary
+file, then os.replace, so a reader or a Ctrl-C never sees half a file) and an optional PNG."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from .stats import Row, summarize
+
+_PREFIXES = [(1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")]
+
+
+def _scale(value: float) -> tuple[float, str]:
+    for factor, prefix in _PREFIXES:
+        if abs(value) >= factor:
+            return factor, prefix
+    return _PREFIXES[-1]
+
+
+def _pm(value, ci, unit: str) -> str:
+    """'2.39 ± 0.01 mJ' in the prefix that suits value."""
+    if value is None:
+        return "n/a"
+    factor, prefix = _scale(value)
+    text = f"{value / factor:.3g}"
+    if ci is not None and not math.isnan(ci):
+        text += f" ± {ci / factor:.2g}"
+    return f"{text} {prefix}{unit}"
+
+
+def _ratio(value, ci) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + ("" if ci is None or math.isnan(ci) else f" ± {ci:.3f}")
+
+
+def table(rows: list[Row]) -> str:
+    from tabulate import tabulate
+
+    net = any(r.net_j_per_unit is not None for r in rows)
+    energy = any(r.j_per_unit is not None for r in rows)
+    out = []
+    for r in rows:
+        line = {"group": r.group, "phase": r.phase, "variant": r.variant,
+                "latency/batch": _pm(r.latency_s, r.latency_ci, "s"),
+                "units/s": f"{r.units_per_s:,.0f} {r.unit}/s"}
+        if energy:  # a time-only meter gets no energy columns at all
+            line["J/unit ± CI"] = _pm(r.j_per_unit, r.j_per_unit_ci, f"J/{r.unit}")
+            if net:
+                line["net J/unit ± CI"] = _pm(r.net_j_per_unit, r.net_j_per_unit_ci, f"J/{r.unit}")
+            line["mean W"] = "n/a" if r.power_w is None else f"{r.power_w:.0f}"
+            line["J ratio"] = _ratio(r.ratio_j, r.ratio_j_ci)
+        line["time ratio"] = _ratio(r.ratio_time, r.ratio_time_ci)
+        out.append(line)
+    return tabulate(out, headers="keys", tablefmt="github")
+
+
+def _finite(obj):
+    """JSON has no NaN: write null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def document(results) -> dict:
+    return _finite({
+        "status": results.status, "meta": results.meta, "errors": results.errors,
+        "summary": [r.as_dict() for r in summarize(results.trials)],
+        "surgery": results.surgery, "trials": [t.as_dict() for t in results.trials], "idle": results.idle,
+    })
+
+
+def write_json(path, results) -> None:
+    atomic_write(path, json.dumps(document(results), indent=1, default=str) + "\n")
+
+
+def write_csv(path, results) -> None:
+    rows = [r.as_dict() for r in summarize(results.trials)]
+    buf = io.StringIO()
+    fields = list(Row.__dataclass_fields__)
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(_finite(rows))
+    atomic_write(path, buf.getvalue())
+
+
+def write_plot(path, results) -> str | None:
+    """Writes the PNG; returns why not where matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: matplotlib is not installed (pip install matplotlib)"
+    rows = summarize(results.trials)
+    energy = all(r.j_per_unit is not None for r in rows) and rows
+    labels = [f"{r.variant}\n{r.group} {r.phase}" for r in rows]
+    fig, axes = plt.subplots(3, 1, figsize=(max(8, 1.1 * len(rows)), 12))
+    if energy:
+        axes[0].bar(labels, [r.j_per_unit for r in rows],
+                    yerr=[0 if r.j_per_unit_ci is None or math.isnan(r.j_per_unit_ci) else r.j_per_unit_ci
+                          for r in rows], capsize=3)
+        axes[0].set_ylabel("J per unit (gross)")
+    else:
+        axes[0].bar(labels, [1 / r.units_per_s for r in rows])
+        axes[0].set_ylabel("s per unit (no energy meter)")
+    axes[1].bar(labels, [r.latency_s * 1e3 for r in rows],
+                yerr=[0 if math.isnan(r.latency_ci) else r.latency_ci * 1e3 for r in rows], capsize=3)
+    axes[1].set_ylabel("latency per batch (ms)")
+    for ax in axes[:2]:
+        ax.tick_params(axis="x", labelsize=7)
+    ax = axes[2]
+    colors = {}
+    for w in [*({"variant": "idle", **i} for i in results.idle), *(t.as_dict() for t in results.trials)]:
+        if w["power_w"] is None:
+            continue
+        c = colors.setdefault(w["variant"], f"C{len(colors)}")
+        ax.hlines(w["power_w"], w["t_start"], w["t_start"] + w["time_s"], colors=c, lw=3)
+    if colors:
+        ax.legend([plt.Line2D([], [], color=c, lw=3) for c in colors.values()], list(colors), fontsize=8)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("mean power per window (W)")
+    ax.set_title(f"power timeline, meter {results.meta.get('meter', '?')}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+    return None
