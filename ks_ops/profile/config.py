@@ -317,7 +317,7 @@ def parse(raw, source: str = "<dict>") -> Config:
         raise _fail("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     for i, w in enumerate(cfg.workloads):
         if w.kind == "generate" and cfg.input.kind != "tokens":
-            raise _fail(f"workload[{i}]" if len(cfg.workloads) > 1 else "workload",
+            raise _fail(f"workload[{i}]" if isinstance(top.get("workload"), list) else "workload",
                         "generate needs token input (input.seq_len), not images")
     return cfg
 

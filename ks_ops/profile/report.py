@@ -26,9 +26,11 @@ def _pm(value, ci, unit: str) -> str:
     if value is None:
         return "n/a"
     factor, prefix = _scale(value)
-    text = f"{value / factor:.3g}"
+    v = value / factor
+    decimals = max(0, 2 - math.floor(math.log10(abs(v)))) if v else 2  # 3 significant digits
+    text = f"{v:.{decimals}f}"
     if ci is not None and not math.isnan(ci):
-        text += f" ± {ci / factor:.2g}"
+        text += f" ± {ci / factor:.{decimals}f}"
     return f"{text} {prefix}{unit}"
 
 

@@ -64,9 +64,12 @@ def warm_up(step, seconds: float, device: torch.device) -> float:
             chunk *= 2
 
 
-def measure(meter: meters.Meter, key: str, step, iterations: int) -> tuple[meters.Measurement, int]:
-    """One window of `iterations` steps; reruns it with more iterations if it was too short."""
-    for _ in range(4):
+def measure(meter: meters.Meter, key: str, step, iterations: int,
+            target_s: float = 0.0) -> tuple[meters.Measurement, int]:
+    """One window of `iterations` steps. Reruns it with more iterations when the meter refuses
+    it as too short, or (any meter) when it ran under half of target_s, e.g. after a warm-up
+    timed on a busy machine."""
+    for attempt in range(4):
         meter.begin_window(key)
         try:
             for _ in range(iterations):
@@ -76,9 +79,13 @@ def measure(meter: meters.Meter, key: str, step, iterations: int) -> tuple[meter
                 meter.end_window(key)  # close it, so the key can be opened again
             raise
         try:
-            return meter.end_window(key), iterations
+            got = meter.end_window(key)
         except meters.WindowTooShort as e:
             iterations = math.ceil(iterations * 1.2 * e.min_window_s / max(e.elapsed_s, 1e-9))
+            continue
+        if got.time_s >= target_s / 2 or attempt == 3:
+            return got, iterations
+        iterations = math.ceil(iterations * 1.1 * target_s / max(got.time_s, 1e-9))
     raise RuntimeError(f"window {key!r} stayed under the meter's minimum of {meter.min_window_s:.2f} s")
 
 
@@ -192,7 +199,7 @@ def run(cfg: Config, results: Results, *, on_update: Callable[[Results], None] =
                             start = time.perf_counter() - t0
                             try:
                                 got, iters = measure(meter, f"{v.name}/{ph.name}", ph.step,
-                                                     max(1, math.ceil(window_s / v.step_s[ph.name])))
+                                                     max(1, math.ceil(window_s / v.step_s[ph.name])), window_s)
                             except Exception as e:
                                 fail(group, v.name, ph.name, e)
                                 variants.remove(v)

@@ -1,0 +1,77 @@
+"""The profiler end to end on the CPU, in subprocesses, with the real meter selection."""
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ks_ops.meters import select_meter
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_SMALL = str(ROOT / "profiles" / "cpu_small.yaml")
+CMD = [sys.executable, "-m", "ks_ops.profile"]
+
+
+def test_cpu_profile_end_to_end(tmp_path):
+    r = subprocess.run([*CMD, CPU_SMALL, "--out-dir", str(tmp_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "cpu_small.json").read_text())
+    meter = select_meter("cpu")
+    assert doc["status"] == "complete" and not doc["errors"]
+    assert doc["meta"]["meter"] == meter.name and doc["meta"]["meter_reason"]
+    # forward: 2 variants x 2 trials; generate: 2 variants x (prefill + decode) x 2 trials
+    assert len(doc["trials"]) == 12
+    assert all(t["time_s"] >= max(0.05, meter.min_window_s) for t in doc["trials"])  # >= half of 0.1 s
+    rows = {(s["group"], s["phase"], s["variant"]): s for s in doc["summary"]}
+    assert set(rows) == {(g, p, v) for g, p in [("forward float32", "forward"), ("generate(8+4) float32", "prefill"),
+                                                ("generate(8+4) float32", "decode")] for v in ("dense", "ks")}
+    decode = rows["generate(8+4) float32", "decode", "ks"]
+    assert decode["unit"] == "output token" and decode["trials"] == 2 and decode["ratio_time"] > 0
+    assert rows["forward float32", "forward", "dense"]["ratio_time"] == pytest.approx(1.0)
+    if not meter.measures_energy:
+        assert decode["j_per_unit"] is None and "J/unit" not in r.stdout
+    assert [s["name"] for s in doc["surgery"]["ks"]] == ["transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]
+    with open(tmp_path / "cpu_small.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    assert "| variant" in r.stdout and f"meter: {meter.name}" in r.stdout
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_ctrl_c_keeps_finished_trials(tmp_path):
+    out = tmp_path / "cpu_small.json"
+    p = subprocess.Popen([*CMD, CPU_SMALL, "--out-dir", str(tmp_path), "--trials", "1000", "--no-progress"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and len(json.loads(out.read_text())["trials"]) >= 2):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 130, stderr
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "interrupted" and len(doc["trials"]) >= 2
+    assert "interrupted; keeping" in stderr and "| variant" in stdout
+
+
+def test_default_profile_runs_without_a_config(tmp_path):
+    # The README's main-job command, shortened here: 1 trial of 0.1 s windows.
+    r = subprocess.run([*CMD, "--out-dir", str(tmp_path), "--trials", "1", "--window-s", "0.1",
+                        "--warmup-s", "0", "--no-progress", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "ks_profile.json").read_text())
+    assert {t["variant"] for t in doc["trials"]} == {"dense", "ks"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_runtime_failure_exits_1(tmp_path):
+    r = subprocess.run([*CMD, CPU_SMALL, "--out-dir", str(tmp_path), "--device", "cuda", "--no-progress"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert "runtime failure: RuntimeError: device 'cuda' was asked for but torch sees no CUDA GPU" in r.stderr
+    assert json.loads((tmp_path / "cpu_small.json").read_text())["status"] == "failed"
