@@ -73,6 +73,10 @@ class Meter:
         """Shortest window end_window reports: MIN_UPDATES counter updates (0 for time only)."""
         return 0.0 if self.update_period_s is None else MIN_UPDATES * self.update_period_s
 
+    def target_window_s(self, requested_s: float) -> float:
+        """The window to aim at: requested_s, raised a 5% margin above min_window_s where needed."""
+        return max(requested_s, 1.05 * self.min_window_s)
+
     def begin_window(self, name: str) -> None:
         if name in self._open:
             raise ValueError(f"meter: window {name!r} is already open")

@@ -75,3 +75,18 @@ def test_runtime_failure_exits_1(tmp_path):
     assert r.returncode == 1
     assert "runtime failure: RuntimeError: device 'cuda' was asked for but torch sees no CUDA GPU" in r.stderr
     assert json.loads((tmp_path / "cpu_small.json").read_text())["status"] == "failed"
+
+
+def test_energy_bench_runs_and_resumes(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    cmd = [sys.executable, str(ROOT / "tools" / "bench_energy.py"), "--batch", "64", "--window-s", "0.02",
+           "--warmup-s", "0", "--trials", "2", "--patterns", "2,48,192,1", "--dtypes", "float32",
+           "--device", "cpu", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["backend"] for row in rows] == ["kernel", "bmm", "dense"]
+    assert all(row["trials"] == 2 and row["time_s"] > 0 for row in rows)
+    assert "kernel / best" in r.stdout and "geometric mean over 1 cells" in r.stdout
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and len(out.read_text().splitlines()) == 3  # resumed: nothing rerun

@@ -149,7 +149,7 @@ def run(cfg: Config, results: Results, *, on_update: Callable[[Results], None] =
     device = resolve_device(cfg.device)
     meter = meters.select_meter(device, cfg.measure.meter)
     m = cfg.measure
-    window_s = max(m.window_s, 1.1 * meter.min_window_s)
+    window_s = meter.target_window_s(m.window_s)
     results.meta.update(config=asdict(cfg), **_environment(device, meter, window_s))
     log(f"meter: {meter.describe()}")
     if window_s > m.window_s:
