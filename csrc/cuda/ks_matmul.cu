@@ -1,0 +1,287 @@
+// ks::matmul on CUDA: picks a kernel and a tile configuration at run time (one build serves
+// every pattern) and launches it on the caller's stream. No torch types, no allocation, no
+// host synchronization: safe under CUDA graph capture.
+//
+//   batch <= 16 : ks_gemv_* -- one warp per (i, j) streams the contiguous c*d slab of w once and
+//                 reduces over k with shuffles (decode-like sizes are bound by reading w).
+//   otherwise   : ks_tile_kernel (ks_tile.cuh) -- fused output-stationary tiles; mma.sync for
+//                 fp16/bf16 (and tf32 when allowed), register-tiled FMA for strict fp32.
+#include <cstdint>
+
+#include "ks_dispatch.h"
+#include "ks_kernels.h"
+
+namespace ks {
+namespace detail {
+
+// ---------------------------------------------------------------------------------------------
+// Small batch (B <= NB <= 16).
+struct GemvParams {
+  const void* x;
+  const void* w;
+  void* y;
+  int64_t batch, ldx;
+  int a, b, c, d;
+  int batch_last;
+  int x_vec;  // batch-first x rows allow 16-byte loads
+};
+
+template <typename T> __device__ __forceinline__ float to_float(T v);
+template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& v, float* f) {
+  if constexpr (sizeof(T) == 4) {
+    f[0] = __uint_as_float(v.x); f[1] = __uint_as_float(v.y);
+    f[2] = __uint_as_float(v.z); f[3] = __uint_as_float(v.w);
+  } else {
+    const T* h = reinterpret_cast<const T*>(&v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = to_float<T>(h[e]);
+  }
+}
+
+// One warp per slab w[i, j, :, :] (c*d contiguous elements); requires d a power of two with
+// d <= 32*V, (c*d) % V == 0 and w 16-byte aligned. Lane element e of flat position g has
+// l = g % d, the same at every step, so partial sums reduce by l at the end.
+template <typename T, int NB>
+__global__ void __launch_bounds__(256) ks_gemv_vec_kernel(const GemvParams p) {
+  constexpr int V = 16 / sizeof(T);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t slab = (int64_t)blockIdx.x * 8 + warp;
+  if (slab >= (int64_t)p.a * p.b) return;
+  const int64_t i = slab / p.b;
+  const int j = (int)(slab - i * p.b);
+  const int d = p.d;
+  const int64_t cd = (int64_t)p.c * d;
+  const int B = (int)p.batch;
+  const T* ws = static_cast<const T*>(p.w) + slab * cd;
+  const T* x = static_cast<const T*>(p.x);
+  float acc[NB][V];
+#pragma unroll
+  for (int n = 0; n < NB; ++n)
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc[n][e] = 0.f;
+
+  for (int64_t g0 = (int64_t)lane * V; g0 < cd; g0 += 32 * V) {
+    float wf[V];
+    unpack<T>(ldg16(ws + g0), wf);
+#pragma unroll
+    for (int n = 0; n < NB; ++n) {
+      if (n < B) {
+        float xf[V];
+        if (p.x_vec) {
+          unpack<T>(ldg16(x + n * p.ldx + i * cd + g0), xf);
+        } else if (!p.batch_last) {
+          const T* xp = x + n * p.ldx + i * cd + g0;
+#pragma unroll
+          for (int e = 0; e < V; ++e) xf[e] = to_float<T>(xp[e]);
+        } else {
+          const T* xp = x + (i * cd + g0) * p.ldx + n;
+#pragma unroll
+          for (int e = 0; e < V; ++e) xf[e] = to_float<T>(xp[e * p.ldx]);
+        }
+#pragma unroll
+        for (int e = 0; e < V; ++e) acc[n][e] = fmaf(xf[e], wf[e], acc[n][e]);
+      }
+    }
+  }
+
+  T* y = static_cast<T*>(p.y);
+  const int64_t ab = (int64_t)p.a * p.b;
+  if (d <= V) {
+    // Fold the lane's V partials onto l = e (e < d), then sum over all lanes.
+#pragma unroll
+    for (int wdt = V / 2; wdt >= 1; wdt /= 2) {
+      if (d <= wdt) {
+#pragma unroll
+        for (int n = 0; n < NB; ++n)
+#pragma unroll
+          for (int e = 0; e < wdt; ++e) acc[n][e] += acc[n][e + wdt];
+      }
+    }
+#pragma unroll
+    for (int off = 16; off >= 1; off /= 2)
+#pragma unroll
+      for (int n = 0; n < NB; ++n)
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          if (e < d) acc[n][e] += __shfl_xor_sync(0xffffffffu, acc[n][e], off);
+    if (lane == 0) {
+#pragma unroll
+      for (int n = 0; n < NB; ++n)
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          if (n < B && e < d) {
+            const int64_t row = slab * d + e;  // (i*b + j)*d + l
+            const int64_t at = p.batch_last ? row * p.batch + n : n * ab * d + row;
+            y[at] = from_float<T>(acc[n][e]);
+          }
+    }
+  } else {
+    // Lanes q = lane % (d/V) share the l set {q*V + e}; sum over the other lane bits.
+    const int q = d / V;
+#pragma unroll
+    for (int off = 16; off >= 1; off /= 2)
+      if (off >= q) {
+#pragma unroll
+        for (int n = 0; n < NB; ++n)
+#pragma unroll
+          for (int e = 0; e < V; ++e) acc[n][e] += __shfl_xor_sync(0xffffffffu, acc[n][e], off);
+      }
+    if (lane < q) {
+#pragma unroll
+      for (int n = 0; n < NB; ++n)
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          if (n < B) {
+            const int64_t row = slab * d + lane * V + e;
+            const int64_t at = p.batch_last ? row * p.batch + n : n * ab * d + row;
+            y[at] = from_float<T>(acc[n][e]);
+          }
+    }
+  }
+  (void)j;
+}
+
+// Any pattern: one thread per output column (i, j, l), all B rows.
+template <typename T, int NB>
+__global__ void __launch_bounds__(256) ks_gemv_scalar_kernel(const GemvParams p) {
+  const int64_t t = (int64_t)blockIdx.x * 256 + threadIdx.x;
+  const int64_t bd = (int64_t)p.b * p.d;
+  if (t >= (int64_t)p.a * bd) return;
+  const int64_t i = t / bd;
+  const int64_t r = t - i * bd;
+  const int64_t j = r / p.d;
+  const int l = (int)(r - j * p.d);
+  const int d = p.d, c = p.c;
+  const int B = (int)p.batch;
+  const int64_t cd = (int64_t)c * d;
+  const T* wp = static_cast<const T*>(p.w) + (i * p.b + j) * cd + l;
+  const T* x = static_cast<const T*>(p.x);
+  float acc[NB];
+#pragma unroll
+  for (int n = 0; n < NB; ++n) acc[n] = 0.f;
+  for (int k = 0; k < c; ++k) {
+    const float wv = to_float<T>(wp[(int64_t)k * d]);
+    const int64_t f = i * cd + (int64_t)k * d + l;  // x feature index
+#pragma unroll
+    for (int n = 0; n < NB; ++n)
+      if (n < B) {
+        const T xv = p.batch_last ? x[f * p.ldx + n] : x[n * p.ldx + f];
+        acc[n] = fmaf(to_float<T>(xv), wv, acc[n]);
+      }
+  }
+  T* y = static_cast<T*>(p.y);
+  const int64_t ab = (int64_t)p.a * p.b;
+#pragma unroll
+  for (int n = 0; n < NB; ++n)
+    if (n < B) y[p.batch_last ? t * p.batch + n : n * ab * d + t] = from_float<T>(acc[n]);
+}
+
+template <typename T, int NB>
+cudaError_t launch_gemv_nb(const GemvParams& p, bool vec, cudaStream_t s) {
+  if (vec) {
+    const int64_t slabs = (int64_t)p.a * p.b;
+    const int64_t blocks = (slabs + 7) / 8;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+    ks_gemv_vec_kernel<T, NB><<<(unsigned)blocks, 256, 0, s>>>(p);
+  } else {
+    const int64_t cols = (int64_t)p.a * p.b * p.d;
+    const int64_t blocks = (cols + 255) / 256;
+    if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+    ks_gemv_scalar_kernel<T, NB><<<(unsigned)blocks, 256, 0, s>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_gemv(const GemvParams& p, bool vec, cudaStream_t s) {
+  if (p.batch <= 1) return launch_gemv_nb<T, 1>(p, vec, s);
+  if (p.batch <= 4) return launch_gemv_nb<T, 4>(p, vec, s);
+  return launch_gemv_nb<T, 16>(p, vec, s);
+}
+
+inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+inline bool pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+}  // namespace detail
+
+cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
+  using namespace detail;
+  const int64_t B = args.batch;
+  const int a = args.a, b = args.b, c = args.c, d = args.d;
+  if (B < 0 || a <= 0 || b <= 0 || c <= 0 || d <= 0 || args.ldx < 0) return cudaErrorInvalidValue;
+  if (B == 0) return cudaSuccess;
+  const int esz = args.dtype == DType::F32 ? 4 : 2;
+  const int V = 16 / esz;
+  const int64_t cd = (int64_t)c * d;
+
+  if (B <= 16) {
+    GemvParams g{args.x, args.w, args.y, B, args.ldx, a, b, c, d, args.batch_last ? 1 : 0, 0};
+    const bool vec = aligned16(args.w) && pow2(d) && d <= 32 * V && cd % V == 0;
+    g.x_vec = vec && !args.batch_last && aligned16(args.x) && args.ldx % V == 0;
+    switch (args.dtype) {
+      case DType::F32: return launch_gemv<float>(g, vec, stream);
+      case DType::F16: return launch_gemv<__half>(g, vec, stream);
+      case DType::BF16: return launch_gemv<__nv_bfloat16>(g, vec, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
+
+  // Tile configuration: l-group L and block width BN (see ks_tile_16.cu / ks_tile_32.cu).
+  const bool simt = args.dtype == DType::F32 && !args.allow_tf32;
+  int L;
+  if (esz == 2) L = d == 1 ? 1 : d == 2 ? 2 : d <= 4 ? 4 : 8;
+  else L = d == 1 ? 1 : d == 2 ? 2 : 4;
+  int BN;
+  if (simt) {  // least padding among 48, 64, 128 (ties go to the wider block)
+    BN = 128;
+    int64_t best = ((b + 127) / 128) * 128 - b;
+    for (int cand : {64, 48}) {
+      const int64_t waste = ((b + cand - 1) / cand) * (int64_t)cand - b;
+      if (waste < best) { best = waste; BN = cand; }
+    }
+  } else {
+    BN = b <= 64 ? 64 : 128;
+  }
+
+  TileParams p{};
+  p.x = args.x; p.w = args.w; p.y = args.y;
+  p.batch = B; p.a = a; p.b = b; p.c = c; p.d = d;
+  p.batch_last = args.batch_last ? 1 : 0;
+  if (!args.batch_last) {
+    p.x_sm = args.ldx; p.x_si = cd; p.x_sk = d; p.x_sl = 1;
+    p.y_sm = (int64_t)a * b * d;
+  } else {
+    p.x_sm = 1; p.x_si = cd * args.ldx; p.x_sk = (int64_t)d * args.ldx; p.x_sl = args.ldx;
+    p.y_sm = 1;
+  }
+  // Fast load classes need 16-byte vectors on every tile row (see ks_tile.cuh LoadMode).
+  bool w_fast;
+  if (L == 1) w_fast = d == 1 && c % V == 0;
+  else if (2 * L <= V) w_fast = d == L && cd % V == 0;
+  else w_fast = d % V == 0;
+  w_fast = w_fast && aligned16(args.w);
+  const bool x_ok = aligned16(args.x) && args.ldx % V == 0;
+  if (w_fast && x_ok) p.variant = args.batch_last ? kFastBL : kFastBF;
+  else p.variant = kScalar;
+  // y runs start 16-byte aligned?
+  if (!aligned16(args.y)) p.y_vec = 0;
+  else if (args.batch_last) p.y_vec = B % V == 0;
+  else p.y_vec = p.y_sm % V == 0 && (L >= d ? ((int64_t)b * d) % V == 0 : (d % V == 0 && L % V == 0));
+
+  switch (args.dtype) {
+    case DType::F16: return launch_tile_f16(p, L, BN, stream);
+    case DType::BF16: return launch_tile_bf16(p, L, BN, stream);
+    case DType::F32:
+      return args.allow_tf32 ? launch_tile_tf32(p, L, BN, stream) : launch_tile_f32(p, L, BN, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace ks

@@ -1,0 +1,678 @@
+// Device code of the fused output-stationary KS kernels (no torch types).
+//
+// Per (i, l) the KS product is a GEMM  C_l[m, j] = sum_k A_l[m, k] * W_l[j, k]  with
+//   m = batch row n, A_l[m, k] = x(n, i, k, l), W_l[j, k] = w[i, j, k, l], C_l[m, j] = y(n, i, j, l).
+// A thread block owns the output tile  m in [m0, m0+BM), j in [j0, j0+BN), l in [l0, l0+L)
+// (L independent GEMMs that share nothing but the block), loops over k in steps of BK and
+// writes y once. x and w tiles are read straight from their strided layouts into registers
+// (16-byte vectors where alignment allows, scalars otherwise), then stored to shared memory in
+// one layout for every case:  tile[l][row][k]  (k contiguous, rows padded to SK elements), with
+// the transposition (x is l- or n-contiguous, w is l-contiguous when d > 1) done in that store.
+// Register-staged double buffering: the loads of tile kt+1 are in flight while tile kt computes.
+// The output tile is staged in shared memory in y's own order and written with 16-byte stores.
+#pragma once
+#include <cstdint>
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+namespace ks {
+namespace detail {
+
+// How an operand tile is read from global memory (chosen on the host from strides/alignment).
+enum LoadMode : int {
+  kKVec = 0,     // k contiguous (d == 1): 16-byte vectors along k
+  kKLVec = 1,    // l contiguous, whole l range in the block (d <= L, 2d | V): vectors along (k,l)
+  kLVec = 2,     // l contiguous, V | d and V | L: pairs of vectors (k, k+1) along l
+  kRVec = 3,     // rows contiguous (batch-last x): pairs of vectors (k, k+1) along rows
+  kScalarL = 4,  // element pairs, l fastest across threads
+  kScalarR = 5,  // element pairs, rows fastest across threads
+};
+
+struct TileParams {
+  const void* x;
+  const void* w;
+  void* y;
+  int64_t batch;
+  int a, b, c, d;
+  int64_t x_sm, x_si, x_sk, x_sl;  // x element (n, i, k, l)
+  int64_t y_sm;                    // y row stride (batch-first) -- batch-last rows are `batch`
+  int tiles_n, tiles_l;
+  int64_t tiles_m;
+  int variant;      // Variant: fast batch-first, fast batch-last, or scalar loads
+  int y_vec;        // every output run starts 16-byte aligned
+  int batch_last;
+};
+
+__host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
+__host__ __device__ constexpr int ilog2(int v) { return v <= 1 ? 0 : 1 + ilog2(v / 2); }
+
+__device__ __forceinline__ uint4 ldg16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <int SZ>
+__device__ __forceinline__ uint32_t ldg_elem(const void* p) {
+  if constexpr (SZ == 2) {
+    unsigned short v;
+    asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    return v;
+  } else {
+    uint32_t v;
+    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+  }
+}
+
+__device__ __forceinline__ uint32_t to_tf32(uint32_t bits) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(__uint_as_float(bits)));
+  return r;
+}
+
+__device__ __forceinline__ uint32_t wget(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Element e of a 16-byte vector, as raw bits in the low part of a word (e compile-time).
+template <int SZ>
+__device__ __forceinline__ uint32_t vget(const uint4& v, int e) {
+  if constexpr (SZ == 2) {
+    const uint32_t w = wget(v, e >> 1);
+    return (e & 1) ? (w >> 16) : (w & 0xffffu);
+  } else {
+    return wget(v, e);
+  }
+}
+
+// Packs elements e0 of u and e1 of v (16-bit) into one word, e0 in the low half.
+__device__ __forceinline__ uint32_t pack16(const uint4& u, int e0, const uint4& v, int e1) {
+  const uint32_t sel = ((e1 & 1) ? 0x7600u : 0x5400u) | ((e0 & 1) ? 0x32u : 0x10u);
+  return __byte_perm(wget(u, e0 >> 1), wget(v, e1 >> 1), sel);
+}
+
+// A 16-byte vector with only its first n (< V) elements loaded (row tails).
+template <int SZ>
+__device__ __forceinline__ uint4 ld_partial(const char* p, int n) {
+  constexpr int V = 16 / SZ;
+  uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int e = 0; e < V; ++e) {
+    if (e < n) {
+      const uint32_t v = ldg_elem<SZ>(p + e * SZ);
+      if constexpr (SZ == 2) w[e >> 1] |= v << (16 * (e & 1));
+      else w[e] = v;
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// Global -> registers -> shared memory loader of one operand tile: R rows x BK k x L l, stored
+// as smem[(l * R + r) * SK + k]. Element (r, k, l) of the operand is at
+// base + r*s_r + k*s_k + l*s_l (elements); valid where r < rv, k < kv, l < lv, zero elsewhere.
+// MODE is fixed at compile time (one kernel per layout class), so the address arithmetic of
+// one mode only is live. kKLVec requires d == L; kScalarL/kScalarR pick their thread order at
+// run time (lfast).
+template <int SZ, int R, int BK, int L, int NT, int SK, bool TF32R, int MODE>
+struct TileLoader {
+  static constexpr int V = 16 / SZ;
+  static constexpr int PW = 2 * SZ / 4;  // words per (k, k+1) pair
+  static constexpr bool SCALAR = MODE == kScalarL || MODE == kScalarR;
+  static constexpr int UNITS = MODE == kKVec    ? R * BK / V
+                               : MODE == kKLVec ? R * BK * L / V
+                               : MODE == kLVec  ? R * (BK / 2) * (L / V)
+                               : MODE == kRVec  ? (R / V) * (BK / 2) * L
+                                                : R * (BK / 2) * L;
+  static constexpr int WPU = (MODE == kKVec || MODE == kKLVec) ? 4 : (MODE == kLVec || MODE == kRVec) ? 8 : PW;
+  static constexpr int UPT = cdiv(UNITS, NT);
+  static constexpr bool FULL = UNITS % NT == 0;
+  static_assert(MODE != kKVec || (L == 1 && BK % V == 0), "kKVec needs L == 1");
+  static_assert(MODE != kKLVec || (2 * L <= V && V % (2 * L) == 0 && BK % V == 0), "kKLVec needs 2L | V");
+  static_assert(MODE != kLVec || L % V == 0, "kLVec needs V | L");
+  static_assert(MODE != kRVec || R % V == 0, "kRVec needs V | R");
+  static_assert(SK % (16 / SZ) == 0, "rows must stay 16-byte aligned");
+
+  uint32_t reg[UPT * WPU];
+
+  __device__ __forceinline__ static void st_vec(char* smem, int idx, uint4 v) {
+    if constexpr (TF32R) {
+      v.x = to_tf32(v.x); v.y = to_tf32(v.y); v.z = to_tf32(v.z); v.w = to_tf32(v.w);
+    }
+    *reinterpret_cast<uint4*>(smem + (size_t)idx * SZ) = v;
+  }
+  // Pair (k, k+1) of one (r, l) at element index idx (k even); lo/hi are the elements' bits.
+  __device__ __forceinline__ static void st_pair(char* smem, int idx, uint32_t lo, uint32_t hi) {
+    if constexpr (SZ == 2) {
+      *reinterpret_cast<uint32_t*>(smem + (size_t)idx * 2) = lo | (hi << 16);
+    } else {
+      if constexpr (TF32R) { lo = to_tf32(lo); hi = to_tf32(hi); }
+      *reinterpret_cast<uint2*>(smem + (size_t)idx * 4) = make_uint2(lo, hi);
+    }
+  }
+  // Pair (element e of u, element e2 of v) at idx.
+  __device__ __forceinline__ static void st_pair_v(char* smem, int idx, const uint4& u, int e, const uint4& v, int e2) {
+    if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(smem + (size_t)idx * 2) = pack16(u, e, v, e2);
+    else st_pair(smem, idx, vget<4>(u, e), vget<4>(v, e2));
+  }
+  __device__ __forceinline__ void put4(int at, const uint4& v) {
+    reg[at] = v.x; reg[at + 1] = v.y; reg[at + 2] = v.z; reg[at + 3] = v.w;
+  }
+  __device__ __forceinline__ uint4 get4(int at) const {
+    return make_uint4(reg[at], reg[at + 1], reg[at + 2], reg[at + 3]);
+  }
+  __device__ __forceinline__ static void decode_scalar(int u, bool lfast, int& r, int& kp, int& l) {
+    if (lfast) { l = u % L; const int t = u / L; kp = t % (BK / 2); r = t / (BK / 2); }
+    else { r = u % R; const int t = u / R; kp = t % (BK / 2); l = t / (BK / 2); }
+  }
+
+  __device__ __forceinline__ void load(const void* base_, int64_t s_r, int64_t s_k, int64_t s_l,
+                                       int rv, int kv, int lv, bool lfast, int tid) {
+    const char* base = static_cast<const char*>(base_);
+#pragma unroll
+    for (int s = 0; s < UPT; ++s) {
+      const int u = tid + s * NT;
+      const bool in = FULL || u < UNITS;
+      if constexpr (MODE == kKVec) {
+        constexpr int UPR = BK / V;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        const int r = u / UPR, k = (u % UPR) * V;
+        if (in && r < rv && k < kv) v = ldg16(base + (r * s_r + k) * SZ);
+        put4(4 * s, v);
+      } else if constexpr (MODE == kKLVec) {
+        // Row = (k, l) flattened, contiguous (d == L): vector g0 holds k = g0/L .. + V/L - 1.
+        constexpr int UPR = BK * L / V;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        const int r = u / UPR, g0 = (u % UPR) * V;
+        if (in && r < rv && g0 / L < kv) v = ldg16(base + (r * s_r + g0) * SZ);
+        put4(4 * s, v);
+      } else if constexpr (MODE == kLVec) {
+        constexpr int LQ = L / V;
+        uint4 v0 = make_uint4(0, 0, 0, 0), v1 = v0;
+        const int lq = u % LQ, t = u / LQ, kp = t % (BK / 2), r = t / (BK / 2);
+        const int k = 2 * kp, l = lq * V;
+        if (in && r < rv && k < kv && l < lv) {
+          const char* p = base + (r * s_r + k * s_k + l) * SZ;
+          v0 = ldg16(p);
+          if (k + 1 < kv) v1 = ldg16(p + s_k * SZ);
+        }
+        put4(8 * s, v0);
+        put4(8 * s + 4, v1);
+      } else if constexpr (MODE == kRVec) {
+        constexpr int RQ = R / V;
+        uint4 v0 = make_uint4(0, 0, 0, 0), v1 = v0;
+        const int rq = u % RQ, t = u / RQ, kp = t % (BK / 2), l = t / (BK / 2);
+        const int k = 2 * kp, r0 = rq * V;
+        if (in && r0 < rv && k < kv && l < lv) {
+          const char* p = base + (r0 + k * s_k + l * s_l) * SZ;
+          const int n = rv - r0;
+          if (n >= V) {
+            v0 = ldg16(p);
+            if (k + 1 < kv) v1 = ldg16(p + s_k * SZ);
+          } else {
+            v0 = ld_partial<SZ>(p, n);
+            if (k + 1 < kv) v1 = ld_partial<SZ>(p + s_k * SZ, n);
+          }
+        }
+        put4(8 * s, v0);
+        put4(8 * s + 4, v1);
+      } else {
+        uint32_t e0 = 0, e1 = 0;
+        int r, kp, l;
+        decode_scalar(u, lfast, r, kp, l);
+        const int k = 2 * kp;
+        if (in && r < rv && k < kv && l < lv) {
+          const char* p = base + (r * s_r + k * s_k + l * s_l) * SZ;
+          e0 = ldg_elem<SZ>(p);
+          if (k + 1 < kv) e1 = ldg_elem<SZ>(p + s_k * SZ);
+        }
+        if constexpr (SZ == 2) reg[s] = e0 | (e1 << 16);
+        else { reg[2 * s] = e0; reg[2 * s + 1] = e1; }
+      }
+    }
+  }
+
+  __device__ __forceinline__ void store(void* smem_, bool lfast, int tid) const {
+    char* smem = static_cast<char*>(smem_);
+#pragma unroll
+    for (int s = 0; s < UPT; ++s) {
+      const int u = tid + s * NT;
+      if (!(FULL || u < UNITS)) continue;
+      if constexpr (MODE == kKVec) {
+        constexpr int UPR = BK / V;
+        const int r = u / UPR, k = (u % UPR) * V;
+        st_vec(smem, r * SK + k, get4(4 * s));
+      } else if constexpr (MODE == kKLVec) {
+        constexpr int UPR = BK * L / V;
+        const int r = u / UPR, kf = (u % UPR) * V / L;
+        const uint4 v = get4(4 * s);
+        // Element e is (k = kf + e / L, l = e % L); pairs (k, k+1) of each l.
+#pragma unroll
+        for (int l = 0; l < L; ++l)
+#pragma unroll
+          for (int pp = 0; pp < V / (2 * L); ++pp) {
+            const int e0 = 2 * pp * L + l;
+            st_pair_v(smem, (l * R + r) * SK + kf + 2 * pp, v, e0, v, e0 + L);
+          }
+      } else if constexpr (MODE == kLVec) {
+        constexpr int LQ = L / V;
+        const int lq = u % LQ, t = u / LQ, kp = t % (BK / 2), r = t / (BK / 2);
+        const uint4 v0 = get4(8 * s), v1 = get4(8 * s + 4);
+#pragma unroll
+        for (int e = 0; e < V; ++e) st_pair_v(smem, ((lq * V + e) * R + r) * SK + 2 * kp, v0, e, v1, e);
+      } else if constexpr (MODE == kRVec) {
+        constexpr int RQ = R / V;
+        const int rq = u % RQ, t = u / RQ, kp = t % (BK / 2), l = t / (BK / 2);
+        const uint4 v0 = get4(8 * s), v1 = get4(8 * s + 4);
+#pragma unroll
+        for (int e = 0; e < V; ++e) st_pair_v(smem, (l * R + rq * V + e) * SK + 2 * kp, v0, e, v1, e);
+      } else {
+        int r, kp, l;
+        decode_scalar(u, lfast, r, kp, l);
+        const int idx = (l * R + r) * SK + 2 * kp;
+        if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(smem + (size_t)idx * 2) = reg[s];
+        else st_pair(smem, idx, reg[2 * s], reg[2 * s + 1]);
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core compute: warp tile WM x WN of one l plane; mma.sync m16n8k16 (fp16/bf16) or
+// m16n8k8 tf32 (float). Shared tiles are [l][row][SK] with k contiguous.
+template <typename T> struct MmaOp;
+template <> struct MmaOp<__nv_bfloat16> {
+  __device__ __forceinline__ static void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <> struct MmaOp<__half> {
+  __device__ __forceinline__ static void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <> struct MmaOp<float> {  // tf32
+  __device__ __forceinline__ static void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+template <typename T, int BM_, int BN_, int BK_, int L_, int WM, int WN>
+struct MmaPolicy {
+  using Elem = T;
+  static constexpr bool kTF32 = sizeof(T) == 4;
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, L = L_;
+  static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
+  static constexpr int NT = 32 * L * WARPS_M * WARPS_N;
+  static constexpr int MINB = NT >= 512 ? 1 : 512 / NT;  // 128 registers at most
+  static constexpr int SK = BK + 8;  // 16-bit: 16-byte pad (ldmatrix conflict-free);
+                                     // fp32: SK = 8 mod 32 words (LDS.64 fragments conflict-free)
+  static constexpr int MF = WM / 16, NF = WN / 8;
+  static_assert(WM % 16 == 0 && WN % 16 == 0 && BM % WM == 0 && BN % WN == 0, "tile");
+  static_assert(!kTF32 || BK == 16, "tf32 tiles use BK = 16");
+
+  float acc[MF][NF][4];
+  int lw, wm0, wn0, lane;
+
+  __device__ __forceinline__ void init(int tid) {
+    const int warp = tid >> 5;
+    lane = tid & 31;
+    wn0 = (warp % WARPS_N) * WN;
+    wm0 = ((warp / WARPS_N) % WARPS_M) * WM;
+    lw = warp / (WARPS_N * WARPS_M);
+#pragma unroll
+    for (int a = 0; a < MF; ++a)
+#pragma unroll
+      for (int b = 0; b < NF; ++b)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+  }
+
+  __device__ __forceinline__ void compute(const T* sA, const T* sW, int kv, int lv, int nv) {
+    if (lw >= lv) return;
+    const int nvw = nv - wn0;
+    if (nvw <= 0) return;
+    const T* A = sA + lw * BM * SK;
+    const T* W = sW + lw * BN * SK;
+    if constexpr (!kTF32) {
+#pragma unroll
+      for (int ks = 0; ks < BK / 16; ++ks) {
+        if (ks * 16 < kv) {
+          uint32_t af[MF][4];
+#pragma unroll
+          for (int mf = 0; mf < MF; ++mf)
+            ldmatrix_x4(af[mf], A + (wm0 + mf * 16 + (lane & 15)) * SK + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+          for (int np = 0; np < WN / 16; ++np) {
+            if (np * 16 < nvw) {
+              uint32_t bf[4];
+              ldmatrix_x4(bf, W + (wn0 + np * 16 + (lane & 7) + ((lane >> 4) << 3)) * SK + ks * 16 +
+                                  ((lane >> 3) & 1) * 8);
+#pragma unroll
+              for (int mf = 0; mf < MF; ++mf) {
+                MmaOp<T>::run(acc[mf][2 * np], af[mf], bf[0], bf[1]);
+                MmaOp<T>::run(acc[mf][2 * np + 1], af[mf], bf[2], bf[3]);
+              }
+            }
+          }
+        }
+      }
+    } else {
+      const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+      for (int ks = 0; ks < BK / 8; ++ks) {
+        if (ks * 8 < kv) {
+          // k permuted inside each k8 step (physical 2t, 2t+1 <-> logical t, t+4), the same for
+          // both operands, so each fragment pair is one 8-byte load.
+          uint32_t af[MF][4];
+#pragma unroll
+          for (int mf = 0; mf < MF; ++mf) {
+            const uint2 lo = *reinterpret_cast<const uint2*>(A + (wm0 + mf * 16 + g) * SK + ks * 8 + 2 * t);
+            const uint2 hi = *reinterpret_cast<const uint2*>(A + (wm0 + mf * 16 + g + 8) * SK + ks * 8 + 2 * t);
+            af[mf][0] = lo.x; af[mf][1] = hi.x; af[mf][2] = lo.y; af[mf][3] = hi.y;
+          }
+#pragma unroll
+          for (int nf = 0; nf < NF; ++nf) {
+            if (nf * 8 < nvw) {
+              const uint2 bb = *reinterpret_cast<const uint2*>(W + (wn0 + nf * 8 + g) * SK + ks * 8 + 2 * t);
+#pragma unroll
+              for (int mf = 0; mf < MF; ++mf) MmaOp<T>::run(acc[mf][nf], af[mf], bb.x, bb.y);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // Calls f(l, m, j, value) for every accumulator of this thread (l < lv only).
+  template <class F>
+  __device__ __forceinline__ void for_each(int lv, F&& f) const {
+    if (lw >= lv) return;
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+      for (int nf = 0; nf < NF; ++nf)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            f(lw, wm0 + mf * 16 + g + 8 * h, wn0 + nf * 8 + 2 * t + e, acc[mf][nf][2 * h + e]);
+  }
+};
+
+// Strict fp32 SIMT: thread tile 8 (m) x TN (j) of one l plane, CT threads across j.
+// L * BM == 128 rows of A per block: thread row-group rt -> (l = rt / (BM/8), m = rt % (BM/8)).
+template <int BM_, int BN_, int L_, int TN, int CT>
+struct SimtPolicy {
+  using Elem = float;
+  static constexpr int BM = BM_, BN = BN_, BK = 16, L = L_;
+  static constexpr int TM = 8, RPT = BM / TM;
+  static constexpr int NT = L * RPT * CT;
+  static constexpr int MINB = 1;
+  static constexpr int SK = BK + 4;  // 80-byte rows: 16-byte loads of 8 consecutive rows conflict-free
+  static_assert(BN == TN * CT && BM % TM == 0, "tile");
+
+  float acc[TM][TN];
+  int ct, l, mloc;
+
+  __device__ __forceinline__ void init(int tid) {
+    ct = tid % CT;
+    const int rt = tid / CT;
+    l = rt / RPT;
+    mloc = rt % RPT;
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int s = 0; s < TN; ++s) acc[r][s] = 0.f;
+  }
+
+  __device__ __forceinline__ void compute(const float* sA, const float* sW, int kv, int lv, int nv) {
+    (void)nv;
+    if (l >= lv) return;
+    const float* A = sA + (l * BM + mloc) * SK;
+    const float* W = sW + (l * BN + ct) * SK;
+#pragma unroll
+    for (int kq = 0; kq < BK / 4; ++kq) {
+      if (kq * 4 < kv) {
+        float4 bv[TN];
+#pragma unroll
+        for (int s = 0; s < TN; ++s) bv[s] = *reinterpret_cast<const float4*>(W + s * CT * SK + kq * 4);
+#pragma unroll
+        for (int r = 0; r < TM; ++r) {
+          const float4 av = *reinterpret_cast<const float4*>(A + r * RPT * SK + kq * 4);
+#pragma unroll
+          for (int s = 0; s < TN; ++s) {
+            float v = acc[r][s];
+            v = fmaf(av.x, bv[s].x, v);
+            v = fmaf(av.y, bv[s].y, v);
+            v = fmaf(av.z, bv[s].z, v);
+            v = fmaf(av.w, bv[s].w, v);
+            acc[r][s] = v;
+          }
+        }
+      }
+    }
+  }
+
+  template <class F>
+  __device__ __forceinline__ void for_each(int lv, F&& f) const {
+    if (l >= lv) return;
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int s = 0; s < TN; ++s) f(l, mloc + r * RPT, ct + s * CT, acc[r][s]);
+  }
+};
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <class P>
+constexpr size_t tile_smem_bytes() {
+  using T = typename P::Elem;
+  constexpr int V = 16 / sizeof(T);
+  constexpr size_t ops = 2ull * P::L * (P::BM + P::BN) * P::SK * sizeof(T);
+  constexpr size_t bf = (size_t)P::BM * (P::BN * P::L + V) * sizeof(T);
+  constexpr size_t bl = (size_t)P::BN * P::L * (P::BM + V) * sizeof(T);
+  constexpr size_t st = bf > bl ? bf : bl;
+  return ops > st ? ops : st;
+}
+
+// Layout classes: one kernel each, so that only one load mode's address arithmetic is live.
+enum Variant : int { kFastBF = 0, kFastBL = 1, kScalar = 2 };
+
+template <class P, bool TF32R, int VARIANT>
+__global__ void __launch_bounds__(P::NT, P::MINB) ks_tile_kernel(const TileParams p) {
+  using T = typename P::Elem;
+  constexpr int SZ = sizeof(T);
+  constexpr int V = 16 / SZ;
+  constexpr int BM = P::BM, BN = P::BN, BK = P::BK, L = P::L, NT = P::NT, SK = P::SK;
+  constexpr int A_EL = L * BM * SK, W_EL = L * BN * SK;
+  constexpr int FAST = L == 1 ? kKVec : (2 * L <= V ? kKLVec : kLVec);
+  constexpr int AMODE = VARIANT == kFastBF ? FAST : VARIANT == kFastBL ? kRVec : kScalarL;
+  constexpr int WMODE = VARIANT == kScalar ? kScalarL : FAST;
+  using LA = TileLoader<SZ, BM, BK, L, NT, SK, TF32R, AMODE>;
+  using LW = TileLoader<SZ, BN, BK, L, NT, SK, TF32R, WMODE>;
+  const bool a_lfast = !p.batch_last;  // scalar x loads: l (then k) fastest unless batch-last
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);
+
+  const int tid = threadIdx.x;
+  const int64_t i = blockIdx.y + (int64_t)blockIdx.z * 65535;
+  if (i >= p.a) return;
+  const int64_t bx = blockIdx.x;
+  const int jt = (int)(bx % p.tiles_n);
+  const int64_t t2 = bx / p.tiles_n;
+  const int lt = (int)(t2 % p.tiles_l);
+  const int64_t mt = t2 / p.tiles_l;
+  const int64_t m0 = mt * BM;
+  const int j0 = jt * BN, l0 = lt * L;
+  const int b = p.b, c = p.c, d = p.d;
+  const int rv = (int)(p.batch - m0 < BM ? p.batch - m0 : BM);
+  const int nv = min(BN, b - j0);
+  const int lv = min(L, d - l0);
+
+  const T* xg = static_cast<const T*>(p.x) + i * p.x_si + m0 * p.x_sm + l0 * p.x_sl;
+  const int64_t w_sr = (int64_t)c * d;
+  const T* wg = static_cast<const T*>(p.w) + (i * b + j0) * w_sr + l0;
+
+  LA la;
+  LW lw;
+  P pol;
+  pol.init(tid);
+
+  const int KT = cdiv(c, BK);
+  la.load(xg, p.x_sm, p.x_sk, p.x_sl, rv, min(BK, c), lv, a_lfast, tid);
+  lw.load(wg, w_sr, d, 1, nv, min(BK, c), lv, true, tid);
+  la.store(smem, a_lfast, tid);
+  lw.store(smem + A_EL, true, tid);
+  __syncthreads();
+
+  for (int kt = 0; kt < KT; ++kt) {
+    const int cur = kt & 1;
+    const bool more = kt + 1 < KT;
+    if (more) {
+      const int k1 = (kt + 1) * BK;
+      const int kv1 = min(BK, c - k1);
+      la.load(xg + k1 * p.x_sk, p.x_sm, p.x_sk, p.x_sl, rv, kv1, lv, a_lfast, tid);
+      lw.load(wg + (int64_t)k1 * d, w_sr, d, 1, nv, kv1, lv, true, tid);
+    }
+    const T* sA = smem + cur * (A_EL + W_EL);
+    pol.compute(sA, sA + A_EL, min(BK, c - kt * BK), lv, nv);
+    if (more) {
+      T* nA = smem + (cur ^ 1) * (A_EL + W_EL);
+      la.store(nA, a_lfast, tid);
+      lw.store(nA + A_EL, true, tid);
+    }
+    __syncthreads();
+  }
+
+  // Epilogue: stage the tile in y's order, then copy out with (16-byte) coalesced stores.
+  T* cs = smem;
+  T* yg = static_cast<T*>(p.y);
+  if (!p.batch_last) {
+    constexpr int RS = BN * L + V;  // staged (m, j, l) at m*RS + j*lv + l
+    pol.for_each(lv, [&](int l, int m, int j, float v) { cs[m * RS + j * lv + l] = from_float<T>(v); });
+    __syncthreads();
+    const bool whole = lv == d;  // the block covers every l: one run per row
+    const int rows = whole ? rv : rv * nv;
+    const int run = whole ? nv * d : lv;
+    const int64_t ybase = m0 * p.y_sm + ((int64_t)i * b + j0) * d + l0;
+    const bool vec = p.y_vec;
+    const int cpr = vec ? cdiv(run, V) : run;
+    const int total = rows * cpr;
+    for (int u = tid; u < total; u += NT) {
+      const int row = u / cpr, ch = u - row * cpr;
+      int sro;
+      int64_t gro;
+      if (whole) { sro = row * RS; gro = row * p.y_sm; }
+      else {
+        const int r = row / nv, j = row - r * nv;
+        sro = r * RS + j * lv;
+        gro = r * p.y_sm + (int64_t)j * d;
+      }
+      T* gp = yg + ybase + gro;
+      const T* sp = cs + sro;
+      if (vec) {
+        const int e0 = ch * V, n = min(V, run - e0);
+        if (n == V) *reinterpret_cast<uint4*>(gp + e0) = *reinterpret_cast<const uint4*>(sp + e0);
+        else for (int e = 0; e < n; ++e) gp[e0 + e] = sp[e0 + e];
+      } else {
+        gp[ch] = sp[ch];
+      }
+    }
+  } else {
+    constexpr int RS = BM + V;  // staged (j, l, m) at (j*lv + l)*RS + m
+    pol.for_each(lv, [&](int l, int m, int j, float v) { cs[(j * lv + l) * RS + m] = from_float<T>(v); });
+    __syncthreads();
+    const int rows = nv * lv, run = rv;
+    const int64_t B = p.batch;
+    const bool vec = p.y_vec;
+    const int cpr = vec ? cdiv(run, V) : run;
+    const int total = rows * cpr;
+    for (int u = tid; u < total; u += NT) {
+      const int row = u / cpr, ch = u - row * cpr;
+      const int j = row / lv, l = row - j * lv;
+      T* gp = yg + (((int64_t)i * b + j0 + j) * d + l0 + l) * B + m0;
+      const T* sp = cs + row * RS;
+      if (vec) {
+        const int e0 = ch * V, n = min(V, run - e0);
+        if (n == V) *reinterpret_cast<uint4*>(gp + e0) = *reinterpret_cast<const uint4*>(sp + e0);
+        else for (int e = 0; e < n; ++e) gp[e0 + e] = sp[e0 + e];
+      } else {
+        gp[ch] = sp[ch];
+      }
+    }
+  }
+}
+
+template <class P, bool TF32R, int VARIANT>
+cudaError_t launch_variant(const TileParams& q, dim3 grid, cudaStream_t stream) {
+  constexpr size_t smem = tile_smem_bytes<P>();
+  auto kern = ks_tile_kernel<P, TF32R, VARIANT>;
+  if (smem > 48 * 1024) {
+    static int done_mask = 0;  // one bit per device; the attribute call is idempotent
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    if (dev >= 31 || !(done_mask & (1 << dev))) {
+      e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      if (e != cudaSuccess) return e;
+      if (dev < 31) done_mask |= 1 << dev;
+    }
+  }
+  kern<<<grid, P::NT, smem, stream>>>(q);
+  return cudaGetLastError();
+}
+
+// Host side: launches one tile configuration (p.variant picks the load class).
+template <class P, bool TF32R>
+cudaError_t launch_tile(const TileParams& p, cudaStream_t stream) {
+  TileParams q = p;
+  const int64_t tiles_m = (p.batch + P::BM - 1) / P::BM;
+  q.tiles_m = tiles_m;
+  q.tiles_n = cdiv(p.b, P::BN);
+  q.tiles_l = cdiv(p.d, P::L);
+  const int64_t gx = tiles_m * q.tiles_n * q.tiles_l;
+  if (gx > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  const int64_t gy = p.a < 65535 ? p.a : 65535;
+  const int64_t gz = (p.a + 65534) / 65535;
+  const dim3 grid((unsigned)gx, (unsigned)gy, (unsigned)gz);
+  switch (p.variant) {
+    case kFastBF: return launch_variant<P, TF32R, kFastBF>(q, grid, stream);
+    case kFastBL: return launch_variant<P, TF32R, kFastBL>(q, grid, stream);
+    default: return launch_variant<P, TF32R, kScalar>(q, grid, stream);
+  }
+}
+
+}  // namespace detail
+}  // namespace ks

@@ -1,0 +1,33 @@
+// Tensor-core (mma.sync m16n8k16, fp32 accumulate) tile kernels for float16 and bfloat16.
+#include "ks_dispatch.h"
+
+namespace ks {
+namespace detail {
+
+namespace {
+template <typename T>
+cudaError_t launch_16(const TileParams& p, int L, int BN, cudaStream_t s) {
+  // Warp tile 32 x 64; BK 32 (16 where L = 8 to bound shared memory).
+  switch (L * 1000 + BN) {
+    case 1064: return launch_tile<MmaPolicy<T, 128, 64, 32, 1, 32, 64>, false>(p, s);
+    case 1128: return launch_tile<MmaPolicy<T, 128, 128, 32, 1, 32, 64>, false>(p, s);
+    case 2064: return launch_tile<MmaPolicy<T, 64, 64, 16, 2, 32, 64>, false>(p, s);
+    case 2128: return launch_tile<MmaPolicy<T, 64, 128, 16, 2, 32, 64>, false>(p, s);
+    case 4064: return launch_tile<MmaPolicy<T, 64, 64, 16, 4, 32, 64>, false>(p, s);
+    case 4128: return launch_tile<MmaPolicy<T, 32, 128, 16, 4, 32, 64>, false>(p, s);
+    case 8064: return launch_tile<MmaPolicy<T, 64, 64, 16, 8, 32, 64>, false>(p, s);
+    case 8128: return launch_tile<MmaPolicy<T, 32, 128, 16, 8, 32, 64>, false>(p, s);
+    default: return cudaErrorInvalidConfiguration;
+  }
+}
+}  // namespace
+
+cudaError_t launch_tile_bf16(const TileParams& p, int L, int BN, cudaStream_t s) {
+  return launch_16<__nv_bfloat16>(p, L, BN, s);
+}
+cudaError_t launch_tile_f16(const TileParams& p, int L, int BN, cudaStream_t s) {
+  return launch_16<__half>(p, L, BN, s);
+}
+
+}  // namespace detail
+}  // namespace ks

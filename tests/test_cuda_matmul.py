@@ -1,0 +1,233 @@
+"""The fused CUDA kernel of ks::matmul: values against the float64 reference for awkward patterns,
+every dtype (strict fp32, tf32, fp16, bf16) and both layouts, every output element written,
+opcheck, torch.compile (fullgraph, reduce-overhead) and autograd on the GPU.
+
+Tolerances: strict fp32 is judged by a fixed relative bound; tf32/fp16/bf16 against the error
+PyTorch's own dense product makes in the same arithmetic (times a small factor)."""
+import contextlib
+
+import pytest
+import torch
+
+import ks_ops
+from ks_ops import KSPattern, ks_matmul_reference
+
+from support import rel_err
+
+pytestmark = pytest.mark.cuda
+DEV = "cuda"
+
+# (a, b, c, d): b, c not multiples of 8/16, a = 1, d = 1, d large, the ViT factors, and patterns
+# that reach every load class of the kernel (fast k-, (k,l)-, l-vectors, batch-last rows, scalar).
+PATTERNS = [
+    (1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2), (1, 5, 9, 64), (3, 100, 36, 6),
+    (2, 48, 192, 1), (1, 192, 48, 2), (6, 64, 64, 1), (1, 768, 192, 2), (6, 64, 256, 1),
+    (1, 128, 128, 3), (4, 64, 64, 4), (1, 64, 64, 16), (2, 96, 40, 8), (1, 200, 300, 1),
+    (1, 64, 64, 12), (2, 144, 80, 4), (1, 40, 72, 32),
+]
+BATCHES = [1, 3, 16, 17, 131, 1000]
+# name -> (dtype, allow_tf32)
+DTYPES = {
+    "fp32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "fp16": (torch.float16, False),
+    "bf16": (torch.bfloat16, False),
+}
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def inputs(pattern, batch, dtype, batch_last=False, lead=None):
+    p = KSPattern.of(pattern)
+    w = p.random_weights(dtype=dtype, device=DEV)
+    if batch_last:
+        x = torch.randn(p.in_features, batch, dtype=dtype, device=DEV)
+    else:
+        x = torch.randn(*(lead or (batch,)), p.in_features, dtype=dtype, device=DEV)
+    return x, w
+
+
+def poisoned_call(x, w, batch_last):
+    """Runs the op right after filling and freeing a NaN buffer of y's size, so that the caching
+    allocator hands that buffer to y: an unwritten element stays NaN and fails the check."""
+    a, b, c, d = w.shape
+    if batch_last:
+        shape = (a * b * d, x.shape[1])
+    else:
+        shape = (*x.shape[:-1], a * b * d)
+    poison = torch.full(shape, float("nan"), dtype=x.dtype, device=x.device)
+    ptr = poison.data_ptr()
+    del poison
+    y = torch.ops.ks.matmul(x, w, batch_last=batch_last)
+    return y, y.data_ptr() == ptr
+
+
+def tolerance(x, w, batch_last, dtype_name, factor=4.0):
+    if dtype_name == "fp32":
+        return 2e-5
+    k = KSPattern.of_weights(w).to_dense(w)
+    with tf32(dtype_name == "tf32"):
+        yd = k @ x if batch_last else torch.nn.functional.linear(x, k)
+    err = rel_err(yd, ks_matmul_reference(x, w, batch_last=batch_last))
+    floor = {"tf32": 2e-4, "fp16": 1e-3, "bf16": 8e-3}[dtype_name]
+    return factor * max(err, floor)
+
+
+def check(x, w, batch_last, dtype_name):
+    with tf32(dtype_name == "tf32"):
+        y, reused = poisoned_call(x, w, batch_last)
+    ref = ks_matmul_reference(x, w, batch_last=batch_last)
+    assert y.shape == ref.shape and y.dtype == x.dtype and y.is_contiguous()
+    if ref.numel() == 0:
+        return
+    assert torch.isfinite(y).all(), f"unwritten or non-finite outputs (poisoned buffer reused: {reused})"
+    err = rel_err(y, ref)
+    tol = tolerance(x, w, batch_last, dtype_name)
+    assert err <= tol, f"{dtype_name} {tuple(w.shape)} B={x.shape[-1] if batch_last else x.shape[0]}: rel err {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("pattern", PATTERNS, ids=str)
+def test_matches_reference(pattern, batch, dtype_name, batch_last):
+    dtype, _ = DTYPES[dtype_name]
+    x, w = inputs(pattern, batch, dtype, batch_last)
+    check(x, w, batch_last, dtype_name)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("pattern", [(2, 48, 192, 1), (4, 64, 64, 4), (1, 64, 64, 16), (3, 13, 11, 3)], ids=str)
+@pytest.mark.parametrize("batch", [2, 257, 1031])  # primes (and one decode size)
+def test_prime_batch_and_leading_dims(pattern, batch, dtype_name):
+    dtype, _ = DTYPES[dtype_name]
+    x, w = inputs(pattern, None, dtype, lead=(batch, 1))
+    check(x, w, False, dtype_name)
+    x, w = inputs(pattern, None, dtype, lead=(2, 3, batch))
+    check(x, w, False, dtype_name)
+
+
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_batch_zero(dtype_name, batch_last):
+    dtype, _ = DTYPES[dtype_name]
+    x, w = inputs((2, 48, 192, 1), 0, dtype, batch_last)
+    y = torch.ops.ks.matmul(x, w, batch_last=batch_last)
+    assert y.shape == ((96, 0) if batch_last else (0, 96))
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("pattern", [(2, 48, 192, 1), (4, 64, 64, 4), (1, 64, 64, 16), (1, 192, 48, 2)], ids=str)
+@pytest.mark.parametrize("batch", [5, 300])
+def test_strided_and_misaligned_inputs(pattern, batch, dtype_name):
+    """Row strides (leading dim > features), pointers off 16-byte alignment (scalar loads) and
+    non-contiguous weights take the slower load classes; results must not change."""
+    dtype, _ = DTYPES[dtype_name]
+    p = KSPattern.of(pattern)
+    w = p.random_weights(dtype=dtype, device=DEV)
+    base = torch.randn(batch, p.in_features + 24, dtype=dtype, device=DEV)
+    check(base[:, : p.in_features], w, False, dtype_name)  # ldx > in_features, aligned
+    check(base[:, 1 : p.in_features + 1], w, False, dtype_name)  # misaligned pointer
+    flat = torch.randn(batch * p.in_features + 1, dtype=dtype, device=DEV)
+    check(flat[1:].view(batch, p.in_features), w, False, dtype_name)
+    xt = torch.randn(batch + 3, p.in_features, dtype=dtype, device=DEV)[:batch].T  # batch-last, transposed
+    check(xt, w, True, dtype_name)
+    xl = torch.randn(p.in_features, batch + 5, dtype=dtype, device=DEV)[:, 1 : batch + 1]  # ldx > B, misaligned
+    check(xl, w, True, dtype_name)
+    wt = torch.randn(p.a, p.c, p.b, p.d, dtype=dtype, device=DEV).transpose(1, 2) / p.c
+    check(torch.randn(batch, p.in_features, dtype=dtype, device=DEV), wt, False, dtype_name)
+
+
+def test_large_offsets_int64():
+    """More than 2^31 elements in x: offsets must be 64-bit."""
+    free, _ = torch.cuda.mem_get_info()
+    p = KSPattern(1, 64, 64, 16)
+    batch = (2**31) // p.in_features + 7
+    need = batch * (p.in_features + p.out_features) * 2 + (1 << 30)
+    if free < need:
+        pytest.skip("not enough GPU memory")
+    x = torch.randn(batch, p.in_features, dtype=torch.bfloat16, device=DEV)
+    w = p.random_weights(dtype=torch.bfloat16, device=DEV)
+    y = torch.ops.ks.matmul(x, w)
+    tail = slice(batch - 300, batch)
+    ref = ks_matmul_reference(x[tail], w)
+    assert rel_err(y[tail], ref) < 3e-2
+    del x, y
+
+
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("batch", [3, 40])
+def test_opcheck_cuda(batch, dtype, batch_last):
+    x, w = inputs((2, 24, 40, 4), batch, dtype, batch_last)
+    torch.library.opcheck(torch.ops.ks.matmul.default, (x, w), {"batch_last": batch_last})
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    torch.library.opcheck(torch.ops.ks.matmul.default, (x, w), {"batch_last": batch_last})
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+def test_torch_compile(mode, batch_last):
+    torch._dynamo.reset()
+    x, w = inputs((4, 64, 64, 4), 256, torch.bfloat16, batch_last)
+
+    def f(x, w):
+        return torch.relu(torch.ops.ks.matmul(x, w, batch_last=batch_last)) * 2
+
+    cf = torch.compile(f, fullgraph=True, mode=mode)
+    expect = f(x, w)
+    for _ in range(3):  # graph capture and replays under reduce-overhead
+        out = cf(x, w)
+        torch.testing.assert_close(out.float(), expect.float(), rtol=0, atol=0)
+    x2 = torch.randn_like(x)
+    torch.testing.assert_close(cf(x2, w).float(), f(x2, w).float(), rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+def test_cuda_graph_capture():
+    x, w = inputs((2, 48, 192, 1), 512, torch.float32)
+    y = torch.ops.ks.matmul(x, w)
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        with torch.cuda.graph(g):
+            yg = torch.ops.ks.matmul(x, w)
+    torch.cuda.current_stream().wait_stream(s)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.testing.assert_close(yg, torch.ops.ks.matmul(x, w), rtol=0, atol=0)
+    assert not torch.equal(yg, y)
+
+
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("pattern", [(2, 48, 192, 1), (4, 64, 64, 4), (3, 13, 11, 3)], ids=str)
+def test_autograd_cuda(pattern, batch_last):
+    x, w = inputs(pattern, 77, torch.float32, batch_last)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    with tf32(False):
+        y = ks_ops.matmul(x, w, batch_last=batch_last)
+        gy = torch.randn_like(y)
+        gx, gw = torch.autograd.grad(y, (x, w), gy)
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = w.detach().double().requires_grad_(True)
+    y64 = ks_matmul_reference(x64, w64, batch_last=batch_last)
+    rx, rw = torch.autograd.grad(y64, (x64, w64), gy.double())
+    assert rel_err(gx, rx) < 2e-5
+    assert rel_err(gw, rw) < 2e-5
+
+
+def test_float64_falls_back():
+    x, w = inputs((3, 13, 11, 3), 20, torch.float64)
+    y = torch.ops.ks.matmul(x, w)
+    assert rel_err(y, ks_matmul_reference(x, w)) < 1e-12
