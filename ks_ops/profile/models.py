@@ -60,10 +60,10 @@ def _transformers(spec: ModelSpec, inp: InputSpec, workload_len: int) -> nn.Modu
     for key in spec.config:
         if not hasattr(known, key):
             raise ConfigError(f"model.config.{key}: not a field of {cls_name}")
-    kwargs = {**preset, **spec.config}
+    # The input sets the image geometry over the preset's, unless model.config sets it.
+    geometry = {"image_size": inp.image_size, "num_channels": inp.channels} if kind == "images" else {}
+    kwargs = {**preset, **geometry, **spec.config}
     if kind == "images":
-        kwargs.setdefault("image_size", inp.image_size)
-        kwargs.setdefault("num_channels", inp.channels)
         if kwargs["image_size"] != inp.image_size:
             raise ConfigError(f"input.image_size: {inp.image_size} differs from model.config.image_size "
                               f"{kwargs['image_size']}")

@@ -102,8 +102,13 @@ def write_csv(path, results) -> None:
     atomic_write(path, buf.getvalue())
 
 
+def _ci(value) -> float:
+    return 0.0 if value is None or math.isnan(value) else value
+
+
 def write_plot(path, results) -> str | None:
-    """Writes the PNG; returns why not where matplotlib is missing."""
+    """J/unit and latency per variant (horizontal bars with 95% CIs) and the power timeline (mean
+    power of each window). Returns why not where matplotlib is missing."""
     try:
         import matplotlib
 
@@ -112,34 +117,38 @@ def write_plot(path, results) -> str | None:
     except ImportError:
         return "plot skipped: matplotlib is not installed (pip install matplotlib)"
     rows = summarize(results.trials)
-    energy = all(r.j_per_unit is not None for r in rows) and rows
-    labels = [f"{r.variant}\n{r.group} {r.phase}" for r in rows]
-    fig, axes = plt.subplots(3, 1, figsize=(max(8, 1.1 * len(rows)), 12))
+    energy = bool(rows) and all(r.j_per_unit is not None for r in rows)
+    colors: dict[str, str] = {}
+    color = [colors.setdefault(r.variant, f"C{len(colors)}") for r in rows]
+    labels = [f"{r.variant} | {r.group} {r.phase}" for r in rows]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 4 + 0.5 * len(rows) * 2 + 3))
     if energy:
-        axes[0].bar(labels, [r.j_per_unit for r in rows],
-                    yerr=[0 if r.j_per_unit_ci is None or math.isnan(r.j_per_unit_ci) else r.j_per_unit_ci
-                          for r in rows], capsize=3)
-        axes[0].set_ylabel("J per unit (gross)")
+        per_unit = [(r.j_per_unit, _ci(r.j_per_unit_ci)) for r in rows]
+        axes[0].set_xlabel(f"J per unit (gross), meter {results.meta.get('meter')}")
     else:
-        axes[0].bar(labels, [1 / r.units_per_s for r in rows])
-        axes[0].set_ylabel("s per unit (no energy meter)")
-    axes[1].bar(labels, [r.latency_s * 1e3 for r in rows],
-                yerr=[0 if math.isnan(r.latency_ci) else r.latency_ci * 1e3 for r in rows], capsize=3)
-    axes[1].set_ylabel("latency per batch (ms)")
-    for ax in axes[:2]:
-        ax.tick_params(axis="x", labelsize=7)
+        per_unit = [(1 / r.units_per_s, 0.0) for r in rows]
+        axes[0].set_xlabel("seconds per unit (time-only meter)")
+    axes[0].barh(labels, [v for v, _ in per_unit], xerr=[e for _, e in per_unit], color=color, capsize=3)
+    axes[1].barh(labels, [r.latency_s * 1e3 for r in rows], xerr=[_ci(r.latency_ci) * 1e3 for r in rows],
+                 color=color, capsize=3)
+    axes[1].set_xlabel("latency per batch (ms)")
+    for ax, values in ((axes[0], [v for v, _ in per_unit]), (axes[1], [r.latency_s for r in rows])):
+        if values and max(values) > 20 * min(values) > 0:  # phases that differ by orders of magnitude
+            ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=8)
     ax = axes[2]
-    colors = {}
-    for w in [*({"variant": "idle", **i} for i in results.idle), *(t.as_dict() for t in results.trials)]:
-        if w["power_w"] is None:
-            continue
-        c = colors.setdefault(w["variant"], f"C{len(colors)}")
-        ax.hlines(w["power_w"], w["t_start"], w["t_start"] + w["time_s"], colors=c, lw=3)
-    if colors:
+    windows = [{"variant": "idle", **w} for w in results.idle] + [t.as_dict() for t in results.trials]
+    for w in windows:
+        if w["power_w"] is not None:
+            c = colors.setdefault(w["variant"], f"C{len(colors)}")
+            ax.hlines(w["power_w"], w["t_start"], w["t_start"] + w["time_s"], colors=c, lw=3)
+    if energy:
         ax.legend([plt.Line2D([], [], color=c, lw=3) for c in colors.values()], list(colors), fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no energy meter: no power timeline", ha="center", transform=ax.transAxes)
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("mean power per window (W)")
-    ax.set_title(f"power timeline, meter {results.meta.get('meter', '?')}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -110,6 +110,7 @@ class _Variant:
 
     def __init__(self, cfg: Config, index: int, base, device, dtype_name: str, workload, results: Results):
         spec = cfg.variants[index]
+        # Rebuilt per group rather than kept for all: one group's models in memory at a time.
         torch.manual_seed(cfg.seed + 1 + index)  # the same KS weights in every group
         raw = copy.deepcopy(base)
         report = None
@@ -123,13 +124,15 @@ class _Variant:
         raw = raw.to(dtype=DTYPES[dtype_name]).eval()
         mode = compile_mode(cfg, spec)
         model = raw if mode is None else torch.compile(raw, mode=None if mode == "default" else mode)
-        self.name, self.model = spec.name, raw
+        self.name = spec.name
         self.phases = models.phases(model, raw, cfg.model, cfg.input, workload, device,
                                     DTYPES[dtype_name], cfg.seed)
         self.step_s: dict[str, float] = {}
 
 
 def _idle(meter, window_s, group, trial, t0, results) -> float:
+    """Idle power for this round: the device holds the models but computes nothing. Measured
+    first in each round, so it includes the tail of the last round's load (a slight overestimate)."""
     start = time.perf_counter() - t0
     meter.begin_window("idle")
     time.sleep(window_s)
