@@ -1,6 +1,24 @@
 """The profile's YAML config: parsed with yaml.safe_load into dataclasses, every error naming the
 field path (``variants[1].replace[0].chain[0]: ...``). Unknown keys are errors (typos otherwise
-pass silently). Defaults and the accepted values are in ``FIELDS`` below and in profiles/*.yaml.
+pass silently). The schema (defaults in brackets):
+
+    model:     {source: transformers, preset: gpt2 | gpt2-medium | vit-s16, task?: base | causal-lm |
+                image-classification, config?: {config-class overrides}}
+             | {source: timm, name: vit_small_patch16_224, config?: {create_model kwargs}}
+             | {source: python, target: "module:function", config?: {kwargs}}   # runs user code
+    input:     {batch_size, seq_len} (tokens) | {batch_size, image_size, channels? [3]} (images)
+    workload:  forward | {generate: {prompt_len, new_tokens}} | a list of these   [forward]
+    dtype:     float32 | bfloat16 | float16 (fp32, bf16, fp16) | auto | a list    [auto: bf16 on GPU]
+    device:    auto | cpu | cuda | cuda:N                                          [auto]
+    compile:   false | default | max-autotune | reduce-overhead                   [false]
+    seed:      int                                                                 [0]
+    variants:  [{name, replace?: R | [R, ...], compile?}, ...]; the first is the ratios' baseline
+               R = {modules: [fnmatch globs], chain: auto | [[a,b,c,d], ...] [auto], backend: [auto]}
+    measure:   {warmup_s [5], window_s [2], trials [5], idle_baseline [true], meter: auto | zeus |
+                nvml | time [auto]}
+    output:    {json?, csv?, plot?}: paths, relative to --out-dir or the current directory
+
+Lists of workloads and dtypes run as groups (every workload in every dtype), each with all variants.
 """
 from __future__ import annotations
 
