@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Latency of ks::matmul on the GPU against the permute+bmm method, dense F.linear and the
+roofline floor (ceilings measured in the same run).
+
+    python tools/bench_matmul.py --set quick --dtype bf16,fp32 --layout bf,bl --batch 25088 \
+        --out benchmarks/results/quick.jsonl
+
+Rows are appended to the JSONL as they finish; a rerun skips rows already there (resumable).
+At the end an atomic JSON (rows + ceilings + GPU, torch, date) is written next to the JSONL and a
+summary table is printed: median time/floor per backend, speedups vs bmm and dense, win rates.
+Sets: grid = the paper's 376-pattern grid (../shared/notes/h200.md), quick = the 16 baseline
+patterns of that note, vit = the six ViT-S/16 factors.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import ks_ops  # noqa: E402
+from ks_ops import KSPattern  # noqa: E402
+from ks_ops.backends import bmm as bmm_backend  # noqa: E402
+from ks_ops.bench import Ceilings, ks_bytes, ks_flops, measure_ceilings, rotation_count, time_cuda  # noqa: E402
+
+GRID_A = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+GRID_BC = [48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+GRID_SKIP = {(1024, 256), (128, 512), (64, 256)}
+QUICK = [
+    (2, 48, 192, 1), (1, 192, 48, 2), (6, 64, 64, 1), (1, 768, 192, 2), (6, 64, 256, 1),
+    (1, 128, 128, 3), (4, 64, 64, 4), (1, 64, 64, 16), (16, 64, 256, 1), (1, 256, 256, 4),
+    (8, 128, 128, 1), (64, 48, 48, 1), (1, 48, 48, 64), (2, 1024, 256, 1), (1, 96, 384, 8),
+    (32, 128, 32, 1),
+]
+VIT = [(2, 48, 192, 1), (1, 192, 48, 2), (6, 64, 64, 1), (1, 768, 192, 2), (6, 64, 256, 1), (1, 128, 128, 3)]
+DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
+          "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
+
+
+def grid_patterns(batch: int) -> list[tuple[int, int, int, int]]:
+    skip = GRID_SKIP | {(c, b) for b, c in GRID_SKIP}
+    out = []
+    for a in GRID_A:
+        for b in GRID_BC:
+            for c in GRID_BC:
+                if not (b == c or b == 4 * c or c == 4 * b) or (b, c) in skip:
+                    continue
+                for d in (4, 16, 64):
+                    if batch * a * c * d >= 2**31 or batch * a * b * d >= 2**31:
+                        continue
+                    out.append((a, b, c, d))
+    return out
+
+
+def patterns_of(name: str, batch: int):
+    if name == "grid":
+        return grid_patterns(25088)  # the paper's grid is defined at its batch
+    if name == "quick":
+        return list(QUICK)
+    if name == "vit":
+        return list(VIT)
+    raise SystemExit(f"unknown set {name!r}")
+
+
+def row_key(r: dict) -> tuple:
+    return (r["set"], tuple(r["pattern"]), r["batch"], r["dtype"], r["layout"])
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    y, ref = y.double(), ref.double()
+    return ((y - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dict:
+    dtype, tf32 = DTYPES[dname]
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    p = KSPattern.of(pattern)
+    bl = layout == "bl"
+    esz = torch.empty((), dtype=dtype).element_size()
+    nbytes = ks_bytes(pattern, batch, esz)
+    flops = ks_flops(pattern, batch)
+    floor = max(flops / ceil.rate(dtype, tf32), nbytes / ceil.copy_bytes_per_s)
+    nsets = rotation_count(nbytes)
+    sets = []
+    for _ in range(nsets):
+        w = p.random_weights(dtype=dtype, device="cuda")
+        shape = (p.in_features, batch) if bl else (batch, p.in_features)
+        sets.append((torch.randn(shape, dtype=dtype, device="cuda"), w))
+    row = {"set": setname, "pattern": list(pattern), "batch": batch, "dtype": dname, "layout": layout,
+           "flops": flops, "bytes": nbytes, "floor_us": floor * 1e6, "rotation": nsets}
+    samples = args.samples
+    budget = args.max_row_s
+
+    def kern(x, w):
+        return torch.ops.ks.matmul(x, w, batch_last=bl)
+
+    def bmm(x, w):
+        return bmm_backend(x, w, batch_last=bl)
+
+    r = time_cuda(kern, sets, samples=samples, max_total_s=budget)
+    row["kernel_us"] = r["median_s"] * 1e6
+    row["kernel_min_us"] = r["min_s"] * 1e6
+    if "bmm" in args.backends:
+        r = time_cuda(bmm, sets, samples=samples, max_total_s=budget)
+        row["bmm_us"] = r["median_s"] * 1e6
+    # Check the kernel against bmm on the first set (same dtype; a loose sanity check only --
+    # the tests compare with the float64 reference).
+    x0, w0 = sets[0]
+    yk, yb = kern(x0, w0), bmm(x0, w0)
+    row["err_vs_bmm"] = rel_err(yk, yb)
+    row["kernel_finite"] = bool(torch.isfinite(yk).all())
+    del yk, yb
+    if "dense" in args.backends:
+        kbytes = p.out_features * p.in_features * esz
+        est = 2.0 * batch * p.out_features * p.in_features / ceil.rate(dtype, tf32)
+        if kbytes <= args.max_dense_bytes and est * 1e3 <= args.max_dense_ms:
+            k = p.to_dense(w0)
+            if bl:
+                dense = lambda x, w: k @ x  # noqa: E731
+            else:
+                dense = lambda x, w: torch.nn.functional.linear(x, k)  # noqa: E731
+            r = time_cuda(dense, sets, samples=samples, max_total_s=budget)
+            row["dense_us"] = r["median_s"] * 1e6
+            del k
+        else:
+            row["dense_us"] = None
+            row["dense_skipped"] = f"K {kbytes / 2**30:.1f} GiB, est {est * 1e3:.1f} ms"
+    del sets
+    return row
+
+
+def summarize(rows: list[dict]) -> str:
+    try:
+        from tabulate import tabulate
+    except ImportError:  # pragma: no cover
+        tabulate = None
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["set"], r["dtype"], r["layout"], r["batch"]), []).append(r)
+    table = []
+    for (s, dt, lay, batch), rs in sorted(groups.items()):
+        kf = [r["kernel_us"] / r["floor_us"] for r in rs]
+        bf = [r["bmm_us"] / r["floor_us"] for r in rs if r.get("bmm_us")]
+        df = [r["dense_us"] / r["floor_us"] for r in rs if r.get("dense_us")]
+        sb = [r["bmm_us"] / r["kernel_us"] for r in rs if r.get("bmm_us")]
+        sd = [r["dense_us"] / r["kernel_us"] for r in rs if r.get("dense_us")]
+        best = [min(x for x in (r.get("bmm_us"), r.get("dense_us")) if x) / r["kernel_us"]
+                for r in rs if r.get("bmm_us") or r.get("dense_us")]
+        med = lambda v: f"{statistics.median(v):.2f}" if v else "-"  # noqa: E731
+        win = lambda v: f"{100.0 * sum(x > 1 for x in v) / len(v):.0f}%" if v else "-"  # noqa: E731
+        table.append([s, dt, lay, batch, len(rs), med(kf), f"{max(kf):.2f}", sum(x > 2 for x in kf),
+                      med(bf), med(df), med(sb), med(sd), win(sd), win(best),
+                      f"{max(r['err_vs_bmm'] for r in rs):.1e}"])
+    head = ["set", "dtype", "layout", "B", "n", "kern/floor med", "max", ">2x", "bmm/floor", "dense/floor",
+            "x vs bmm", "x vs dense", "win dense", "win best", "max err"]
+    if tabulate:
+        return tabulate(table, headers=head, tablefmt="github")
+    return "\n".join(" | ".join(str(c) for c in row) for row in [head] + table)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", default="quick", help="grid, quick or vit (comma list)")
+    ap.add_argument("--dtype", default="fp32,tf32,bf16,fp16")
+    ap.add_argument("--layout", default="bf", help="bf, bl or bf,bl")
+    ap.add_argument("--batch", default="25088", help="comma list of batch sizes")
+    ap.add_argument("--backends", default="kernel,bmm,dense")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_matmul.jsonl"))
+    ap.add_argument("--samples", type=int, default=15)
+    ap.add_argument("--max-row-s", type=float, default=0.25, help="timed seconds per backend and row, at most")
+    ap.add_argument("--max-dense-ms", type=float, default=30.0, help="skip dense where its estimate exceeds this")
+    ap.add_argument("--max-dense-bytes", type=float, default=4 * 2**30)
+    ap.add_argument("--budget-s", type=float, default=float("inf"), help="start no new row after this long")
+    ap.add_argument("--ceilings", default=None, help="JSON file of ceilings to reuse (else measured now)")
+    ap.add_argument("--summary-only", action="store_true")
+    args = ap.parse_args(argv)
+    args.backends = args.backends.split(",")
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    done = {}
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    r = json.loads(line)
+                    done[row_key(r)] = r
+    if args.summary_only:
+        print(summarize(list(done.values())))
+        return
+
+    t0 = time.time()
+    meta_path = os.path.splitext(args.out)[0] + ".ceilings.json"
+    if args.ceilings and os.path.exists(args.ceilings):
+        ceil = Ceilings(**json.load(open(args.ceilings)))
+    else:
+        ceil = measure_ceilings()
+        with open(meta_path + ".tmp", "w") as f:
+            json.dump(ceil.as_dict(), f, indent=1)
+        os.replace(meta_path + ".tmp", meta_path)
+    print(f"ceilings: copy {ceil.copy_bytes_per_s / 1e12:.2f} TB/s, fp32 {ceil.fp32_flops / 1e12:.1f}, "
+          f"tf32 {ceil.tf32_flops / 1e12:.0f}, bf16 {ceil.bf16_flops / 1e12:.0f}, "
+          f"fp16 {ceil.fp16_flops / 1e12:.0f} TFLOP/s ({ceil.gpu})", flush=True)
+
+    todo = []
+    for setname in args.set.split(","):
+        for batch in (int(b) for b in args.batch.split(",")):
+            for dname in args.dtype.split(","):
+                for layout in args.layout.split(","):
+                    for pat in patterns_of(setname, batch):
+                        key = (setname, tuple(pat), batch, dname, layout)
+                        if key not in done:
+                            todo.append(key)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = lambda it, **k: it  # noqa: E731
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "date": datetime.date.today().isoformat(), "ceilings": ceil.as_dict()}
+    stopped = False
+    with open(args.out, "a") as f:
+        for key in tqdm(todo, desc="bench_matmul", mininterval=5.0):
+            if time.time() - t0 > args.budget_s:
+                stopped = True
+                break
+            setname, pat, batch, dname, layout = key
+            try:
+                row = run_row(setname, pat, batch, dname, layout, ceil, args)
+            except torch.OutOfMemoryError as e:
+                row = {"set": setname, "pattern": list(pat), "batch": batch, "dtype": dname,
+                       "layout": layout, "error": f"OOM: {e}"[:200]}
+                torch.cuda.empty_cache()
+            row.update({k: meta[k] for k in ("gpu", "torch", "date")})
+            if "error" not in row:
+                done[key] = row
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = list(done.values())
+    final = os.path.splitext(args.out)[0] + ".json"
+    with open(final + ".tmp", "w") as f:
+        json.dump({**meta, "complete": not stopped, "rows": rows}, f)
+    os.replace(final + ".tmp", final)
+    print(summarize(rows))
+    if stopped:
+        print(f"stopped after --budget-s {args.budget_s}: rerun the same command to resume")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One device call for the fused kernel (issue 3): build, CUDA tests, compute-sanitizer, benchmark.
+#   bash tools/gpu_check.sh [stage ...]        stages: build test sanitize bench (default: all)
+# Environment:
+#   BENCH   benchmark invocations, ';'-separated argument lists for tools/bench_matmul.py
+#           (default: the quick set, every dtype and layout, B = 25088)
+#   RESUME  a JSONL of earlier rows to resume from (copied to $OUT/bench.jsonl first)
+#   BENCH_BUDGET_S  seconds after which the benchmark starts no new row (default 360)
+# Everything lands flat in $OUT (8 files at most): build.log pytest.log sanitize.log bench.log
+# bench.jsonl bench.json bench.ceilings.json summary.txt. A short table is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=$(nproc)
+stages=${*:-build test sanitize bench}
+summary="$OUT/summary.txt"
+: > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 ))s]"; }
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.limit --format=csv,noheader | tee -a "$summary"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$summary"
+
+for stage in $stages; do
+  case $stage in
+    build)
+      if pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+        note "$(stamp) build: ok"
+      else
+        tail -40 "$OUT/build.log"; note "$(stamp) build: FAILED"; cat "$summary"; exit 1
+      fi ;;
+    test)
+      python3 -m pytest -q -m cuda -p no:cacheprovider tests/ --maxfail=20 --timeout=900 > "$OUT/pytest.log" 2>&1
+      rc=$?
+      note "$(stamp) pytest -m cuda: rc=$rc $(tail -1 "$OUT/pytest.log")"
+      [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest.log" | head -15 ;;
+    sanitize)
+      bash tools/sanitize.sh > "$OUT/sanitize.log" 2>&1
+      rc=$?
+      note "$(stamp) sanitize: rc=$rc $(grep -E '^(memcheck|racecheck):' "$OUT/sanitize.log" | tr '\n' ' ')" ;;
+    bench)
+      [ -n "${RESUME:-}" ] && [ -f "$RESUME" ] && cp "$RESUME" "$OUT/bench.jsonl"
+      IFS=';' read -ra runs <<< "${BENCH:---set quick --dtype fp32,tf32,bf16,fp16 --layout bf,bl --batch 25088}"
+      for args in "${runs[@]}"; do
+        # shellcheck disable=SC2086
+        python3 tools/bench_matmul.py $args --out "$OUT/bench.jsonl" --budget-s "${BENCH_BUDGET_S:-360}" \
+          --ceilings "$OUT/bench.ceilings.json" >> "$OUT/bench.log" 2>&1
+        note "$(stamp) bench $args: rc=$?"
+      done
+      python3 tools/bench_matmul.py --summary-only --out "$OUT/bench.jsonl" | tee -a "$summary" ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+cat "$summary"

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""A representative set of ks::matmul launches for compute-sanitizer (tools/sanitize.sh): every
+kernel family (small-batch vector/scalar, tiled fast batch-first, fast batch-last, scalar loads),
+every dtype, tails in every dimension. Small sizes: the tools slow each launch down a lot.
+Checks each result against the float64 reference too, and exits non-zero on a mismatch."""
+import sys
+
+import torch
+
+import ks_ops  # noqa: F401
+from ks_ops import KSPattern, ks_matmul_reference
+
+CASES = [  # pattern, batch
+    ((2, 48, 192, 1), 37), ((1, 192, 48, 2), 40), ((4, 64, 64, 4), 33), ((1, 64, 64, 16), 19),
+    ((1, 128, 128, 3), 21), ((3, 13, 11, 3), 29), ((1, 200, 300, 1), 18), ((2, 144, 80, 4), 17),
+    ((1, 40, 72, 32), 45), ((2, 48, 192, 1), 5), ((1, 64, 64, 12), 3), ((1, 5, 9, 64), 16),
+]
+DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
+
+
+def main():
+    bad = 0
+    for (pattern, batch) in CASES:
+        p = KSPattern.of(pattern)
+        for dtype, tf32 in DTYPES:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            w = p.random_weights(dtype=dtype, device="cuda")
+            for bl in (False, True):
+                shape = (p.in_features, batch) if bl else (batch, p.in_features)
+                x = torch.randn(shape, dtype=dtype, device="cuda")
+                y = torch.ops.ks.matmul(x, w, batch_last=bl)
+                ref = ks_matmul_reference(x, w, batch_last=bl)
+                err = ((y.double() - ref).norm() / ref.norm()).item()
+                tol = 1e-5 if dtype == torch.float32 and not tf32 else 3e-2
+                if not (err <= tol):
+                    bad += 1
+                    print(f"MISMATCH {pattern} B={batch} {dtype} tf32={tf32} bl={bl}: {err:.3g}")
+    torch.cuda.synchronize()
+    print(f"sanitize cases: {len(CASES) * len(DTYPES) * 2} launches, {bad} mismatches")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
