@@ -140,12 +140,10 @@ class ZeusMeter(Meter):
         if self.device.type == "cuda":
             index = _cuda_index(self.device)
             self._monitor = ZeusMonitor(gpu_indices=[index], cpu_indices=[])
-            try:  # Zeus reads the same NVML counter; probe its period where pynvml is at hand
-                nvml, handle = _nvml_handle(self.device)
-                period = probe_update_period(lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+            try:  # Zeus reads the NVML counter: probe its period through pynvml (a Zeus dependency)
+                self.update_period_s = NvmlMeter(self.device).update_period_s
             except Exception:
-                period = None
-            self.update_period_s = period or NVML_UPDATE_PERIOD_S
+                self.update_period_s = NVML_UPDATE_PERIOD_S
         else:
             self._monitor = ZeusMonitor(gpu_indices=[], cpu_indices=None)
             if not self._monitor.cpu_indices:
