@@ -151,3 +151,28 @@ def test_cuda_falls_back_to_nvml_when_zeus_is_missing(monkeypatch):
     m = select_meter("cuda:0")
     assert m.name == "time" and "nvml: RuntimeError: NVML Shared Library Not Found" in m.reason
     assert "\n" not in m.reason
+
+
+def test_zeus_on_a_gpu_measures_that_gpu_only(monkeypatch):
+    seen = {}
+
+    class GpuMonitor(FakeZeusMonitor):
+        def __init__(self, gpu_indices=None, cpu_indices=None):
+            seen.update(gpu_indices=gpu_indices, cpu_indices=cpu_indices)
+            super().__init__(gpu_indices, cpu_indices)
+
+        def end_window(self, key, sync_execution=True):
+            return types.SimpleNamespace(gpu_energy={1: 250.0}, cpu_energy=None, dram_energy=None)
+
+    zeus, monitor = types.ModuleType("zeus"), types.ModuleType("zeus.monitor")
+    monitor.ZeusMonitor = GpuMonitor
+    monkeypatch.setitem(sys.modules, "zeus", zeus)
+    monkeypatch.setitem(sys.modules, "zeus.monitor", monitor)
+    monkeypatch.setattr(meters, "synchronize", lambda device: None)
+    monkeypatch.setattr(meters, "_nvml_handle", lambda device: (_ for _ in ()).throw(ImportError("pynvml")))
+    m = select_meter("cuda:1")
+    assert m.name == "zeus" and seen == {"gpu_indices": [1], "cpu_indices": []}
+    assert m.update_period_s == meters.NVML_UPDATE_PERIOD_S  # no pynvml: the H200's period
+    m.begin_window("w")
+    with pytest.raises(WindowTooShort):
+        m.end_window("w")
