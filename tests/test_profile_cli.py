@@ -1,4 +1,5 @@
-"""The profiler end to end on the CPU, in subprocesses, with the real meter selection."""
+"""The profiler end to end on the CPU: in subprocesses with the real meter selection, and in-process
+with a fake energy meter (the energy columns, idle baseline and plot); the energy bench too."""
 import csv
 import json
 import signal
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from ks_ops import meters
 from ks_ops.meters import select_meter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,3 +93,41 @@ def test_energy_bench_runs_and_resumes(tmp_path):
     assert "kernel / best" in r.stdout and "geometric mean over 1 cells" in r.stdout
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and len(out.read_text().splitlines()) == 3  # resumed: nothing rerun
+
+
+class HundredWattMeter(meters.Meter):
+    """A counter meter on the real clock: 100 W, 1 ms updates (so a 20 ms minimum window)."""
+
+    name = "fake100w"
+    update_period_s = 0.001
+
+    def _start(self, name):
+        return time.perf_counter()
+
+    def _stop(self, name, token):
+        return 100.0 * (time.perf_counter() - token)
+
+
+def test_energy_path_in_process(tmp_path, monkeypatch, capsys):
+    from ks_ops.profile import cli
+
+    monkeypatch.setattr(meters, "select_meter", lambda device, prefer="auto": HundredWattMeter(device, "test"))
+    raw = yaml.safe_load(Path(CPU_SMALL).read_text())
+    raw["output"]["plot"] = "cpu_small.png"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert cli.main([str(cfg), "--out-dir", str(tmp_path), "--no-progress"]) == 0
+    doc = json.loads((tmp_path / "cpu_small.json").read_text())
+    assert doc["meta"]["meter"] == "fake100w" and len(doc["idle"]) == 4  # 2 groups x 2 trials
+    for row in doc["summary"]:
+        assert row["power_w"] == pytest.approx(100.0, rel=0.05)
+        assert row["net_j_per_unit"] == pytest.approx(0.0, abs=0.05 * row["j_per_unit"])  # idle is 100 W too
+        assert row["ratio_j"] > 0 and row["j_per_unit_ci"] is not None
+    out = capsys.readouterr().out
+    assert "J/unit ± CI" in out and "net J/unit ± CI" in out and "J ratio" in out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "plot skipped: matplotlib is not installed" in out
+    else:
+        assert (tmp_path / "cpu_small.png").stat().st_size > 10_000
