@@ -1,9 +1,10 @@
 """Energy of one KS matmul per backend: joules and time per product y = x·Kᵀ for the fused op
 (``kernel``), the Monarch-style ``bmm`` baseline and ``dense`` (F.linear on K materialized once),
 measured with ks_ops.meters windows (Zeus / NVML counter; at least 20 counter updates each) and
-the profiler's warm-up and window logic, backends interleaved within each trial.
+the profiler's warm-up and window logic, backends interleaved within each trial, operands
+rotated past the L2 cache as in the latency benchmark (ks_ops.bench, tools/bench_matmul.py).
 
-    python tools/bench_energy.py                                   # ViT-S/16 factors + grid subset
+    python tools/bench_energy.py                                   # ViT-S/16 factors + 16 grid patterns
     python tools/bench_energy.py --patterns vit --dtypes bfloat16 --trials 5
     python tools/bench_energy.py --patterns "4,64,64,4;1,256,256,4" --out my.jsonl
 
@@ -14,30 +15,30 @@ summary gives the kernel's energy ratio to the best baseline (paired over trials
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
 from pathlib import Path
 
 import torch
+from bench_matmul import QUICK, VIT  # noqa: F401  (this directory; it puts the repo root on sys.path)
 
 from ks_ops import KSPattern, backends
+from ks_ops.bench import ks_bytes, ks_flops, rotation_count
 from ks_ops.meters import select_meter
 from ks_ops.profile.runner import measure, warm_up
 from ks_ops.profile.stats import mean_ci
 
-# The paper's ViT-S/16 factors, and a subset of its grid from the H200 baseline table.
-PATTERN_SETS = {
-    "vit": [(2, 48, 192, 1), (1, 192, 48, 2), (6, 64, 64, 1), (1, 768, 192, 2), (6, 64, 256, 1), (1, 128, 128, 3)],
-    "grid": [(4, 64, 64, 4), (1, 256, 256, 4), (8, 128, 128, 1), (1, 64, 64, 16)],
-    "grid2": [(4, 64, 64, 4), (1, 256, 256, 4)],
-}
+# The latency benchmark's sets: the paper's ViT-S/16 factors, and the 16 baseline patterns of the
+# H200 note (a subset of the paper's grid).
+PATTERN_SETS = {"vit": VIT, "quick": QUICK}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BASELINES = ("bmm", "dense")
 
 
 def parse_patterns(text: str) -> list[tuple[int, ...]]:
-    """'vit,grid' (set names), '4,64,64,4;1,256,256,4' (patterns) or a mix split by ';'."""
+    """'vit,quick' (set names), '4,64,64,4;1,256,256,4' (patterns) or a mix split by ';'."""
     out = []
     for part in text.split(";"):
         names = [t.strip() for t in part.split(",")]
@@ -51,8 +52,8 @@ def parse_patterns(text: str) -> list[tuple[int, ...]]:
 
 def args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--patterns", default="vit,grid",
-                   help="set names (vit, grid, grid2) as 'vit,grid', patterns as 'a,b,c,d;a,b,c,d', or both split by ';'")
+    p.add_argument("--patterns", default="vit,quick",
+                   help="set names (vit, quick) as 'vit,quick', patterns as 'a,b,c,d;a,b,c,d', or both split by ';'")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--backends", default="kernel,bmm,dense")
     p.add_argument("--batch", type=int, default=25088, help="rows of x (the paper's 128 x 196)")
@@ -66,20 +67,31 @@ def args_parser() -> argparse.ArgumentParser:
 
 
 def products(pattern, dtype, batch, device, names):
-    """The product of each backend as a no-argument step, on shared operands."""
+    """The product of each backend as a no-argument step. Steps cycle through enough operand sets
+    to exceed the L2 cache (ks_ops.bench.rotation_count), as the latency benchmark does, so that
+    repeated calls are not served from L2."""
     p = KSPattern.of(pattern)
-    x = torch.randn(batch, p.in_features, device=device, dtype=dtype)
-    w = p.random_weights(device=device, dtype=dtype)
-    k = p.to_dense(w)  # the dense baseline's matrix, built once (backends.dense rebuilds it per call)
-    table = {"kernel": lambda: backends.kernel(x, w), "bmm": lambda: backends.bmm(x, w),
-             "einsum": lambda: backends.einsum(x, w), "dense": lambda: torch.nn.functional.linear(x, k)}
-    return {n: table[n] for n in names}
+    nbytes = ks_bytes(pattern, batch, torch.empty((), dtype=dtype).element_size())
+    sets = []
+    for _ in range(rotation_count(nbytes, device if device.type == "cuda" else None)):
+        w = p.random_weights(device=device, dtype=dtype)
+        # dense's matrix is built once per set (backends.dense would rebuild it on every call)
+        sets.append((torch.randn(batch, p.in_features, device=device, dtype=dtype), w, p.to_dense(w)))
+    table = {"kernel": lambda x, w, k: backends.kernel(x, w), "bmm": lambda x, w, k: backends.bmm(x, w),
+             "einsum": lambda x, w, k: backends.einsum(x, w),
+             "dense": lambda x, w, k: torch.nn.functional.linear(x, k)}
+
+    def cycling(fn):
+        operands = itertools.cycle(sets)
+        return lambda: fn(*next(operands))
+
+    return {n: cycling(table[n]) for n in names}, len(sets)
 
 
 def bench_cell(pattern, dtype_name, args, meter, device_name) -> list[dict]:
     """All backends of one (pattern, dtype), interleaved per trial; one row per backend."""
     device = torch.device(args.device)
-    steps = products(pattern, DTYPES[dtype_name], args.batch, device, args.backends.split(","))
+    steps, rotation = products(pattern, DTYPES[dtype_name], args.batch, device, args.backends.split(","))
     window = meter.target_window_s(args.window_s)
     per_step, errors = {}, {}
     with torch.inference_mode():
@@ -97,7 +109,9 @@ def bench_cell(pattern, dtype_name, args, meter, device_name) -> list[dict]:
     rows = []
     for name in steps:
         row = {"pattern": list(pattern), "dtype": dtype_name, "batch": args.batch, "backend": name,
-               "device": device_name, "meter": meter.name}
+               "device": device_name, "meter": meter.name, "flops": ks_flops(pattern, args.batch),
+               "bytes": ks_bytes(pattern, args.batch, torch.empty((), dtype=DTYPES[dtype_name]).element_size()),
+               "rotation": rotation}
         if name in errors:
             rows.append({**row, "error": errors[name]})
             continue

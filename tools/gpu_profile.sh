@@ -85,7 +85,7 @@ PY
         [ -f "$WORK/bench_energy.jsonl" ] && cp "$WORK/bench_energy.jsonl" "$OUT/"
         local common=(--trials 2 --warmup-s 0.3 --out "$OUT/bench_energy.jsonl")
         timeout -s INT -k 30 240 python3 tools/bench_energy.py --patterns vit --dtypes float32,bfloat16 "${common[@]}" || status=1
-        timeout -s INT -k 30 60 python3 tools/bench_energy.py --patterns grid2 --dtypes bfloat16 "${common[@]}" || status=1
+        timeout -s INT -k 30 60 python3 tools/bench_energy.py --patterns "4,64,64,4;1,256,256,4" --dtypes bfloat16 "${common[@]}" || status=1
         cp "$OUT/bench_energy.jsonl" "$WORK/" 2>/dev/null
         ;;
       *) echo "unknown stage $stage (check, vit, gpt2, bench)"; status=2 ;;
