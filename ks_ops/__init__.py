@@ -5,10 +5,10 @@ nonzeros w (a,b,c,d) satisfy K[i·bd + j·d + l, i·cd + k·d + l] = w[i,j,k,l].
 """
 from . import ops  # noqa: F401  (loads the extension, registers fake kernels and autograd)
 from ._native import BUILD_INFO
-from .nn import KSLinear
+from .nn import KSLinear, auto_chain, ks_surgery
 from .ops import matmul
 from .pattern import KSPattern, check_chain
 from .reference import ks_matmul_reference
 
 __version__ = "0.1.0"
-__all__ = ["KSLinear", "KSPattern", "check_chain", "matmul", "ks_matmul_reference", "BUILD_INFO"]
+__all__ = ["KSLinear", "auto_chain", "ks_surgery", "KSPattern", "check_chain", "matmul", "ks_matmul_reference", "BUILD_INFO"]

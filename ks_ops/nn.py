@@ -76,3 +76,7 @@ class KSLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"chain=[{chain}], bias={self.bias is not None}, backend={self.backend}"
         )
+
+
+# Model surgery lives in its own module; re-exported here, beside the layer it installs.
+from .surgery import auto_chain, ks_surgery  # noqa: E402
