@@ -96,7 +96,8 @@ def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dic
         shape = (p.in_features, batch) if bl else (batch, p.in_features)
         sets.append((torch.randn(shape, dtype=dtype, device="cuda"), w))
     row = {"set": setname, "pattern": list(pattern), "batch": batch, "dtype": dname, "layout": layout,
-           "flops": flops, "bytes": nbytes, "floor_us": floor * 1e6, "rotation": nsets}
+           "flops": flops, "bytes": nbytes, "floor_us": floor * 1e6, "rotation": nsets,
+           "timing": "eager" if args.no_graph else "cuda-graph"}
     samples = args.samples
     budget = args.max_row_s
 
@@ -106,11 +107,12 @@ def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dic
     def bmm(x, w):
         return bmm_backend(x, w, batch_last=bl)
 
-    r = time_cuda(kern, sets, samples=samples, max_total_s=budget)
+    g = not args.no_graph
+    r = time_cuda(kern, sets, samples=samples, max_total_s=budget, graph=g)
     row["kernel_us"] = r["median_s"] * 1e6
     row["kernel_min_us"] = r["min_s"] * 1e6
     if "bmm" in args.backends:
-        r = time_cuda(bmm, sets, samples=samples, max_total_s=budget)
+        r = time_cuda(bmm, sets, samples=samples, max_total_s=budget, graph=g)
         row["bmm_us"] = r["median_s"] * 1e6
     # Check the kernel against bmm on the first set (same dtype; a loose sanity check only --
     # the tests compare with the float64 reference).
@@ -128,7 +130,7 @@ def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dic
                 dense = lambda x, w: k @ x  # noqa: E731
             else:
                 dense = lambda x, w: torch.nn.functional.linear(x, k)  # noqa: E731
-            r = time_cuda(dense, sets, samples=samples, max_total_s=budget)
+            r = time_cuda(dense, sets, samples=samples, max_total_s=budget, graph=g)
             row["dense_us"] = r["median_s"] * 1e6
             del k
         else:
@@ -182,6 +184,8 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=float("inf"), help="start no new row after this long")
     ap.add_argument("--ceilings", default=None, help="JSON file of ceilings to reuse (else measured now)")
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--no-graph", action="store_true",
+                    help="time eager calls (host overhead included) instead of CUDA-graph replays")
     args = ap.parse_args(argv)
     args.backends = args.backends.split(",")
 

@@ -26,7 +26,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 for stage in $stages; do
   case $stage in
     build)
-      if pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
+      if python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1; then
         note "$(stamp) build: ok"
       else
         tail -40 "$OUT/build.log"; note "$(stamp) build: FAILED"; cat "$summary"; exit 1

@@ -7,6 +7,7 @@
 //   otherwise   : ks_tile_kernel (ks_tile.cuh) -- fused output-stationary tiles; mma.sync for
 //                 fp16/bf16 (and tf32 when allowed), register-tiled FMA for strict fp32.
 #include <cstdint>
+#include <climits>
 
 #include "ks_dispatch.h"
 #include "ks_kernels.h"
@@ -239,15 +240,16 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
   if (esz == 2) L = d == 1 ? 1 : d == 2 ? 2 : d <= 4 ? 4 : 8;
   else L = d == 1 ? 1 : d == 2 ? 2 : 4;
   int BN;
-  if (simt) {  // least padding among 48, 64, 128 (ties go to the wider block)
-    BN = 128;
-    int64_t best = ((b + 127) / 128) * 128 - b;
-    for (int cand : {64, 48}) {
+  if (simt) {  // least padding among the widths compiled for this L (ties: the wider block)
+    BN = 0;
+    int64_t best = INT64_MAX;
+    for (int cand : {128, 64, 48}) {
+      if (L >= 4 && cand == 128) continue;
       const int64_t waste = ((b + cand - 1) / cand) * (int64_t)cand - b;
       if (waste < best) { best = waste; BN = cand; }
     }
   } else {
-    BN = b <= 64 ? 64 : 128;
+    BN = (L >= 4 || b <= 64) ? 64 : 128;
   }
 
   TileParams p{};
@@ -261,14 +263,17 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
     p.x_sm = 1; p.x_si = cd * args.ldx; p.x_sk = (int64_t)d * args.ldx; p.x_sl = args.ldx;
     p.y_sm = 1;
   }
-  // Fast load classes need 16-byte vectors on every tile row (see ks_tile.cuh LoadMode).
-  bool w_fast;
-  if (L == 1) w_fast = d == 1 && c % V == 0;
-  else if (2 * L <= V) w_fast = d == L && cd % V == 0;
-  else w_fast = d % V == 0;
-  w_fast = w_fast && aligned16(args.w);
-  const bool x_ok = aligned16(args.x) && args.ldx % V == 0;
-  if (w_fast && x_ok) p.variant = args.batch_last ? kFastBL : kFastBF;
+  // Load classes (ks_tile.cuh): fast = 16-byte pieces in the pattern's own order; gen = 16-byte
+  // pieces of whole (k,l) runs for any d <= L (L >= 4 configurations); else scalar.
+  bool shape_fast;
+  if (L == 1) shape_fast = d == 1 && c % V == 0;
+  else if (2 * L <= V) shape_fast = d == L && cd % V == 0;
+  else shape_fast = d % V == 0;
+  const bool shape_gen = L >= 4 && d <= L && cd % V == 0;
+  const bool w_al = aligned16(args.w);
+  const bool x_al = aligned16(args.x) && args.ldx % V == 0;
+  if (w_al && x_al && shape_fast) p.variant = args.batch_last ? kFastBL : kFastBF;
+  else if (w_al && x_al && shape_gen) p.variant = args.batch_last ? kGenBL : kGenBF;
   else p.variant = kScalar;
   // y runs start 16-byte aligned?
   if (!aligned16(args.y)) p.y_vec = 0;

@@ -27,6 +27,7 @@ enum LoadMode : int {
   kRVec = 3,     // rows contiguous (batch-last x): pairs of vectors (k, k+1) along rows
   kScalarL = 4,  // element pairs, l fastest across threads
   kScalarR = 5,  // element pairs, rows fastest across threads
+  kKLGen = 6,    // l contiguous, whole l range in the block (d <= L, any d): vectors along (k,l)
 };
 
 struct TileParams {
@@ -281,6 +282,173 @@ struct TileLoader {
   }
 };
 
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(a), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Asynchronous (cp.async, 16-byte) loader of one operand tile into a raw shared-memory stage in
+// the operand's own global order, then (unless MODE == kKVec, whose raw order already is the
+// compute order) transposed shared -> shared into the compute layout [l][r][SK] (k contiguous).
+// Raw orders:  kKVec [r][SK] | kKLVec, kKLGen [r][RK] (flat (k,l) runs) | kLVec [r][k][L] |
+//              kRVec [l][k][RM] (rows contiguous).
+// Out-of-range 16-byte pieces are zero-filled by cp.async (source size 0 or partial).
+template <int SZ, int R, int BK, int L, int NT, int SK, int MODE>
+struct AsyncLoader {
+  static constexpr int V = 16 / SZ;
+  static constexpr int RK = BK * L + V;
+  static constexpr int RM = R + V;
+  static constexpr bool NATURAL = MODE == kKVec;
+  static constexpr int RAW_EL = MODE == kKVec ? R * SK
+                                : (MODE == kKLVec || MODE == kKLGen) ? R * RK
+                                : MODE == kLVec ? R * BK * L
+                                                : L * BK * RM;
+  static constexpr int COMP_EL = NATURAL ? 0 : L * R * SK;
+  static_assert(MODE == kKVec || MODE == kKLVec || MODE == kKLGen || MODE == kLVec || MODE == kRVec, "mode");
+  static_assert(MODE != kKVec || (L == 1 && BK % V == 0), "kKVec needs L == 1");
+  static_assert(MODE != kKLVec || (2 * L <= V && V % (2 * L) == 0 && BK % V == 0), "kKLVec needs 2L | V");
+  static_assert(MODE != kKLGen || BK % V == 0, "kKLGen");
+  static_assert(MODE != kLVec || L % V == 0, "kLVec needs V | L");
+  static_assert(MODE != kRVec || R % V == 0, "kRVec needs V | R");
+
+  __device__ __forceinline__ static void issue(char* raw, const char* base, int64_t s_r, int64_t s_k,
+                                               int64_t s_l, int rv, int kv, int lv, int d, int tid) {
+    if constexpr (MODE == kKVec) {
+      constexpr int UPR = BK / V, UNITS = R * UPR;
+#pragma unroll
+      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+        const int u = tid + s * NT;
+        if (UNITS % NT == 0 || u < UNITS) {
+          const int r = u / UPR, k = (u % UPR) * V;
+          const bool ok = r < rv && k < kv;
+          cp_async16(raw + (r * SK + k) * SZ, ok ? base + (r * s_r + k) * SZ : base, ok ? 16 : 0);
+        }
+      }
+    } else if constexpr (MODE == kKLVec || MODE == kKLGen) {
+      constexpr int UPR = BK * L / V, UNITS = R * UPR;
+      const int run = BK * d, kvd = kv * d;  // this tile's (k,l) run per row, and its valid part
+#pragma unroll
+      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+        const int u = tid + s * NT;
+        if (UNITS % NT == 0 || u < UNITS) {
+          const int r = u / UPR, g0 = (u % UPR) * V;
+          if (g0 < run) {
+            const bool ok = r < rv && g0 < kvd;
+            cp_async16(raw + (r * RK + g0) * SZ, ok ? base + (r * s_r + g0) * SZ : base, ok ? 16 : 0);
+          }
+        }
+      }
+    } else if constexpr (MODE == kLVec) {
+      constexpr int LQ = L / V, UNITS = R * BK * LQ;
+#pragma unroll
+      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+        const int u = tid + s * NT;
+        if (UNITS % NT == 0 || u < UNITS) {
+          const int lq = u % LQ, t = u / LQ, k = t % BK, r = t / BK;
+          const bool ok = r < rv && k < kv && lq * V < lv;
+          cp_async16(raw + ((r * BK + k) * L + lq * V) * SZ,
+                     ok ? base + (r * s_r + k * s_k + lq * V) * SZ : base, ok ? 16 : 0);
+        }
+      }
+    } else {  // kRVec
+      constexpr int RQ = R / V, UNITS = RQ * BK * L;
+#pragma unroll
+      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+        const int u = tid + s * NT;
+        if (UNITS % NT == 0 || u < UNITS) {
+          const int rq = u % RQ, t = u / RQ, k = t % BK, l = t / BK;
+          const int n = rv - rq * V;
+          const bool ok = k < kv && l < lv && n > 0;
+          cp_async16(raw + ((l * BK + k) * RM + rq * V) * SZ,
+                     ok ? base + (rq * V + k * s_k + l * s_l) * SZ : base, ok ? (n >= V ? 16 : n * SZ) : 0);
+        }
+      }
+    }
+  }
+
+  __device__ __forceinline__ static void st_pair(char* comp, int idx, uint32_t lo, uint32_t hi) {
+    if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(comp + (size_t)idx * 2) = lo | (hi << 16);
+    else *reinterpret_cast<uint2*>(comp + (size_t)idx * 4) = make_uint2(lo, hi);
+  }
+  __device__ __forceinline__ static void st_pair_v(char* comp, int idx, const uint4& u, int e, const uint4& v, int e2) {
+    if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(comp + (size_t)idx * 2) = pack16(u, e, v, e2);
+    else st_pair(comp, idx, vget<4>(u, e), vget<4>(v, e2));
+  }
+  __device__ __forceinline__ static uint4 lds16(const char* p) { return *reinterpret_cast<const uint4*>(p); }
+
+  __device__ __forceinline__ static void transpose(const char* raw, char* comp, int d, int tid) {
+    if constexpr (MODE == kKLVec) {
+      constexpr int UPR = BK * L / V, UNITS = R * UPR;
+#pragma unroll
+      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+        const int u = tid + s * NT;
+        if (UNITS % NT == 0 || u < UNITS) {
+          const int r = u / UPR, q = u % UPR, kf = q * V / L;
+          const uint4 v = lds16(raw + (r * RK + q * V) * SZ);
+#pragma unroll
+          for (int l = 0; l < L; ++l)
+#pragma unroll
+            for (int pp = 0; pp < V / (2 * L); ++pp) {
+              const int e0 = 2 * pp * L + l;
+              st_pair_v(comp, (l * R + r) * SK + kf + 2 * pp, v, e0, v, e0 + L);
+            }
+        }
+      }
+    } else if constexpr (MODE == kKLGen) {
+      constexpr int UPR = BK * L / V, UNITS = R * UPR;
+      const int run = BK * d;
+#pragma unroll
+      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+        const int u = tid + s * NT;
+        if (UNITS % NT == 0 || u < UNITS) {
+          const int r = u / UPR, g0 = (u % UPR) * V;
+          if (g0 < run) {
+            const uint4 v = lds16(raw + (r * RK + g0) * SZ);
+            int k = g0 / d, l = g0 - k * d;
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+              const int idx = (l * R + r) * SK + k;
+              if constexpr (SZ == 2) *reinterpret_cast<uint16_t*>(comp + (size_t)idx * 2) = (uint16_t)vget<2>(v, e);
+              else *reinterpret_cast<uint32_t*>(comp + (size_t)idx * 4) = vget<4>(v, e);
+              if (++l == d) { l = 0; ++k; }
+            }
+          }
+        }
+      }
+    } else if constexpr (MODE == kLVec) {
+      constexpr int LQ = L / V, UNITS = R * (BK / 2) * LQ;
+#pragma unroll
+      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+        const int u = tid + s * NT;
+        if (UNITS % NT == 0 || u < UNITS) {
+          const int lq = u % LQ, t = u / LQ, kp = t % (BK / 2), r = t / (BK / 2);
+          const char* p = raw + ((r * BK + 2 * kp) * L + lq * V) * SZ;
+          const uint4 v0 = lds16(p), v1 = lds16(p + L * SZ);
+#pragma unroll
+          for (int e = 0; e < V; ++e) st_pair_v(comp, ((lq * V + e) * R + r) * SK + 2 * kp, v0, e, v1, e);
+        }
+      }
+    } else if constexpr (MODE == kRVec) {
+      constexpr int RQ = R / V, UNITS = (BK / 2) * RQ * L;
+#pragma unroll
+      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+        const int u = tid + s * NT;
+        if (UNITS % NT == 0 || u < UNITS) {
+          // k pairs fastest across lanes: consecutive words of the compute rows.
+          const int kp = u % (BK / 2), t = u / (BK / 2), rq = t % RQ, l = t / RQ;
+          const char* p = raw + ((l * BK + 2 * kp) * RM + rq * V) * SZ;
+          const uint4 v0 = lds16(p), v1 = lds16(p + RM * SZ);
+#pragma unroll
+          for (int e = 0; e < V; ++e) st_pair_v(comp, (l * R + rq * V + e) * SK + 2 * kp, v0, e, v1, e);
+        }
+      }
+    }
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Tensor-core compute: warp tile WM x WN of one l plane; mma.sync m16n8k16 (fp16/bf16) or
 // m16n8k8 tf32 (float). Shared tiles are [l][row][SK] with k contiguous.
@@ -320,8 +488,9 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
                : "r"(a));
 }
 
-template <typename T, int BM_, int BN_, int BK_, int L_, int WM, int WN>
+template <typename T, int BM_, int BN_, int BK_, int L_, int WM, int WN, int STAGES_>
 struct MmaPolicy {
+  static constexpr int STAGES = STAGES_;
   using Elem = T;
   static constexpr bool kTF32 = sizeof(T) == 4;
   static constexpr int BM = BM_, BN = BN_, BK = BK_, L = L_;
@@ -392,14 +561,16 @@ struct MmaPolicy {
           for (int mf = 0; mf < MF; ++mf) {
             const uint2 lo = *reinterpret_cast<const uint2*>(A + (wm0 + mf * 16 + g) * SK + ks * 8 + 2 * t);
             const uint2 hi = *reinterpret_cast<const uint2*>(A + (wm0 + mf * 16 + g + 8) * SK + ks * 8 + 2 * t);
-            af[mf][0] = lo.x; af[mf][1] = hi.x; af[mf][2] = lo.y; af[mf][3] = hi.y;
+            af[mf][0] = to_tf32(lo.x); af[mf][1] = to_tf32(hi.x);
+            af[mf][2] = to_tf32(lo.y); af[mf][3] = to_tf32(hi.y);
           }
 #pragma unroll
           for (int nf = 0; nf < NF; ++nf) {
             if (nf * 8 < nvw) {
               const uint2 bb = *reinterpret_cast<const uint2*>(W + (wn0 + nf * 8 + g) * SK + ks * 8 + 2 * t);
+              const uint32_t b0 = to_tf32(bb.x), b1 = to_tf32(bb.y);
 #pragma unroll
-              for (int mf = 0; mf < MF; ++mf) MmaOp<T>::run(acc[mf][nf], af[mf], bb.x, bb.y);
+              for (int mf = 0; mf < MF; ++mf) MmaOp<T>::run(acc[mf][nf], af[mf], b0, b1);
             }
           }
         }
@@ -426,13 +597,14 @@ struct MmaPolicy {
 
 // Strict fp32 SIMT: thread tile 8 (m) x TN (j) of one l plane, CT threads across j.
 // L * BM == 128 rows of A per block: thread row-group rt -> (l = rt / (BM/8), m = rt % (BM/8)).
-template <int BM_, int BN_, int L_, int TN, int CT>
+template <int BM_, int BN_, int L_, int TN, int CT, int STAGES_>
 struct SimtPolicy {
+  static constexpr int STAGES = STAGES_;
   using Elem = float;
   static constexpr int BM = BM_, BN = BN_, BK = 16, L = L_;
   static constexpr int TM = 8, RPT = BM / TM;
   static constexpr int NT = L * RPT * CT;
-  static constexpr int MINB = 1;
+  static constexpr int MINB = NT <= 128 ? 3 : 1;
   static constexpr int SK = BK + 4;  // 80-byte rows: 16-byte loads of 8 consecutive rows conflict-free
   static_assert(BN == TN * CT && BM % TM == 0, "tile");
 
@@ -495,33 +667,52 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(v);
 }
 
-template <class P>
+// Layout classes: one kernel each, so that only one load mode's address arithmetic is live.
+//   kFastBF / kFastBL: 16-byte cp.async loads, x in its batch-first / batch-last order;
+//   kGenBF / kGenBL:   same, for d <= L that is not a fast case (d = 3, 5, 6, 7 ...);
+//   kScalar:           register-staged element loads (misaligned or odd strides).
+enum Variant : int { kFastBF = 0, kFastBL = 1, kScalar = 2, kGenBF = 3, kGenBL = 4 };
+
+template <class P, int VARIANT>
+struct Modes {
+  using T = typename P::Elem;
+  static constexpr int V = 16 / sizeof(T);
+  static constexpr int L = P::L;
+  static constexpr int FAST = L == 1 ? kKVec : (2 * L <= V ? kKLVec : kLVec);
+  static constexpr int A = VARIANT == kFastBF ? FAST
+                           : VARIANT == kGenBF ? kKLGen
+                           : (VARIANT == kFastBL || VARIANT == kGenBL) ? kRVec
+                                                                       : kScalarL;
+  static constexpr int W = VARIANT == kScalar ? kScalarL : (VARIANT == kGenBF || VARIANT == kGenBL) ? kKLGen : FAST;
+};
+
+template <class P, int VARIANT>
 constexpr size_t tile_smem_bytes() {
   using T = typename P::Elem;
-  constexpr int V = 16 / sizeof(T);
-  constexpr size_t ops = 2ull * P::L * (P::BM + P::BN) * P::SK * sizeof(T);
-  constexpr size_t bf = (size_t)P::BM * (P::BN * P::L + V) * sizeof(T);
-  constexpr size_t bl = (size_t)P::BN * P::L * (P::BM + V) * sizeof(T);
-  constexpr size_t st = bf > bl ? bf : bl;
+  constexpr int SZ = sizeof(T), V = 16 / SZ;
+  constexpr int BM = P::BM, BN = P::BN, BK = P::BK, L = P::L, NT = P::NT, SK = P::SK;
+  size_t ops = 0;
+  if constexpr (VARIANT == kScalar) {
+    ops = 2ull * L * (BM + BN) * SK * SZ;
+  } else {
+    using MD = Modes<P, VARIANT>;
+    using LA = AsyncLoader<SZ, BM, BK, L, NT, SK, MD::A>;
+    using LW = AsyncLoader<SZ, BN, BK, L, NT, SK, MD::W>;
+    ops = ((size_t)P::STAGES * (LA::RAW_EL + LW::RAW_EL) + LA::COMP_EL + LW::COMP_EL) * SZ;
+  }
+  const size_t bf = (size_t)BM * (BN * L + V) * SZ;
+  const size_t bl = (size_t)BN * L * (BM + V) * SZ;
+  const size_t st = bf > bl ? bf : bl;
   return ops > st ? ops : st;
 }
 
-// Layout classes: one kernel each, so that only one load mode's address arithmetic is live.
-enum Variant : int { kFastBF = 0, kFastBL = 1, kScalar = 2 };
-
-template <class P, bool TF32R, int VARIANT>
-__global__ void __launch_bounds__(P::NT, P::MINB) ks_tile_kernel(const TileParams p) {
+template <class P, int VARIANT>
+__global__ void __launch_bounds__(P::NT, VARIANT == kScalar ? 1 : P::MINB) ks_tile_kernel(const TileParams p) {
   using T = typename P::Elem;
   constexpr int SZ = sizeof(T);
   constexpr int V = 16 / SZ;
   constexpr int BM = P::BM, BN = P::BN, BK = P::BK, L = P::L, NT = P::NT, SK = P::SK;
-  constexpr int A_EL = L * BM * SK, W_EL = L * BN * SK;
-  constexpr int FAST = L == 1 ? kKVec : (2 * L <= V ? kKLVec : kLVec);
-  constexpr int AMODE = VARIANT == kFastBF ? FAST : VARIANT == kFastBL ? kRVec : kScalarL;
-  constexpr int WMODE = VARIANT == kScalar ? kScalarL : FAST;
-  using LA = TileLoader<SZ, BM, BK, L, NT, SK, TF32R, AMODE>;
-  using LW = TileLoader<SZ, BN, BK, L, NT, SK, TF32R, WMODE>;
-  const bool a_lfast = !p.batch_last;  // scalar x loads: l (then k) fastest unless batch-last
+  using MD = Modes<P, VARIANT>;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
@@ -545,34 +736,75 @@ __global__ void __launch_bounds__(P::NT, P::MINB) ks_tile_kernel(const TileParam
   const int64_t w_sr = (int64_t)c * d;
   const T* wg = static_cast<const T*>(p.w) + (i * b + j0) * w_sr + l0;
 
-  LA la;
-  LW lw;
   P pol;
   pol.init(tid);
-
   const int KT = cdiv(c, BK);
-  la.load(xg, p.x_sm, p.x_sk, p.x_sl, rv, min(BK, c), lv, a_lfast, tid);
-  lw.load(wg, w_sr, d, 1, nv, min(BK, c), lv, true, tid);
-  la.store(smem, a_lfast, tid);
-  lw.store(smem + A_EL, true, tid);
-  __syncthreads();
 
-  for (int kt = 0; kt < KT; ++kt) {
-    const int cur = kt & 1;
-    const bool more = kt + 1 < KT;
-    if (more) {
-      const int k1 = (kt + 1) * BK;
-      const int kv1 = min(BK, c - k1);
-      la.load(xg + k1 * p.x_sk, p.x_sm, p.x_sk, p.x_sl, rv, kv1, lv, a_lfast, tid);
-      lw.load(wg + (int64_t)k1 * d, w_sr, d, 1, nv, kv1, lv, true, tid);
+  if constexpr (VARIANT == kScalar) {
+    constexpr int A_EL = L * BM * SK, W_EL = L * BN * SK;
+    using LA = TileLoader<SZ, BM, BK, L, NT, SK, false, MD::A>;
+    using LW = TileLoader<SZ, BN, BK, L, NT, SK, false, MD::W>;
+    const bool a_lfast = !p.batch_last;  // x element pairs: l (then k) fastest unless batch-last
+    LA la;
+    LW lw;
+    la.load(xg, p.x_sm, p.x_sk, p.x_sl, rv, min(BK, c), lv, a_lfast, tid);
+    lw.load(wg, w_sr, d, 1, nv, min(BK, c), lv, true, tid);
+    la.store(smem, a_lfast, tid);
+    lw.store(smem + A_EL, true, tid);
+    __syncthreads();
+    for (int kt = 0; kt < KT; ++kt) {
+      const int cur = kt & 1;
+      const bool more = kt + 1 < KT;
+      if (more) {
+        const int k1 = (kt + 1) * BK;
+        const int kv1 = min(BK, c - k1);
+        la.load(xg + k1 * p.x_sk, p.x_sm, p.x_sk, p.x_sl, rv, kv1, lv, a_lfast, tid);
+        lw.load(wg + (int64_t)k1 * d, w_sr, d, 1, nv, kv1, lv, true, tid);
+      }
+      const T* sA = smem + cur * (A_EL + W_EL);
+      pol.compute(sA, sA + A_EL, min(BK, c - kt * BK), lv, nv);
+      if (more) {
+        T* nA = smem + (cur ^ 1) * (A_EL + W_EL);
+        la.store(nA, a_lfast, tid);
+        lw.store(nA + A_EL, true, tid);
+      }
+      __syncthreads();
     }
-    const T* sA = smem + cur * (A_EL + W_EL);
-    pol.compute(sA, sA + A_EL, min(BK, c - kt * BK), lv, nv);
-    if (more) {
-      T* nA = smem + (cur ^ 1) * (A_EL + W_EL);
-      la.store(nA, a_lfast, tid);
-      lw.store(nA + A_EL, true, tid);
+  } else {
+    // cp.async ring of STAGES raw stages; tiles kt+1 .. kt+STAGES-1 are in flight while tile kt
+    // is transposed (if its raw order is not the compute order) and multiplied.
+    constexpr int S = P::STAGES;
+    using LA = AsyncLoader<SZ, BM, BK, L, NT, SK, MD::A>;
+    using LW = AsyncLoader<SZ, BN, BK, L, NT, SK, MD::W>;
+    constexpr int STAGE_EL = LA::RAW_EL + LW::RAW_EL;
+    T* compA = smem + S * STAGE_EL;
+    T* compW = compA + LA::COMP_EL;
+    char* ring = reinterpret_cast<char*>(smem);
+    auto issue = [&](int kt) {
+      const int k0 = kt * BK, kv = min(BK, c - k0);
+      char* st = ring + (size_t)(kt % S) * STAGE_EL * SZ;
+      LA::issue(st, reinterpret_cast<const char*>(xg + k0 * p.x_sk), p.x_sm, p.x_sk, p.x_sl, rv, kv, lv, d, tid);
+      LW::issue(st + LA::RAW_EL * SZ, reinterpret_cast<const char*>(wg + (int64_t)k0 * d), w_sr, d, 1, nv, kv, lv, d, tid);
+    };
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) {
+      if (s < KT) issue(s);
+      cp_async_commit();
     }
+    for (int kt = 0; kt < KT; ++kt) {
+      cp_async_wait<S - 2>();
+      __syncthreads();  // tile kt landed for every thread; tile kt-1 is fully consumed
+      if (kt + S - 1 < KT) issue(kt + S - 1);
+      cp_async_commit();
+      const T* st = smem + (kt % S) * STAGE_EL;
+      if constexpr (!LA::NATURAL || !LW::NATURAL) {
+        if constexpr (!LA::NATURAL) LA::transpose(reinterpret_cast<const char*>(st), reinterpret_cast<char*>(compA), d, tid);
+        if constexpr (!LW::NATURAL) LW::transpose(reinterpret_cast<const char*>(st + LA::RAW_EL), reinterpret_cast<char*>(compW), d, tid);
+        __syncthreads();
+      }
+      pol.compute(LA::NATURAL ? st : compA, LW::NATURAL ? st + LA::RAW_EL : compW, min(BK, c - kt * BK), lv, nv);
+    }
+    cp_async_wait<0>();
     __syncthreads();
   }
 
@@ -635,10 +867,11 @@ __global__ void __launch_bounds__(P::NT, P::MINB) ks_tile_kernel(const TileParam
   }
 }
 
-template <class P, bool TF32R, int VARIANT>
+template <class P, int VARIANT>
 cudaError_t launch_variant(const TileParams& q, dim3 grid, cudaStream_t stream) {
-  constexpr size_t smem = tile_smem_bytes<P>();
-  auto kern = ks_tile_kernel<P, TF32R, VARIANT>;
+  constexpr size_t smem = tile_smem_bytes<P, VARIANT>();
+  static_assert(smem <= 227 * 1024, "shared memory");
+  auto kern = ks_tile_kernel<P, VARIANT>;
   if (smem > 48 * 1024) {
     static int done_mask = 0;  // one bit per device; the attribute call is idempotent
     int dev = 0;
@@ -654,8 +887,9 @@ cudaError_t launch_variant(const TileParams& q, dim3 grid, cudaStream_t stream) 
   return cudaGetLastError();
 }
 
-// Host side: launches one tile configuration (p.variant picks the load class).
-template <class P, bool TF32R>
+// Host side: launches one tile configuration (p.variant picks the load class). GEN: whether the
+// configuration has the kGenBF/kGenBL kernels (L >= 4).
+template <class P, bool GEN>
 cudaError_t launch_tile(const TileParams& p, cudaStream_t stream) {
   TileParams q = p;
   const int64_t tiles_m = (p.batch + P::BM - 1) / P::BM;
@@ -668,10 +902,17 @@ cudaError_t launch_tile(const TileParams& p, cudaStream_t stream) {
   const int64_t gz = (p.a + 65534) / 65535;
   const dim3 grid((unsigned)gx, (unsigned)gy, (unsigned)gz);
   switch (p.variant) {
-    case kFastBF: return launch_variant<P, TF32R, kFastBF>(q, grid, stream);
-    case kFastBL: return launch_variant<P, TF32R, kFastBL>(q, grid, stream);
-    default: return launch_variant<P, TF32R, kScalar>(q, grid, stream);
+    case kFastBF: return launch_variant<P, kFastBF>(q, grid, stream);
+    case kFastBL: return launch_variant<P, kFastBL>(q, grid, stream);
+    case kGenBF:
+      if constexpr (GEN) return launch_variant<P, kGenBF>(q, grid, stream);
+      break;
+    case kGenBL:
+      if constexpr (GEN) return launch_variant<P, kGenBL>(q, grid, stream);
+      break;
+    default: break;
   }
+  return launch_variant<P, kScalar>(q, grid, stream);
 }
 
 }  // namespace detail
