@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One device call for the fused kernel (issue 3): build, CUDA tests, compute-sanitizer, benchmark.
-#   bash tools/gpu_check.sh [stage ...]        stages: build test sanitize bench (default: all)
+#   bash tools/gpu_check.sh [stage ...]        stages: build test sanitize bench ncu (default: all but ncu)
 # Environment:
 #   BENCH   benchmark invocations, ';'-separated argument lists for tools/bench_matmul.py
 #           (default: the quick set, every dtype and layout, B = 25088)
 #   RESUME  a JSONL of earlier rows to resume from (copied to $OUT/bench.jsonl first)
 #   BENCH_BUDGET_S  seconds after which the benchmark starts no new row (default 360)
+#   NCU_CASES  cases for the ncu stage (tools/profile_cases.py syntax)
 # Everything lands flat in $OUT (8 files at most): build.log pytest.log sanitize.log bench.log
 # bench.jsonl bench.json bench.ceilings.json summary.txt. A short table is printed last.
 set -uo pipefail
@@ -50,6 +51,13 @@ for stage in $stages; do
         note "$(stamp) bench $args: rc=$?"
       done
       python3 tools/bench_matmul.py --summary-only --out "$OUT/bench.jsonl" | tee -a "$summary" ;;
+    ncu)
+      # Nsight Compute on the cases in $NCU_CASES (see tools/profile_cases.py)
+      ncu --clock-control none -k regex:ks_ --section SpeedOfLight --section Occupancy \
+          --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+          --section SchedulerStats python3 tools/profile_cases.py ${NCU_CASES:-bf16:bf:6,64,64,1} \
+          > "$OUT/ncu.txt" 2>&1
+      note "$(stamp) ncu: rc=$? ($(grep -c 'ks_tile_kernel\|ks_gemv' "$OUT/ncu.txt") kernel reports)" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

@@ -718,13 +718,16 @@ __global__ void __launch_bounds__(P::NT, VARIANT == kScalar ? 1 : P::MINB) ks_ti
   T* smem = reinterpret_cast<T*>(smem_raw);
 
   const int tid = threadIdx.x;
-  const int64_t i = blockIdx.y + (int64_t)blockIdx.z * 65535;
-  if (i >= p.a) return;
-  const int64_t bx = blockIdx.x;
+  // Launch order: j-tile, then l-group, then i fastest, m-tile slowest, so that the blocks in
+  // flight together cover whole rows of x and y (DRAM page locality) and share x sectors.
+  const int64_t bx = blockIdx.x + (int64_t)blockIdx.y * gridDim.x;
   const int jt = (int)(bx % p.tiles_n);
-  const int64_t t2 = bx / p.tiles_n;
+  int64_t t2 = bx / p.tiles_n;
   const int lt = (int)(t2 % p.tiles_l);
-  const int64_t mt = t2 / p.tiles_l;
+  t2 /= p.tiles_l;
+  const int64_t i = t2 % p.a;
+  const int64_t mt = t2 / p.a;
+  if (mt >= p.tiles_m) return;
   const int64_t m0 = mt * BM;
   const int j0 = jt * BN, l0 = lt * L;
   const int b = p.b, c = p.c, d = p.d;
@@ -896,11 +899,11 @@ cudaError_t launch_tile(const TileParams& p, cudaStream_t stream) {
   q.tiles_m = tiles_m;
   q.tiles_n = cdiv(p.b, P::BN);
   q.tiles_l = cdiv(p.d, P::L);
-  const int64_t gx = tiles_m * q.tiles_n * q.tiles_l;
-  if (gx > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  const int64_t gy = p.a < 65535 ? p.a : 65535;
-  const int64_t gz = (p.a + 65534) / 65535;
-  const dim3 grid((unsigned)gx, (unsigned)gy, (unsigned)gz);
+  const int64_t total = tiles_m * q.tiles_n * q.tiles_l * p.a;
+  const int64_t gx = total < 0x7fffffffLL ? total : 0x7fffffffLL;
+  const int64_t gy = (total + gx - 1) / gx;
+  if (gy > 65535) return cudaErrorInvalidConfiguration;
+  const dim3 grid((unsigned)gx, (unsigned)gy, 1);
   switch (p.variant) {
     case kFastBF: return launch_variant<P, kFastBF>(q, grid, stream);
     case kFastBL: return launch_variant<P, kFastBL>(q, grid, stream);
