@@ -276,6 +276,8 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
   else if (w_al && x_al && shape_gen) p.variant = args.batch_last ? kGenBL : kGenBF;
   else p.variant = kScalar;
   // y runs start 16-byte aligned?
+  p.y_pair = !args.batch_last && d == 1 && (reinterpret_cast<uintptr_t>(args.y) % (2 * esz)) == 0 &&
+             p.y_sm % 2 == 0 && (a == 1 || b % 2 == 0);
   if (!aligned16(args.y)) p.y_vec = 0;
   else if (args.batch_last) p.y_vec = B % V == 0;
   else p.y_vec = p.y_sm % V == 0 && (L >= d ? ((int64_t)b * d) % V == 0 : (d % V == 0 && L % V == 0));

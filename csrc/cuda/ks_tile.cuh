@@ -42,7 +42,9 @@ struct TileParams {
   int64_t tiles_m;
   int variant;      // Variant: fast batch-first, fast batch-last, or scalar loads
   int y_vec;        // every output run starts 16-byte aligned
+  int y_pair;       // batch-first, d == 1: pairs (j, j+1) of y are 2*sizeof(T)-aligned
   int batch_last;
+  int64_t tiles;    // tiles_m * tiles_n * tiles_l * a
 };
 
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
@@ -481,6 +483,13 @@ template <> struct MmaOp<float> {  // tf32
   }
 };
 
+template <typename T> __device__ __forceinline__ T from_float_t(float v);
+template <> __device__ __forceinline__ float from_float_t<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float_t<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float_t<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
   const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
@@ -496,7 +505,7 @@ struct MmaPolicy {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, L = L_;
   static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
   static constexpr int NT = 32 * L * WARPS_M * WARPS_N;
-  static constexpr int MINB = NT >= 512 ? 1 : 512 / NT;  // 128 registers at most
+  static constexpr int MINB = NT <= 128 ? 3 : 1;  // 168 registers at most for 128 threads
   static constexpr int SK = BK + 8;  // 16-bit: 16-byte pad (ldmatrix conflict-free);
                                      // fp32: SK = 8 mod 32 words (LDS.64 fragments conflict-free)
   static constexpr int MF = WM / 16, NF = WN / 8;
@@ -578,6 +587,36 @@ struct MmaPolicy {
     }
   }
 
+  // Batch-first, L == 1: writes the accumulators straight to y (row m at yrow + m*y_sm), in
+  // pairs (j, j+1) where aligned.
+  __device__ __forceinline__ void store_direct(T* yrow, int64_t y_sm, int rv, int nv, bool pair_ok) const {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int m = wm0 + mf * 16 + g + 8 * h;
+        if (m >= rv) continue;
+        T* yr = yrow + m * y_sm;
+#pragma unroll
+        for (int nf = 0; nf < NF; ++nf) {
+          const int j = wn0 + nf * 8 + 2 * t;
+          const float v0 = acc[mf][nf][2 * h], v1 = acc[mf][nf][2 * h + 1];
+          if (pair_ok && j + 1 < nv) {
+            if constexpr (sizeof(T) == 4) {
+              *reinterpret_cast<float2*>(yr + j) = make_float2(v0, v1);
+            } else {
+              T pr[2] = {from_float_t<T>(v0), from_float_t<T>(v1)};
+              *reinterpret_cast<uint32_t*>(yr + j) = *reinterpret_cast<const uint32_t*>(pr);
+            }
+          } else {
+            if (j < nv) yr[j] = from_float_t<T>(v0);
+            if (j + 1 < nv) yr[j + 1] = from_float_t<T>(v1);
+          }
+        }
+      }
+  }
+
   // Calls f(l, m, j, value) for every accumulator of this thread (l < lv only).
   template <class F>
   __device__ __forceinline__ void for_each(int lv, F&& f) const {
@@ -650,6 +689,19 @@ struct SimtPolicy {
     }
   }
 
+  __device__ __forceinline__ void store_direct(float* yrow, int64_t y_sm, int rv, int nv, bool) const {
+#pragma unroll
+    for (int r = 0; r < TM; ++r) {
+      const int m = mloc + r * RPT;
+      if (m >= rv) continue;
+#pragma unroll
+      for (int s = 0; s < TN; ++s) {
+        const int j = ct + s * CT;
+        if (j < nv) yrow[m * y_sm + j] = acc[r][s];
+      }
+    }
+  }
+
   template <class F>
   __device__ __forceinline__ void for_each(int lv, F&& f) const {
     if (l >= lv) return;
@@ -686,96 +738,204 @@ struct Modes {
   static constexpr int W = VARIANT == kScalar ? kScalarL : (VARIANT == kGenBF || VARIANT == kGenBL) ? kKLGen : FAST;
 };
 
+template <int VARIANT>
+__host__ __device__ constexpr bool is_bl() { return VARIANT == kFastBL || VARIANT == kGenBL; }
+
+// Shared memory of one block: cp.async ring + transposed compute tiles + epilogue staging
+// (none where L == 1 batch-first writes y straight from registers); the scalar variant keeps
+// its double buffer and stages the epilogue in it.
 template <class P, int VARIANT>
-constexpr size_t tile_smem_bytes() {
+struct SmemPlan {
   using T = typename P::Elem;
-  constexpr int SZ = sizeof(T), V = 16 / SZ;
-  constexpr int BM = P::BM, BN = P::BN, BK = P::BK, L = P::L, NT = P::NT, SK = P::SK;
-  size_t ops = 0;
-  if constexpr (VARIANT == kScalar) {
-    ops = 2ull * L * (BM + BN) * SK * SZ;
-  } else {
-    using MD = Modes<P, VARIANT>;
-    using LA = AsyncLoader<SZ, BM, BK, L, NT, SK, MD::A>;
-    using LW = AsyncLoader<SZ, BN, BK, L, NT, SK, MD::W>;
-    ops = ((size_t)P::STAGES * (LA::RAW_EL + LW::RAW_EL) + LA::COMP_EL + LW::COMP_EL) * SZ;
+  static constexpr int SZ = sizeof(T), V = 16 / SZ;
+  static constexpr int BM = P::BM, BN = P::BN, BK = P::BK, L = P::L, NT = P::NT, SK = P::SK;
+  static constexpr size_t STAGE_BF = (size_t)BM * (BN * L + V) * SZ;
+  static constexpr size_t STAGE_BL = (size_t)BN * L * (BM + V) * SZ;
+  static constexpr bool DIRECT = VARIANT != kScalar && !is_bl<VARIANT>() && L == 1;
+  __host__ __device__ static constexpr size_t stage_bytes() {
+    return VARIANT == kScalar ? (STAGE_BF > STAGE_BL ? STAGE_BF : STAGE_BL)
+           : DIRECT           ? 0
+           : is_bl<VARIANT>() ? STAGE_BL
+                              : STAGE_BF;
   }
-  const size_t bf = (size_t)BM * (BN * L + V) * SZ;
-  const size_t bl = (size_t)BN * L * (BM + V) * SZ;
-  const size_t st = bf > bl ? bf : bl;
-  return ops > st ? ops : st;
+  __host__ __device__ static constexpr size_t ops_bytes() {
+    if constexpr (VARIANT == kScalar) {
+      return 2ull * L * (BM + BN) * SK * SZ;
+    } else {
+      using MD = Modes<P, VARIANT>;
+      using LA = AsyncLoader<SZ, BM, BK, L, NT, SK, MD::A>;
+      using LW = AsyncLoader<SZ, BN, BK, L, NT, SK, MD::W>;
+      return ((size_t)P::STAGES * (LA::RAW_EL + LW::RAW_EL) + LA::COMP_EL + LW::COMP_EL) * SZ;
+    }
+  }
+  // Scalar: staging overlays the operands; async: staging after them (the ring stays in flight).
+  __host__ __device__ static constexpr size_t stage_offset() { return VARIANT == kScalar ? 0 : ops_bytes(); }
+  __host__ __device__ static constexpr size_t bytes() {
+    return VARIANT == kScalar ? (ops_bytes() > stage_bytes() ? ops_bytes() : stage_bytes())
+                              : ops_bytes() + stage_bytes();
+  }
+};
+
+struct TileCoord {
+  int64_t m0, i;
+  int j0, l0, rv, nv, lv;
+};
+
+template <class P>
+__device__ __forceinline__ TileCoord tile_coord(const TileParams& p, int64_t t) {
+  // Order: j-tile, l-group, i fastest; m-tile slowest: the tiles in flight together cover whole
+  // rows of x and y (DRAM page locality) and share x sectors across l-groups.
+  TileCoord tc;
+  const int jt = (int)(t % p.tiles_n);
+  t /= p.tiles_n;
+  const int lt = (int)(t % p.tiles_l);
+  t /= p.tiles_l;
+  tc.i = t % p.a;
+  const int64_t mt = t / p.a;
+  tc.m0 = mt * P::BM;
+  tc.j0 = jt * P::BN;
+  tc.l0 = lt * P::L;
+  tc.rv = (int)(p.batch - tc.m0 < P::BM ? p.batch - tc.m0 : P::BM);
+  tc.nv = min(P::BN, p.b - tc.j0);
+  tc.lv = min(P::L, p.d - tc.l0);
+  return tc;
+}
+
+// Writes the block's accumulators to y: straight from registers (batch-first, L == 1) or through
+// the staging buffer cs in y's own order, then 16-byte coalesced stores where aligned.
+template <class P, bool BL, bool DIRECT>
+__device__ __forceinline__ void tile_epilogue(const P& pol, const TileParams& p, const TileCoord& tc,
+                                              typename P::Elem* cs, int tid) {
+  using T = typename P::Elem;
+  constexpr int V = 16 / sizeof(T);
+  constexpr int BM = P::BM, BN = P::BN, L = P::L, NT = P::NT;
+  T* yg = static_cast<T*>(p.y);
+  const int d = p.d, rv = tc.rv, nv = tc.nv, lv = tc.lv;
+  if constexpr (DIRECT) {
+    pol.store_direct(yg + tc.m0 * p.y_sm + tc.i * p.b + tc.j0, p.y_sm, rv, nv, p.y_pair != 0);
+  } else if constexpr (!BL) {
+    constexpr int RS = BN * L + V;  // staged (m, j, l) at m*RS + j*L + l
+    pol.for_each(lv, [&](int l, int m, int j, float v) { cs[m * RS + j * L + l] = from_float<T>(v); });
+    __syncthreads();
+    const int64_t ybase = tc.m0 * p.y_sm + (tc.i * p.b + tc.j0) * d + tc.l0;
+    if (lv == L && L == d && p.y_vec) {
+      // Row m: one contiguous run of nv*L elements.
+      constexpr int CPR = BN * L / V;
+      const int run = nv * L;
+      for (int u = tid; u < BM * CPR; u += NT) {
+        const int r = u / CPR, e0 = (u % CPR) * V;
+        if (r < rv && e0 < run) {
+          T* gp = yg + ybase + r * p.y_sm + e0;
+          const T* sp = cs + r * RS + e0;
+          if (e0 + V <= run) *reinterpret_cast<uint4*>(gp) = *reinterpret_cast<const uint4*>(sp);
+          else for (int e = 0; e < run - e0; ++e) gp[e] = sp[e];
+        }
+      }
+    } else if (lv == L && L < d && p.y_vec) {
+      // (m, j): a run of L elements (L % V == 0 here).
+      constexpr int CPR = L / V > 0 ? L / V : 1;
+      for (int u = tid; u < BM * BN * CPR; u += NT) {
+        const int ch = u % CPR, t = u / CPR, j = t % BN, r = t / BN;
+        if (r < rv && j < nv) {
+          *reinterpret_cast<uint4*>(yg + ybase + r * p.y_sm + (int64_t)j * d + ch * V) =
+              *reinterpret_cast<const uint4*>(cs + r * RS + j * L + ch * V);
+        }
+      }
+    } else {
+      for (int u = tid; u < BM * BN * L; u += NT) {
+        const int l = u % L, t = u / L, j = t % BN, r = t / BN;
+        if (r < rv && j < nv && l < lv) yg[ybase + r * p.y_sm + (int64_t)j * d + l] = cs[r * RS + j * L + l];
+      }
+    }
+  } else {
+    constexpr int RS = BM + V;  // staged (j, l, m) at (j*L + l)*RS + m
+    pol.for_each(lv, [&](int l, int m, int j, float v) { cs[(j * L + l) * RS + m] = from_float<T>(v); });
+    __syncthreads();
+    const int64_t B = p.batch;
+    const int64_t rbase = (tc.i * p.b + tc.j0) * d + tc.l0;  // y row of (j, l) = rbase + j*d + l
+    if (p.y_vec) {
+      constexpr int CPR = BM / V;
+      for (int u = tid; u < BN * L * CPR; u += NT) {
+        const int e0 = (u % CPR) * V, q = u / CPR, l = q % L, j = q / L;
+        if (j < nv && l < lv && e0 < rv) {
+          T* gp = yg + (rbase + (int64_t)j * d + l) * B + tc.m0 + e0;
+          const T* sp = cs + q * RS + e0;
+          if (e0 + V <= rv) *reinterpret_cast<uint4*>(gp) = *reinterpret_cast<const uint4*>(sp);
+          else for (int e = 0; e < rv - e0; ++e) gp[e] = sp[e];
+        }
+      }
+    } else {
+      for (int u = tid; u < BN * L * BM; u += NT) {
+        const int m = u % BM, q = u / BM, l = q % L, j = q / L;
+        if (j < nv && l < lv && m < rv) yg[(rbase + (int64_t)j * d + l) * B + tc.m0 + m] = cs[q * RS + m];
+      }
+    }
+  }
 }
 
 template <class P, int VARIANT>
 __global__ void __launch_bounds__(P::NT, VARIANT == kScalar ? 1 : P::MINB) ks_tile_kernel(const TileParams p) {
   using T = typename P::Elem;
   constexpr int SZ = sizeof(T);
-  constexpr int V = 16 / SZ;
   constexpr int BM = P::BM, BN = P::BN, BK = P::BK, L = P::L, NT = P::NT, SK = P::SK;
   using MD = Modes<P, VARIANT>;
+  using SP = SmemPlan<P, VARIANT>;
+  constexpr bool BL = is_bl<VARIANT>();
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* smem = reinterpret_cast<T*>(smem_raw);
-
+  T* cs = reinterpret_cast<T*>(smem_raw + SP::stage_offset());
   const int tid = threadIdx.x;
-  // Launch order: j-tile, then l-group, then i fastest, m-tile slowest, so that the blocks in
-  // flight together cover whole rows of x and y (DRAM page locality) and share x sectors.
-  const int64_t bx = blockIdx.x + (int64_t)blockIdx.y * gridDim.x;
-  const int jt = (int)(bx % p.tiles_n);
-  int64_t t2 = bx / p.tiles_n;
-  const int lt = (int)(t2 % p.tiles_l);
-  t2 /= p.tiles_l;
-  const int64_t i = t2 % p.a;
-  const int64_t mt = t2 / p.a;
-  if (mt >= p.tiles_m) return;
-  const int64_t m0 = mt * BM;
-  const int j0 = jt * BN, l0 = lt * L;
-  const int b = p.b, c = p.c, d = p.d;
-  const int rv = (int)(p.batch - m0 < BM ? p.batch - m0 : BM);
-  const int nv = min(BN, b - j0);
-  const int lv = min(L, d - l0);
-
-  const T* xg = static_cast<const T*>(p.x) + i * p.x_si + m0 * p.x_sm + l0 * p.x_sl;
-  const int64_t w_sr = (int64_t)c * d;
-  const T* wg = static_cast<const T*>(p.w) + (i * b + j0) * w_sr + l0;
-
-  P pol;
-  pol.init(tid);
+  const int c = p.c, d = p.d;
   const int KT = cdiv(c, BK);
+  const int64_t w_sr = (int64_t)c * d;
+  P pol;
 
   if constexpr (VARIANT == kScalar) {
+    // Register-staged double buffer, one tile after another (misaligned / odd layouts only).
     constexpr int A_EL = L * BM * SK, W_EL = L * BN * SK;
     using LA = TileLoader<SZ, BM, BK, L, NT, SK, false, MD::A>;
     using LW = TileLoader<SZ, BN, BK, L, NT, SK, false, MD::W>;
     const bool a_lfast = !p.batch_last;  // x element pairs: l (then k) fastest unless batch-last
-    LA la;
-    LW lw;
-    la.load(xg, p.x_sm, p.x_sk, p.x_sl, rv, min(BK, c), lv, a_lfast, tid);
-    lw.load(wg, w_sr, d, 1, nv, min(BK, c), lv, true, tid);
-    la.store(smem, a_lfast, tid);
-    lw.store(smem + A_EL, true, tid);
-    __syncthreads();
-    for (int kt = 0; kt < KT; ++kt) {
-      const int cur = kt & 1;
-      const bool more = kt + 1 < KT;
-      if (more) {
-        const int k1 = (kt + 1) * BK;
-        const int kv1 = min(BK, c - k1);
-        la.load(xg + k1 * p.x_sk, p.x_sm, p.x_sk, p.x_sl, rv, kv1, lv, a_lfast, tid);
-        lw.load(wg + (int64_t)k1 * d, w_sr, d, 1, nv, kv1, lv, true, tid);
-      }
-      const T* sA = smem + cur * (A_EL + W_EL);
-      pol.compute(sA, sA + A_EL, min(BK, c - kt * BK), lv, nv);
-      if (more) {
-        T* nA = smem + (cur ^ 1) * (A_EL + W_EL);
-        la.store(nA, a_lfast, tid);
-        lw.store(nA + A_EL, true, tid);
-      }
+    for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+      const TileCoord tc = tile_coord<P>(p, t);
+      const T* xg = static_cast<const T*>(p.x) + tc.i * p.x_si + tc.m0 * p.x_sm + tc.l0 * p.x_sl;
+      const T* wg = static_cast<const T*>(p.w) + (tc.i * p.b + tc.j0) * w_sr + tc.l0;
+      pol.init(tid);
+      LA la;
+      LW lw;
+      __syncthreads();  // the previous tile's epilogue has read the staging (= operand) smem
+      la.load(xg, p.x_sm, p.x_sk, p.x_sl, tc.rv, min(BK, c), tc.lv, a_lfast, tid);
+      lw.load(wg, w_sr, d, 1, tc.nv, min(BK, c), tc.lv, true, tid);
+      la.store(smem, a_lfast, tid);
+      lw.store(smem + A_EL, true, tid);
       __syncthreads();
+      for (int kt = 0; kt < KT; ++kt) {
+        const int cur = kt & 1;
+        const bool more = kt + 1 < KT;
+        if (more) {
+          const int k1 = (kt + 1) * BK;
+          const int kv1 = min(BK, c - k1);
+          la.load(xg + k1 * p.x_sk, p.x_sm, p.x_sk, p.x_sl, tc.rv, kv1, tc.lv, a_lfast, tid);
+          lw.load(wg + (int64_t)k1 * d, w_sr, d, 1, tc.nv, kv1, tc.lv, true, tid);
+        }
+        const T* sA = smem + cur * (A_EL + W_EL);
+        pol.compute(sA, sA + A_EL, min(BK, c - kt * BK), tc.lv, tc.nv);
+        if (more) {
+          T* nA = smem + (cur ^ 1) * (A_EL + W_EL);
+          la.store(nA, a_lfast, tid);
+          lw.store(nA + A_EL, true, tid);
+        }
+        __syncthreads();
+      }
+      if (p.batch_last) tile_epilogue<P, true, false>(pol, p, tc, cs, tid);
+      else tile_epilogue<P, false, false>(pol, p, tc, cs, tid);
     }
   } else {
-    // cp.async ring of STAGES raw stages; tiles kt+1 .. kt+STAGES-1 are in flight while tile kt
-    // is transposed (if its raw order is not the compute order) and multiplied.
+    // Persistent blocks: tiles blockIdx.x, +gridDim.x, ... flattened into one stream of
+    // (tile, k-step) steps; a cp.async ring of STAGES raw stages keeps steps s+1 .. s+STAGES-1
+    // in flight while step s is transposed (if its raw order is not the compute order) and
+    // multiplied, across tile boundaries, so one tile's epilogue overlaps the next one's loads.
     constexpr int S = P::STAGES;
     using LA = AsyncLoader<SZ, BM, BK, L, NT, SK, MD::A>;
     using LW = AsyncLoader<SZ, BN, BK, L, NT, SK, MD::W>;
@@ -783,110 +943,102 @@ __global__ void __launch_bounds__(P::NT, VARIANT == kScalar ? 1 : P::MINB) ks_ti
     T* compA = smem + S * STAGE_EL;
     T* compW = compA + LA::COMP_EL;
     char* ring = reinterpret_cast<char*>(smem);
-    auto issue = [&](int kt) {
-      const int k0 = kt * BK, kv = min(BK, c - k0);
-      char* st = ring + (size_t)(kt % S) * STAGE_EL * SZ;
-      LA::issue(st, reinterpret_cast<const char*>(xg + k0 * p.x_sk), p.x_sm, p.x_sk, p.x_sl, rv, kv, lv, d, tid);
-      LW::issue(st + LA::RAW_EL * SZ, reinterpret_cast<const char*>(wg + (int64_t)k0 * d), w_sr, d, 1, nv, kv, lv, d, tid);
+    const int64_t my_tiles = p.tiles > blockIdx.x ? (p.tiles - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
+    const int64_t nsteps = my_tiles * KT;
+
+    // Issue side: the tile whose stages are being requested.
+    int64_t is = 0;  // next step to issue
+    int islot = 0;   // its ring slot (is % S)
+    int ikt = KT;    // its k-step within the issue tile (KT: decode the next tile first)
+    int64_t itile = (int64_t)blockIdx.x - gridDim.x;
+    const T* ixg = nullptr;
+    const T* iwg = nullptr;
+    int irv = 0, inv = 0, ilv = 0;
+    auto issue_next = [&]() {
+      if (is < nsteps) {
+        if (ikt == KT) {
+          itile += gridDim.x;
+          const TileCoord tc = tile_coord<P>(p, itile);
+          ixg = static_cast<const T*>(p.x) + tc.i * p.x_si + tc.m0 * p.x_sm + tc.l0 * p.x_sl;
+          iwg = static_cast<const T*>(p.w) + (tc.i * p.b + tc.j0) * w_sr + tc.l0;
+          irv = tc.rv; inv = tc.nv; ilv = tc.lv;
+          ikt = 0;
+        }
+        const int k0 = ikt * BK, kv = min(BK, c - k0);
+        char* st = ring + islot * (STAGE_EL * SZ);
+        LA::issue(st, reinterpret_cast<const char*>(ixg + k0 * p.x_sk), p.x_sm, p.x_sk, p.x_sl, irv, kv, ilv, d, tid);
+        LW::issue(st + LA::RAW_EL * SZ, reinterpret_cast<const char*>(iwg + (int64_t)k0 * d), w_sr, d, 1, inv, kv, ilv, d, tid);
+        ++ikt;
+      }
+      ++is;
+      if (++islot == S) islot = 0;
+      cp_async_commit();
     };
 #pragma unroll
-    for (int s = 0; s < S - 1; ++s) {
-      if (s < KT) issue(s);
-      cp_async_commit();
-    }
-    for (int kt = 0; kt < KT; ++kt) {
+    for (int s = 0; s < S - 1; ++s) issue_next();
+
+    int64_t ctile = blockIdx.x;
+    TileCoord tc = tile_coord<P>(p, ctile);
+    int kt = 0, cslot = 0;
+    pol.init(tid);
+    for (int64_t step = 0; step < nsteps; ++step) {
       cp_async_wait<S - 2>();
-      __syncthreads();  // tile kt landed for every thread; tile kt-1 is fully consumed
-      if (kt + S - 1 < KT) issue(kt + S - 1);
-      cp_async_commit();
-      const T* st = smem + (kt % S) * STAGE_EL;
+      __syncthreads();  // step landed for every thread; step-1 fully consumed
+      issue_next();
+      const T* st = smem + cslot * STAGE_EL;
+      if (++cslot == S) cslot = 0;
       if constexpr (!LA::NATURAL || !LW::NATURAL) {
         if constexpr (!LA::NATURAL) LA::transpose(reinterpret_cast<const char*>(st), reinterpret_cast<char*>(compA), d, tid);
         if constexpr (!LW::NATURAL) LW::transpose(reinterpret_cast<const char*>(st + LA::RAW_EL), reinterpret_cast<char*>(compW), d, tid);
         __syncthreads();
       }
-      pol.compute(LA::NATURAL ? st : compA, LW::NATURAL ? st + LA::RAW_EL : compW, min(BK, c - kt * BK), lv, nv);
+      pol.compute(LA::NATURAL ? st : compA, LW::NATURAL ? st + LA::RAW_EL : compW, min(BK, c - kt * BK), tc.lv, tc.nv);
+      if (++kt == KT) {
+        tile_epilogue<P, BL, SP::DIRECT>(pol, p, tc, cs, tid);
+        kt = 0;
+        ctile += gridDim.x;
+        if (ctile < p.tiles) tc = tile_coord<P>(p, ctile);
+        pol.init(tid);
+      }
     }
     cp_async_wait<0>();
-    __syncthreads();
-  }
-
-  // Epilogue: stage the tile in y's order, then copy out with (16-byte) coalesced stores.
-  T* cs = smem;
-  T* yg = static_cast<T*>(p.y);
-  if (!p.batch_last) {
-    constexpr int RS = BN * L + V;  // staged (m, j, l) at m*RS + j*lv + l
-    pol.for_each(lv, [&](int l, int m, int j, float v) { cs[m * RS + j * lv + l] = from_float<T>(v); });
-    __syncthreads();
-    const bool whole = lv == d;  // the block covers every l: one run per row
-    const int rows = whole ? rv : rv * nv;
-    const int run = whole ? nv * d : lv;
-    const int64_t ybase = m0 * p.y_sm + ((int64_t)i * b + j0) * d + l0;
-    const bool vec = p.y_vec;
-    const int cpr = vec ? cdiv(run, V) : run;
-    const int total = rows * cpr;
-    for (int u = tid; u < total; u += NT) {
-      const int row = u / cpr, ch = u - row * cpr;
-      int sro;
-      int64_t gro;
-      if (whole) { sro = row * RS; gro = row * p.y_sm; }
-      else {
-        const int r = row / nv, j = row - r * nv;
-        sro = r * RS + j * lv;
-        gro = r * p.y_sm + (int64_t)j * d;
-      }
-      T* gp = yg + ybase + gro;
-      const T* sp = cs + sro;
-      if (vec) {
-        const int e0 = ch * V, n = min(V, run - e0);
-        if (n == V) *reinterpret_cast<uint4*>(gp + e0) = *reinterpret_cast<const uint4*>(sp + e0);
-        else for (int e = 0; e < n; ++e) gp[e0 + e] = sp[e0 + e];
-      } else {
-        gp[ch] = sp[ch];
-      }
-    }
-  } else {
-    constexpr int RS = BM + V;  // staged (j, l, m) at (j*lv + l)*RS + m
-    pol.for_each(lv, [&](int l, int m, int j, float v) { cs[(j * lv + l) * RS + m] = from_float<T>(v); });
-    __syncthreads();
-    const int rows = nv * lv, run = rv;
-    const int64_t B = p.batch;
-    const bool vec = p.y_vec;
-    const int cpr = vec ? cdiv(run, V) : run;
-    const int total = rows * cpr;
-    for (int u = tid; u < total; u += NT) {
-      const int row = u / cpr, ch = u - row * cpr;
-      const int j = row / lv, l = row - j * lv;
-      T* gp = yg + (((int64_t)i * b + j0 + j) * d + l0 + l) * B + m0;
-      const T* sp = cs + row * RS;
-      if (vec) {
-        const int e0 = ch * V, n = min(V, run - e0);
-        if (n == V) *reinterpret_cast<uint4*>(gp + e0) = *reinterpret_cast<const uint4*>(sp + e0);
-        else for (int e = 0; e < n; ++e) gp[e0 + e] = sp[e0 + e];
-      } else {
-        gp[ch] = sp[ch];
-      }
-    }
   }
 }
 
+inline int sm_count() {
+  static int cache[64] = {0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
+  if (dev < 64 && cache[dev]) return cache[dev];
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) n = 132;
+  if (dev < 64) cache[dev] = n;
+  return n;
+}
+
 template <class P, int VARIANT>
-cudaError_t launch_variant(const TileParams& q, dim3 grid, cudaStream_t stream) {
-  constexpr size_t smem = tile_smem_bytes<P, VARIANT>();
+cudaError_t launch_variant(const TileParams& q, cudaStream_t stream) {
+  constexpr size_t smem = SmemPlan<P, VARIANT>::bytes();
   static_assert(smem <= 227 * 1024, "shared memory");
   auto kern = ks_tile_kernel<P, VARIANT>;
-  if (smem > 48 * 1024) {
-    static int done_mask = 0;  // one bit per device; the attribute call is idempotent
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
-    if (e != cudaSuccess) return e;
-    if (dev >= 31 || !(done_mask & (1 << dev))) {
+  static int blocks_per_sm[64] = {0};  // per device: attribute set and occupancy read once
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  int per_sm = dev < 64 ? blocks_per_sm[dev] : 0;
+  if (per_sm == 0) {
+    if (smem > 48 * 1024) {
       e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
       if (e != cudaSuccess) return e;
-      if (dev < 31) done_mask |= 1 << dev;
     }
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, P::NT, smem);
+    if (e != cudaSuccess) return e;
+    if (per_sm < 1) per_sm = 1;
+    if (dev < 64) blocks_per_sm[dev] = per_sm;
   }
-  kern<<<grid, P::NT, smem, stream>>>(q);
+  const int64_t resident = (int64_t)per_sm * sm_count();
+  const int64_t gx = q.tiles < resident ? q.tiles : resident;
+  kern<<<dim3((unsigned)gx), P::NT, smem, stream>>>(q);
   return cudaGetLastError();
 }
 
@@ -895,27 +1047,23 @@ cudaError_t launch_variant(const TileParams& q, dim3 grid, cudaStream_t stream) 
 template <class P, bool GEN>
 cudaError_t launch_tile(const TileParams& p, cudaStream_t stream) {
   TileParams q = p;
-  const int64_t tiles_m = (p.batch + P::BM - 1) / P::BM;
-  q.tiles_m = tiles_m;
+  q.tiles_m = (p.batch + P::BM - 1) / P::BM;
   q.tiles_n = cdiv(p.b, P::BN);
   q.tiles_l = cdiv(p.d, P::L);
-  const int64_t total = tiles_m * q.tiles_n * q.tiles_l * p.a;
-  const int64_t gx = total < 0x7fffffffLL ? total : 0x7fffffffLL;
-  const int64_t gy = (total + gx - 1) / gx;
-  if (gy > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid((unsigned)gx, (unsigned)gy, 1);
+  q.tiles = q.tiles_m * q.tiles_n * q.tiles_l * p.a;
+  if (q.tiles <= 0) return cudaSuccess;
   switch (p.variant) {
-    case kFastBF: return launch_variant<P, kFastBF>(q, grid, stream);
-    case kFastBL: return launch_variant<P, kFastBL>(q, grid, stream);
+    case kFastBF: return launch_variant<P, kFastBF>(q, stream);
+    case kFastBL: return launch_variant<P, kFastBL>(q, stream);
     case kGenBF:
-      if constexpr (GEN) return launch_variant<P, kGenBF>(q, grid, stream);
+      if constexpr (GEN) return launch_variant<P, kGenBF>(q, stream);
       break;
     case kGenBL:
-      if constexpr (GEN) return launch_variant<P, kGenBL>(q, grid, stream);
+      if constexpr (GEN) return launch_variant<P, kGenBL>(q, stream);
       break;
     default: break;
   }
-  return launch_variant<P, kScalar>(q, grid, stream);
+  return launch_variant<P, kScalar>(q, stream);
 }
 
 }  // namespace detail
