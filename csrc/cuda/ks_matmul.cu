@@ -24,7 +24,8 @@ struct GemvParams {
   int64_t batch, ldx;
   int a, b, c, d;
   int batch_last;
-  int x_vec;  // batch-first x rows allow 16-byte loads
+  int x_vec;    // batch-first x rows allow 16-byte loads
+  int ngroups;  // row groups of NB rows (each a warp / thread of its own)
 };
 
 template <typename T> __device__ __forceinline__ float to_float(T v);
@@ -53,15 +54,17 @@ template <typename T, int NB>
 __global__ void __launch_bounds__(256) ks_gemv_vec_kernel(const GemvParams p) {
   constexpr int V = 16 / sizeof(T);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t slab = (int64_t)blockIdx.x * 8 + warp;
-  if (slab >= (int64_t)p.a * p.b) return;
+  const int64_t wid = (int64_t)blockIdx.x * 8 + warp;
+  if (wid >= (int64_t)p.a * p.b * p.ngroups) return;
+  const int64_t slab = wid / p.ngroups;
+  const int n0 = (int)(wid - slab * p.ngroups) * NB;
   const int64_t i = slab / p.b;
-  const int j = (int)(slab - i * p.b);
   const int d = p.d;
   const int64_t cd = (int64_t)p.c * d;
-  const int B = (int)p.batch;
+  const int B = (int)p.batch - n0;  // rows of this group: n0 .. n0 + min(NB, B) - 1
   const T* ws = static_cast<const T*>(p.w) + slab * cd;
-  const T* x = static_cast<const T*>(p.x);
+  const T* x = static_cast<const T*>(p.x) + (p.batch_last ? (int64_t)n0 : n0 * p.ldx);
+  T* y = static_cast<T*>(p.y) + (p.batch_last ? (int64_t)n0 : n0 * (int64_t)p.a * p.b * d);
   float acc[NB][V];
 #pragma unroll
   for (int n = 0; n < NB; ++n)
@@ -92,7 +95,6 @@ __global__ void __launch_bounds__(256) ks_gemv_vec_kernel(const GemvParams p) {
     }
   }
 
-  T* y = static_cast<T*>(p.y);
   const int64_t ab = (int64_t)p.a * p.b;
   if (d <= V) {
     // Fold the lane's V partials onto l = e (e < d), then sum over all lanes.
@@ -146,24 +148,25 @@ __global__ void __launch_bounds__(256) ks_gemv_vec_kernel(const GemvParams p) {
           }
     }
   }
-  (void)j;
 }
 
 // Any pattern: one thread per output column (i, j, l), all B rows.
 template <typename T, int NB>
 __global__ void __launch_bounds__(256) ks_gemv_scalar_kernel(const GemvParams p) {
-  const int64_t t = (int64_t)blockIdx.x * 256 + threadIdx.x;
+  const int64_t tg = (int64_t)blockIdx.x * 256 + threadIdx.x;
   const int64_t bd = (int64_t)p.b * p.d;
-  if (t >= (int64_t)p.a * bd) return;
+  if (tg >= (int64_t)p.a * bd * p.ngroups) return;
+  const int64_t t = tg % (p.a * bd);  // output column; consecutive threads share the row group
+  const int n0 = (int)(tg / (p.a * bd)) * NB;
   const int64_t i = t / bd;
   const int64_t r = t - i * bd;
   const int64_t j = r / p.d;
   const int l = (int)(r - j * p.d);
   const int d = p.d, c = p.c;
-  const int B = (int)p.batch;
+  const int B = (int)p.batch - n0;
   const int64_t cd = (int64_t)c * d;
   const T* wp = static_cast<const T*>(p.w) + (i * p.b + j) * cd + l;
-  const T* x = static_cast<const T*>(p.x);
+  const T* x = static_cast<const T*>(p.x) + (p.batch_last ? (int64_t)n0 : n0 * p.ldx);
   float acc[NB];
 #pragma unroll
   for (int n = 0; n < NB; ++n) acc[n] = 0.f;
@@ -177,7 +180,7 @@ __global__ void __launch_bounds__(256) ks_gemv_scalar_kernel(const GemvParams p)
         acc[n] = fmaf(to_float<T>(xv), wv, acc[n]);
       }
   }
-  T* y = static_cast<T*>(p.y);
+  T* y = static_cast<T*>(p.y) + (p.batch_last ? (int64_t)n0 : n0 * (int64_t)p.a * bd);
   const int64_t ab = (int64_t)p.a * p.b;
 #pragma unroll
   for (int n = 0; n < NB; ++n)
@@ -185,14 +188,15 @@ __global__ void __launch_bounds__(256) ks_gemv_scalar_kernel(const GemvParams p)
 }
 
 template <typename T, int NB>
-cudaError_t launch_gemv_nb(const GemvParams& p, bool vec, cudaStream_t s) {
+cudaError_t launch_gemv_nb(GemvParams p, bool vec, cudaStream_t s) {
+  p.ngroups = (int)((p.batch + NB - 1) / NB);
   if (vec) {
-    const int64_t slabs = (int64_t)p.a * p.b;
+    const int64_t slabs = (int64_t)p.a * p.b * p.ngroups;
     const int64_t blocks = (slabs + 7) / 8;
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
     ks_gemv_vec_kernel<T, NB><<<(unsigned)blocks, 256, 0, s>>>(p);
   } else {
-    const int64_t cols = (int64_t)p.a * p.b * p.d;
+    const int64_t cols = (int64_t)p.a * p.b * p.d * p.ngroups;
     const int64_t blocks = (cols + 255) / 256;
     if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
     ks_gemv_scalar_kernel<T, NB><<<(unsigned)blocks, 256, 0, s>>>(p);
@@ -202,9 +206,10 @@ cudaError_t launch_gemv_nb(const GemvParams& p, bool vec, cudaStream_t s) {
 
 template <typename T>
 cudaError_t launch_gemv(const GemvParams& p, bool vec, cudaStream_t s) {
+  // Rows split in groups of NB over warps (threads): more parallel work for B = 2..16.
   if (p.batch <= 1) return launch_gemv_nb<T, 1>(p, vec, s);
-  if (p.batch <= 4) return launch_gemv_nb<T, 4>(p, vec, s);
-  return launch_gemv_nb<T, 16>(p, vec, s);
+  if (p.batch <= 2) return launch_gemv_nb<T, 2>(p, vec, s);
+  return launch_gemv_nb<T, 4>(p, vec, s);
 }
 
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
@@ -223,7 +228,7 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
   const int64_t cd = (int64_t)c * d;
 
   if (B <= 16) {
-    GemvParams g{args.x, args.w, args.y, B, args.ldx, a, b, c, d, args.batch_last ? 1 : 0, 0};
+    GemvParams g{args.x, args.w, args.y, B, args.ldx, a, b, c, d, args.batch_last ? 1 : 0, 0, 1};
     const bool vec = aligned16(args.w) && pow2(d) && d <= 32 * V && cd % V == 0;
     g.x_vec = vec && !args.batch_last && aligned16(args.x) && args.ldx % V == 0;
     switch (args.dtype) {

@@ -505,7 +505,7 @@ struct MmaPolicy {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, L = L_;
   static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
   static constexpr int NT = 32 * L * WARPS_M * WARPS_N;
-  static constexpr int MINB = NT <= 128 ? 3 : 1;  // 168 registers at most for 128 threads
+  static constexpr int MINB = NT <= 128 ? 3 : 2;  // 168 / 128 registers at most
   static constexpr int SK = BK + 8;  // 16-bit: 16-byte pad (ldmatrix conflict-free);
                                      // fp32: SK = 8 mod 32 words (LDS.64 fragments conflict-free)
   static constexpr int MF = WM / 16, NF = WN / 8;
@@ -758,21 +758,33 @@ struct SmemPlan {
            : is_bl<VARIANT>() ? STAGE_BL
                               : STAGE_BF;
   }
-  __host__ __device__ static constexpr size_t ops_bytes() {
+  __host__ __device__ static constexpr size_t ring_bytes() {
     if constexpr (VARIANT == kScalar) {
       return 2ull * L * (BM + BN) * SK * SZ;
     } else {
       using MD = Modes<P, VARIANT>;
       using LA = AsyncLoader<SZ, BM, BK, L, NT, SK, MD::A>;
       using LW = AsyncLoader<SZ, BN, BK, L, NT, SK, MD::W>;
-      return ((size_t)P::STAGES * (LA::RAW_EL + LW::RAW_EL) + LA::COMP_EL + LW::COMP_EL) * SZ;
+      return (size_t)P::STAGES * (LA::RAW_EL + LW::RAW_EL) * SZ;
     }
   }
-  // Scalar: staging overlays the operands; async: staging after them (the ring stays in flight).
-  __host__ __device__ static constexpr size_t stage_offset() { return VARIANT == kScalar ? 0 : ops_bytes(); }
+  __host__ __device__ static constexpr size_t comp_bytes() {
+    if constexpr (VARIANT == kScalar) {
+      return 0;
+    } else {
+      using MD = Modes<P, VARIANT>;
+      using LA = AsyncLoader<SZ, BM, BK, L, NT, SK, MD::A>;
+      using LW = AsyncLoader<SZ, BN, BK, L, NT, SK, MD::W>;
+      return (size_t)(LA::COMP_EL + LW::COMP_EL) * SZ;
+    }
+  }
+  // Scalar: staging overlays the double buffer. Async: staging overlays the transposed compute
+  // tiles (free between a tile's last multiply and the next step's transposition), never the
+  // ring, whose next stages are in flight during the epilogue.
+  __host__ __device__ static constexpr size_t stage_offset() { return VARIANT == kScalar ? 0 : ring_bytes(); }
   __host__ __device__ static constexpr size_t bytes() {
-    return VARIANT == kScalar ? (ops_bytes() > stage_bytes() ? ops_bytes() : stage_bytes())
-                              : ops_bytes() + stage_bytes();
+    return VARIANT == kScalar ? (ring_bytes() > stage_bytes() ? ring_bytes() : stage_bytes())
+                              : ring_bytes() + (comp_bytes() > stage_bytes() ? comp_bytes() : stage_bytes());
   }
 };
 
@@ -815,6 +827,7 @@ __device__ __forceinline__ void tile_epilogue(const P& pol, const TileParams& p,
     pol.store_direct(yg + tc.m0 * p.y_sm + tc.i * p.b + tc.j0, p.y_sm, rv, nv, p.y_pair != 0);
   } else if constexpr (!BL) {
     constexpr int RS = BN * L + V;  // staged (m, j, l) at m*RS + j*L + l
+    __syncthreads();  // cs overlays the compute tiles: every warp has finished multiplying
     pol.for_each(lv, [&](int l, int m, int j, float v) { cs[m * RS + j * L + l] = from_float<T>(v); });
     __syncthreads();
     const int64_t ybase = tc.m0 * p.y_sm + (tc.i * p.b + tc.j0) * d + tc.l0;
@@ -849,6 +862,7 @@ __device__ __forceinline__ void tile_epilogue(const P& pol, const TileParams& p,
     }
   } else {
     constexpr int RS = BM + V;  // staged (j, l, m) at (j*L + l)*RS + m
+    __syncthreads();  // cs overlays the compute tiles: every warp has finished multiplying
     pol.for_each(lv, [&](int l, int m, int j, float v) { cs[(j * L + l) * RS + m] = from_float<T>(v); });
     __syncthreads();
     const int64_t B = p.batch;

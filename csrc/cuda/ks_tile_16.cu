@@ -8,14 +8,14 @@ namespace {
 template <typename T>
 cudaError_t launch_16(const TileParams& p, int L, int BN, cudaStream_t s) {
   // Warp tile 32 x 64. MmaPolicy<T, BM, BN, BK, L, WM, WN, STAGES>; shared memory per block is
-  // sized for 2-3 resident blocks per SM, or one block with a deep ring (see ks_tile.cuh tile_smem_bytes).
+  // sized for 2-3 resident blocks per SM (at most 168 / 128 registers for 128 / 256 threads) (see ks_tile.cuh tile_smem_bytes).
   switch (L * 1000 + BN) {
     case 1064: return launch_tile<MmaPolicy<T, 128, 64, 32, 1, 32, 64, 4>, false>(p, s);
     case 1128: return launch_tile<MmaPolicy<T, 128, 128, 32, 1, 32, 64, 3>, false>(p, s);
-    case 2064: return launch_tile<MmaPolicy<T, 64, 64, 32, 2, 32, 64, 3>, false>(p, s);
-    case 2128: return launch_tile<MmaPolicy<T, 64, 128, 16, 2, 32, 64, 8>, false>(p, s);
-    case 4064: return launch_tile<MmaPolicy<T, 64, 64, 16, 4, 32, 64, 8>, true>(p, s);
-    case 8064: return launch_tile<MmaPolicy<T, 32, 64, 16, 8, 32, 64, 5>, true>(p, s);
+    case 2064: return launch_tile<MmaPolicy<T, 64, 64, 32, 2, 32, 64, 2>, false>(p, s);
+    case 2128: return launch_tile<MmaPolicy<T, 64, 128, 32, 2, 32, 64, 2>, false>(p, s);
+    case 4064: return launch_tile<MmaPolicy<T, 64, 64, 32, 4, 32, 64, 2>, true>(p, s);
+    case 8064: return launch_tile<MmaPolicy<T, 32, 64, 16, 8, 32, 64, 3>, true>(p, s);
     default: return cudaErrorInvalidConfiguration;
   }
 }
