@@ -36,12 +36,14 @@ for stage in $stages; do
       python3 -m pytest -q -m cuda -p no:cacheprovider tests/ --maxfail=20 --timeout=900 > "$OUT/pytest.log" 2>&1
       rc=$?
       note "$(stamp) pytest -m cuda: rc=$rc $(tail -1 "$OUT/pytest.log")"
+      tests_failed=$rc
       [ $rc -eq 0 ] || grep -E "^(FAILED|ERROR)|Error|assert" "$OUT/pytest.log" | head -15 ;;
     sanitize)
       bash tools/sanitize.sh > "$OUT/sanitize.log" 2>&1
       rc=$?
       note "$(stamp) sanitize: rc=$rc $(grep -E '^(memcheck|racecheck):' "$OUT/sanitize.log" | tr '\n' ' ')" ;;
     bench)
+      if [ "${tests_failed:-0}" != 0 ]; then note "bench skipped: the tests failed"; continue; fi
       [ -n "${RESUME:-}" ] && [ -f "$RESUME" ] && cp "$RESUME" "$OUT/bench.jsonl"
       IFS=';' read -ra runs <<< "${BENCH:---set quick --dtype fp32,tf32,bf16,fp16 --layout bf,bl --batch 25088}"
       for args in "${runs[@]}"; do

@@ -30,6 +30,21 @@ enum LoadMode : int {
   kKLGen = 6,    // l contiguous, whole l range in the block (d <= L, any d): vectors along (k,l)
 };
 
+// n / d for 0 <= n < 2^31 by a multiply-high and a shift (d fixed per launch): the tile index
+// decode runs once per tile and must not cost 64-bit software divisions.
+struct FastDiv {
+  uint32_t d = 1, m = 1, s = 0;
+  FastDiv() = default;
+  explicit FastDiv(uint32_t div) : d(div) {
+    s = 0;
+    while ((1ull << s) < div) ++s;
+    m = (uint32_t)(((1ull << 32) * ((1ull << s) - div)) / div + 1);
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const {
+    return (uint32_t)(((uint64_t)__umulhi(n, m) + n) >> s);
+  }
+};
+
 struct TileParams {
   const void* x;
   const void* w;
@@ -44,7 +59,8 @@ struct TileParams {
   int y_vec;        // every output run starts 16-byte aligned
   int y_pair;       // batch-first, d == 1: pairs (j, j+1) of y are 2*sizeof(T)-aligned
   int batch_last;
-  int64_t tiles;    // tiles_m * tiles_n * tiles_l * a
+  int64_t tiles;    // tiles_m * tiles_n * tiles_l * a  (< 2^31)
+  FastDiv fd_n, fd_l, fd_a;  // by tiles_n, tiles_l, a
 };
 
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
@@ -794,16 +810,20 @@ struct TileCoord {
 };
 
 template <class P>
-__device__ __forceinline__ TileCoord tile_coord(const TileParams& p, int64_t t) {
+__device__ __forceinline__ TileCoord tile_coord(const TileParams& p, int64_t t64) {
   // Order: j-tile, l-group, i fastest; m-tile slowest: the tiles in flight together cover whole
   // rows of x and y (DRAM page locality) and share x sectors across l-groups.
   TileCoord tc;
-  const int jt = (int)(t % p.tiles_n);
-  t /= p.tiles_n;
-  const int lt = (int)(t % p.tiles_l);
-  t /= p.tiles_l;
-  tc.i = t % p.a;
-  const int64_t mt = t / p.a;
+  uint32_t t = (uint32_t)t64;
+  uint32_t q = p.fd_n.div(t);
+  const int jt = (int)(t - q * p.fd_n.d);
+  t = q;
+  q = p.fd_l.div(t);
+  const int lt = (int)(t - q * p.fd_l.d);
+  t = q;
+  q = p.fd_a.div(t);
+  tc.i = (int64_t)(t - q * p.fd_a.d);
+  const int64_t mt = q;
   tc.m0 = mt * P::BM;
   tc.j0 = jt * P::BN;
   tc.l0 = lt * P::L;
@@ -1066,6 +1086,10 @@ cudaError_t launch_tile(const TileParams& p, cudaStream_t stream) {
   q.tiles_l = cdiv(p.d, P::L);
   q.tiles = q.tiles_m * q.tiles_n * q.tiles_l * p.a;
   if (q.tiles <= 0) return cudaSuccess;
+  if (q.tiles >= 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  q.fd_n = FastDiv((uint32_t)q.tiles_n);
+  q.fd_l = FastDiv((uint32_t)q.tiles_l);
+  q.fd_a = FastDiv((uint32_t)p.a);
   switch (p.variant) {
     case kFastBF: return launch_variant<P, kFastBF>(q, stream);
     case kFastBL: return launch_variant<P, kFastBL>(q, stream);
