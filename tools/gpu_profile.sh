@@ -32,7 +32,7 @@ meter_was_zeus() {
 
 main() {
   local status=0 stages=${*:-check vit gpt2 bench}
-  export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MAX_JOBS=$(nproc)
+  export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MAX_JOBS=$(nproc) TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
   nvidia-smi --query-gpu=name,driver_version,power.limit,power.draw,temperature.gpu --format=csv
 
   # Zeus and its missing dependencies from the carried wheels (the machine has no network).
