@@ -12,7 +12,7 @@ import torch
 import ks_ops
 from ks_ops import KSPattern, ks_matmul_reference
 
-from support import rel_err
+from support import make_inputs, rel_err, same_dtype_dense_err
 
 pytestmark = pytest.mark.cuda
 DEV = "cuda"
@@ -46,13 +46,7 @@ def tf32(enabled: bool):
 
 
 def inputs(pattern, batch, dtype, batch_last=False, lead=None):
-    p = KSPattern.of(pattern)
-    w = p.random_weights(dtype=dtype, device=DEV)
-    if batch_last:
-        x = torch.randn(p.in_features, batch, dtype=dtype, device=DEV)
-    else:
-        x = torch.randn(*(lead or (batch,)), p.in_features, dtype=dtype, device=DEV)
-    return x, w
+    return make_inputs(pattern, batch, batch_last=batch_last, dtype=dtype, device=DEV, lead=lead)
 
 
 def poisoned_call(x, w, batch_last):
@@ -73,10 +67,8 @@ def poisoned_call(x, w, batch_last):
 def tolerance(x, w, batch_last, dtype_name, factor=4.0):
     if dtype_name == "fp32":
         return 2e-5
-    k = KSPattern.of_weights(w).to_dense(w)
     with tf32(dtype_name == "tf32"):
-        yd = k @ x if batch_last else torch.nn.functional.linear(x, k)
-    err = rel_err(yd, ks_matmul_reference(x, w, batch_last=batch_last))
+        err = same_dtype_dense_err(x, w, batch_last)
     floor = {"tf32": 2e-4, "fp16": 1e-3, "bf16": 8e-3}[dtype_name]
     return factor * max(err, floor)
 
