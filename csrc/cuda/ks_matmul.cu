@@ -8,6 +8,7 @@
 //                 fp16/bf16 (and tf32 when allowed), register-tiled FMA for strict fp32.
 #include <cstdint>
 #include <climits>
+#include <cstdlib>
 
 #include "ks_dispatch.h"
 #include "ks_kernels.h"
@@ -255,6 +256,21 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
     }
   } else {
     BN = (L >= 4 || b <= 64) ? 64 : 128;
+    if (esz == 2 && L >= 4) {
+      // Tall 512-thread blocks (one per SM; BN classes 564 / 664 in ks_tile_16.cu): BM 64 for
+      // L = 8 halves the w re-reads per flop of the 32-row planes (1.03-2.3x on the grid's
+      // d >= 16 patterns, round 5); for L = 4 (BM 128) only where c is not a multiple of 32,
+      // i.e. where their BK 16 wastes less of the K loop than BK 32 (elsewhere 0.92-0.96x).
+      // Only with >= 4 tiles per SM. KS_TALL=0 / 1 / 2 forces off / BK 16 / BK 32 for L = 4.
+      static const int tall_env = [] {
+        const char* e = std::getenv("KS_TALL");
+        return e == nullptr ? -1 : std::atoi(e);
+      }();
+      const int64_t bm = L == 4 ? 128 : 64;
+      const int64_t tiles = (B + bm - 1) / bm * a * ((b + 63) / 64) * ((d + L - 1) / L);
+      if (tall_env > 0) BN = (L == 4 && tall_env == 2) ? 664 : 564;
+      else if (tall_env < 0 && tiles >= 4 * (int64_t)sm_count() && (L == 8 || c % 32 != 0)) BN = 564;
+    }
   }
 
   TileParams p{};

@@ -521,7 +521,7 @@ struct MmaPolicy {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, L = L_;
   static constexpr int WARPS_M = BM / WM, WARPS_N = BN / WN;
   static constexpr int NT = 32 * L * WARPS_M * WARPS_N;
-  static constexpr int MINB = NT <= 128 ? 3 : 2;  // 168 / 128 registers at most
+  static constexpr int MINB = NT <= 128 ? 3 : NT <= 256 ? 2 : 1;  // 168 / 128 / 128 registers at most
   static constexpr int SK = BK + 8;  // 16-bit: 16-byte pad (ldmatrix conflict-free);
                                      // fp32: SK = 8 mod 32 words (LDS.64 fragments conflict-free)
   static constexpr int MF = WM / 16, NF = WN / 8;

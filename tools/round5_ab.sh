@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Round 5 A/B on the device in one call (kernel timings only, one set of ceilings):
+#   build; pytest -m cuda with the default dispatch and with KS_TALL=1 / 2 (forcing the tall
+#   512-thread configurations on every 16-bit L >= 4 case); then benchmark runs "name:env:args"
+#   from RUNS (';'-separated). Every row lands in $OUT/rows.jsonl tagged {"variant": name};
+#   logs in $OUT/summary.txt (few files: the device returns only a handful).
+#   STAGES="build test bench" RUNS="quick:KS_TALL=0:--set quick --dtype bf16 --layout bf,bl;..."
+# A run name with a "/N" suffix (e.g. grid4/3) takes every N-th grid pattern.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_out}; mkdir -p "$OUT"; W=$(mktemp -d)
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=$(nproc)
+T0=$(date +%s); st() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
+C="$W/ceil.json"
+for s in ${STAGES:-build test bench}; do case $s in
+  build)
+    python3 -m pip install --no-build-isolation --no-deps -e . > "$W/build.log" 2>&1 || { tail -30 "$W/build.log"; st "build FAILED"; exit 1; }
+    st "build ok" ;;
+  test)
+    for v in "" 1 2; do
+      env ${v:+KS_TALL=$v} python3 -m pytest -q -m cuda -p no:cacheprovider tests/ --maxfail=20 > "$W/pytest$v.log" 2>&1
+      st "pytest KS_TALL=${v:-unset} rc=$? $(tail -1 "$W/pytest$v.log")"
+      grep -hE "^(FAILED|ERROR)" "$W/pytest$v.log" | head -10 | tee -a "$OUT/summary.txt"
+    done ;;
+  bench)
+    python3 -c "import json,sys; sys.path.insert(0,'.'); from ks_ops.bench import measure_ceilings; json.dump(measure_ceilings().as_dict(), open('$C','w'))"
+    cp "$C" "$OUT/ceilings.json"; st "ceilings $(cat $C)"
+    IFS=';' read -ra runs <<< "${RUNS:-}"
+    for r in "${runs[@]}"; do
+      name=${r%%:*}; rest=${r#*:}; envs=${rest%%:*}; args=${rest#*:}
+      stride=1; [[ $name == */* ]] && stride=${name#*/}
+      # shellcheck disable=SC2086
+      env $envs timeout ${RUN_TIMEOUT_S:-200} python3 -c "
+import sys; sys.path.insert(0, 'tools'); import bench_matmul as bm
+full = bm.grid_patterns; bm.grid_patterns = lambda B: full(B)[::$stride]
+bm.main(sys.argv[1:])" --batch 25088 --backends kernel --ceilings "$C" --out "$W/run.jsonl" --budget-s ${BUDGET_S:-150} $args > "$W/run.log" 2>&1
+      st "bench $name ($envs $args): rc=$? $(python3 tools/bench_matmul.py --summary-only --out "$W/run.jsonl" | tail -n +3 | awk -F'|' '{printf "[%s %s n=%s med=%s max=%s] ", $3, $4, $6, $7, $8}')"
+      python3 -c "
+import json
+with open('$OUT/rows.jsonl', 'a') as f:
+    for l in open('$W/run.jsonl'):
+        r = json.loads(l); r['variant'] = '$name'; r['env'] = '$envs'; f.write(json.dumps(r) + '\n')"
+      rm -f "$W/run.jsonl" "$W/run.json"
+    done ;;
+esac; done
+cat "$OUT/summary.txt"
