@@ -17,10 +17,11 @@ for s in ${STAGES:-build test bench}; do case $s in
     python3 -m pip install --no-build-isolation --no-deps -e . > "$W/build.log" 2>&1 || { tail -30 "$W/build.log"; st "build FAILED"; exit 1; }
     st "build ok" ;;
   test)
-    for v in "" 1 2; do
-      env ${v:+KS_TALL=$v} python3 -m pytest -q -m cuda -p no:cacheprovider tests/ --maxfail=20 > "$W/pytest$v.log" 2>&1
-      st "pytest KS_TALL=${v:-unset} rc=$? $(tail -1 "$W/pytest$v.log")"
-      grep -hE "^(FAILED|ERROR)" "$W/pytest$v.log" | head -10 | tee -a "$OUT/summary.txt"
+    for v in ${TEST_ENVS:-- KS_TALL=1 KS_TALL=2}; do  # "-": the default dispatch
+      [ "$v" = - ] && v=""
+      env $v python3 -m pytest -q -m cuda -p no:cacheprovider tests/ --maxfail=20 > "$W/pytest.log" 2>&1
+      st "pytest ${v:-default} rc=$? $(tail -1 "$W/pytest.log")"
+      grep -hE "^(FAILED|ERROR)" "$W/pytest.log" | head -10 | tee -a "$OUT/summary.txt"
     done ;;
   bench)
     python3 -c "import json,sys; sys.path.insert(0,'.'); from ks_ops.bench import measure_ceilings; json.dump(measure_ceilings().as_dict(), open('$C','w'))"
