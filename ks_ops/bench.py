@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .pattern import KSPattern
+
 L2_FALLBACK_BYTES = 60 * 2**20
 
 
@@ -163,8 +165,7 @@ def ks_bytes(pattern: Sequence[int], batch: int, elem_size: int) -> int:
 
 
 def ks_flops(pattern: Sequence[int], batch: int) -> int:
-    a, b, c, d = pattern
-    return 2 * batch * a * b * c * d
+    return KSPattern.of(pattern).flops(batch)
 
 
 def ks_floor_s(pattern: Sequence[int], batch: int, dtype: torch.dtype, ceil: Ceilings,

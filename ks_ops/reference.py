@@ -11,3 +11,9 @@ def ks_matmul_reference(x: torch.Tensor, w: torch.Tensor, *, batch_last: bool = 
     dense = KSPattern.of_weights(w).to_dense(w.to(torch.float64))
     x64 = x.to(torch.float64)
     return dense @ x64 if batch_last else x64 @ dense.T
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖y − ref‖ / ‖ref‖ in float64 (0-norm references count as 1e-300, never divide by 0)."""
+    y64, ref64 = y.to(torch.float64), ref.to(torch.float64)
+    return ((y64 - ref64).norm() / ref64.norm().clamp_min(1e-300)).item()

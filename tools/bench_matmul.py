@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import sys
@@ -27,10 +26,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import ks_ops  # noqa: E402
 from ks_ops import KSPattern  # noqa: E402
 from ks_ops.backends import bmm as bmm_backend  # noqa: E402
-from ks_ops.bench import Ceilings, ks_bytes, ks_flops, measure_ceilings, rotation_count, time_cuda  # noqa: E402
+from ks_ops.bench import Ceilings, ks_bytes, ks_floor_s, ks_flops, measure_ceilings, rotation_count, time_cuda  # noqa: E402
+from ks_ops.reference import rel_err  # noqa: E402
 
 GRID_A = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
 GRID_BC = [48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
@@ -75,11 +74,6 @@ def row_key(r: dict) -> tuple:
     return (r["set"], tuple(r["pattern"]), r["batch"], r["dtype"], r["layout"])
 
 
-def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
-    y, ref = y.double(), ref.double()
-    return ((y - ref).norm() / ref.norm().clamp_min(1e-300)).item()
-
-
 def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dict:
     dtype, tf32 = DTYPES[dname]
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -88,7 +82,7 @@ def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dic
     esz = torch.empty((), dtype=dtype).element_size()
     nbytes = ks_bytes(pattern, batch, esz)
     flops = ks_flops(pattern, batch)
-    floor = max(flops / ceil.rate(dtype, tf32), nbytes / ceil.copy_bytes_per_s)
+    floor = ks_floor_s(pattern, batch, dtype, ceil, tf32)
     nsets = rotation_count(nbytes)
     sets = []
     for _ in range(nsets):
