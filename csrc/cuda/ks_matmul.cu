@@ -216,6 +216,32 @@ cudaError_t launch_gemv(const GemvParams& p, bool vec, cudaStream_t s) {
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 inline bool pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
+// Compute capability >= 9.0 (stmatrix), cached per device.
+inline bool has_sm90() {
+  static int cache[64] = {0};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (dev < 64 && cache[dev]) return cache[dev] == 2;
+  int major = 0;
+  const bool yes = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  if (dev < 64) cache[dev] = yes ? 2 : 1;
+  return yes;
+}
+
+// The plane kernels' preconditions (16-bit batch-first; see ks_dispatch.h).
+inline bool plane_eligible(const MatmulArgs& g) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("KS_PLANE");
+    return e == nullptr || std::atoi(e) != 0;
+  }();
+  const int d = g.d;
+  if (!enabled || !(d == 2 || d == 4 || d % 8 == 0)) return false;
+  if ((int64_t)g.c * d % 8 != 0 || !aligned16(g.x) || !aligned16(g.w) || g.ldx % 8 != 0) return false;
+  if ((reinterpret_cast<uintptr_t>(g.y) & 3) != 0) return false;
+  if (plane_tiles(g.batch, g.a, g.b, d) >= 0x7fffffffLL) return false;
+  return has_sm90();
+}
+
 }  // namespace detail
 
 cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
@@ -238,6 +264,14 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
       case DType::BF16: return launch_gemv<__nv_bfloat16>(g, vec, stream);
     }
     return cudaErrorInvalidValue;
+  }
+
+  // Round 6: 16-bit batch-first with chunk-shaped l groups goes to the plane kernels
+  // (ks_plane.cuh); KS_PLANE=0 keeps it on the tile kernels (A/B runs).
+  if (esz == 2 && !args.batch_last && plane_eligible(args)) {
+    PlaneParams q{args.x, args.w, args.y, B, args.ldx, a, b, c, d, 0, 0, 0, 0, 0};
+    q.tiles = (int)plane_tiles(B, a, b, d);
+    return args.dtype == DType::BF16 ? launch_plane_bf16(q, stream) : launch_plane_f16(q, stream);
   }
 
   // Tile configuration: l-group L and block width BN (see ks_tile_16.cu / ks_tile_32.cu).

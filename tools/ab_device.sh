@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Round 5 A/B on the device in one call (kernel timings only, one set of ceilings):
+# A/B on the device in one call (rounds 5, 6) (kernel timings only, one set of ceilings):
 #   build; pytest -m cuda with the default dispatch and with KS_TALL=1 / 2 (forcing the tall
 #   512-thread configurations on every 16-bit L >= 4 case); then benchmark runs "name:env:args"
 #   from RUNS (';'-separated). Every row lands in $OUT/rows.jsonl tagged {"variant": name};
@@ -23,6 +23,24 @@ for s in ${STAGES:-build test bench}; do case $s in
       st "pytest ${v:-default} rc=$? $(tail -1 "$W/pytest.log")"
       grep -hE "^(FAILED|ERROR)" "$W/pytest.log" | head -10 | tee -a "$OUT/summary.txt"
     done ;;
+  sass)  # local-memory traffic and instruction counts of the plane kernels' SASS
+    cuobjdump -sass "$(ls ks_ops/_C*.so | head -1)" > "$W/all.sass" 2>/dev/null
+    python3 - "$W/all.sass" <<'PY' | tee -a "$OUT/summary.txt"
+import re, sys
+cur, stats = None, {}
+for line in open(sys.argv[1]):
+    m = re.search(r"Function : (\S+)", line)
+    if m:
+        cur = m.group(1); stats[cur] = dict(LDL=0, STL=0, HMMA=0, LDSM=0, STSM=0, LDGSTS=0, BAR=0, n=0)
+        continue
+    if cur and "plane" in cur and re.search(r"/\*[0-9a-f]{4}\*/", line):
+        stats[cur]["n"] += 1
+        for k in ("LDL", "STL", "HMMA", "LDSM", "STSM", "LDGSTS", "BAR"):
+            if re.search(r"\b" + k, line): stats[cur][k] += 1
+for f, v in stats.items():
+    if "plane" in f: print("sass", f[f.find("PlaneCfg"):][:60], v)
+PY
+    ;;
   bench)
     python3 -c "import json,sys; sys.path.insert(0,'.'); from ks_ops.bench import measure_ceilings; json.dump(measure_ceilings().as_dict(), open('$C','w'))"
     cp "$C" "$OUT/ceilings.json"; st "ceilings $(cat $C)"
