@@ -15,8 +15,9 @@ cudaError_t launch_tile_f16(const TileParams& p, int L, int BN, cudaStream_t s);
 cudaError_t launch_tile_tf32(const TileParams& p, int L, int BN, cudaStream_t s);
 cudaError_t launch_tile_f32(const TileParams& p, int L, int BN, cudaStream_t s);
 
-// Plane kernels (ks_plane.cuh, sm_90+): 16-bit batch-first x with d in {2, 4} or d % 8 == 0,
+// Plane kernels (ks_plane.cuh, sm_90+): 16-bit batch-first x with d == 4 or d % 8 == 0,
 // 16-byte aligned x (ldx % 8 == 0) and w, c * d % 8 == 0; p.tiles = plane_tiles(...) < 2^31.
+int plane_bn(int b, int d);
 int64_t plane_tiles(int64_t batch, int a, int b, int d);
 cudaError_t launch_plane_bf16(PlaneParams p, cudaStream_t s);
 cudaError_t launch_plane_f16(PlaneParams p, cudaStream_t s);
