@@ -25,7 +25,7 @@ PATTERNS = [
     (1, 128, 128, 3), (4, 64, 64, 4), (1, 64, 64, 16), (2, 96, 40, 8), (1, 200, 300, 1),
     (1, 64, 64, 12), (2, 144, 80, 4), (1, 40, 72, 32),
     # 16-bit batch-first plane kernels (d = 4, 8k): j, k and row tails in every configuration
-    (3, 50, 24, 8), (2, 70, 34, 4), (1, 60, 72, 4), (2, 33, 136, 24), (1, 130, 36, 2),
+    (3, 50, 24, 8), (2, 70, 34, 4), (1, 60, 72, 4), (2, 33, 136, 24), (1, 130, 36, 2), (3, 70, 100, 8),
 ]
 BATCHES = [1, 3, 16, 17, 131, 1000]
 # name -> (dtype, allow_tf32)
@@ -113,12 +113,14 @@ def test_prime_batch_and_leading_dims(pattern, batch, dtype_name):
 @pytest.mark.parametrize(
     "pattern, batch",
     [((4, 100, 144, 16), 5000), ((8, 64, 16, 8), 3001), ((3, 96, 20, 4), 4099), ((2, 60, 72, 4), 2053),
-     ((2, 200, 40, 8), 3067), ((1, 48, 48, 64), 1500)],
+     ((2, 200, 40, 8), 3067), ((1, 48, 48, 64), 1500), ((40, 72, 24, 16), 700)],
     ids=str,
 )
 def test_many_tiles_per_block(pattern, batch, dtype_name):
     """More tiles than resident blocks: persistent blocks loop over tiles while their load ring
-    runs ahead across tile boundaries (one or several tiles ahead when c has few k-steps)."""
+    runs ahead across tile boundaries (one or several tiles ahead when c has few k-steps); for the
+    w-resident kernel (d % 8 == 0, c <= 96) both several blocks walking one column's m-tiles and
+    more columns than blocks."""
     dtype, _ = DTYPES[dtype_name]
     x, w = inputs(pattern, batch, dtype)
     check(x, w, False, dtype_name)

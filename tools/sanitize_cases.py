@@ -16,6 +16,7 @@ CASES = [  # pattern, batch
     ((1, 40, 72, 32), 45), ((2, 48, 192, 1), 5), ((1, 64, 64, 12), 3), ((1, 5, 9, 64), 16),
     # 16-bit batch-first plane kernels: tails everywhere, and > 132 tiles (ring across tiles)
     ((3, 50, 24, 8), 70), ((2, 70, 34, 4), 130), ((1, 60, 72, 4), 140), ((8, 64, 16, 8), 1100),
+    ((3, 70, 100, 8), 90), ((40, 72, 24, 16), 150),
 ]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 

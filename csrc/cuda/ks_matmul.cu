@@ -228,28 +228,36 @@ inline bool has_sm90() {
   return yes;
 }
 
-// Whether a 16-bit batch-first product goes to the plane kernels: their preconditions (see
-// ks_dispatch.h), minus the classes where the tile kernels measured faster on the H200 (round 6,
-// full grid, same run): short K loops of d = 4 with b <= 64 and c <= 64 (per-tile overhead);
-// d = 4 where 128-wide blocks pad more columns than 64-wide ones (b = 192: 1.1-1.25x);
-// 8 < d < 64 with c <= 128 (measured on d = 16: 1.03-1.3x). KS_PLANE=0: never.
-inline bool plane_preferred(const MatmulArgs& g) {
-  static const bool enabled = [] {
+// Which kernel a 16-bit batch-first product goes to: the plane kernels need their preconditions
+// (see ks_dispatch.h) and sm_90; the w-resident one is taken wherever its slab fits (c <= 96).
+// Otherwise the tile kernels keep the classes where they measured faster than the streaming plane
+// kernel on the H200 (round 6, full grid, same run): short K loops of d = 4 with b, c <= 64
+// (per-tile overhead); d = 4 where 128-wide blocks pad more columns than 64-wide ones (b = 192:
+// 1.1-1.25x); 8 < d < 64 with c <= 128 (measured on d = 16: 1.03-1.3x).
+// KS_PLANE=0: never a plane kernel; KS_PLANE_WRES=0: never the w-resident one (A/B runs).
+enum PlaneMode : int { kPlaneNone = 0, kPlaneStream = 1, kPlaneWRes = 2 };
+inline int plane_mode(const MatmulArgs& g) {
+  static const int enabled = [] {
     const char* e = std::getenv("KS_PLANE");
     return e == nullptr || std::atoi(e) != 0;
   }();
+  static const int wres_enabled = [] {
+    const char* e = std::getenv("KS_PLANE_WRES");
+    return e == nullptr || std::atoi(e) != 0;
+  }();
   const int b = g.b, c = g.c, d = g.d;
-  if (!enabled || !(d == 4 || d % 8 == 0)) return false;
-  if (d == 4 && b <= 64 && c <= 64) return false;
+  if (!enabled || !(d == 4 || d % 8 == 0)) return kPlaneNone;
+  if ((int64_t)c * d % 8 != 0 || !aligned16(g.x) || !aligned16(g.w) || g.ldx % 8 != 0) return kPlaneNone;
+  if ((reinterpret_cast<uintptr_t>(g.y) & 3) != 0) return kPlaneNone;
+  if (plane_tiles(g.batch, g.a, b, d) >= 0x7fffffffLL || !has_sm90()) return kPlaneNone;
+  if (wres_enabled && plane_wres_fits(b, c, d)) return kPlaneWRes;
+  if (d == 4 && b <= 64 && c <= 64) return kPlaneNone;
   if (d == 4 && b > 64) {
     const int bn = plane_bn(b, d);
-    if ((b + bn - 1) / bn * bn > (b + 63) / 64 * 64) return false;
+    if ((b + bn - 1) / bn * bn > (b + 63) / 64 * 64) return kPlaneNone;
   }
-  if (d > 8 && d < 64 && c <= 128) return false;
-  if ((int64_t)g.c * d % 8 != 0 || !aligned16(g.x) || !aligned16(g.w) || g.ldx % 8 != 0) return false;
-  if ((reinterpret_cast<uintptr_t>(g.y) & 3) != 0) return false;
-  if (plane_tiles(g.batch, g.a, g.b, d) >= 0x7fffffffLL) return false;
-  return has_sm90();
+  if (d > 8 && d < 64 && c <= 128) return kPlaneNone;
+  return kPlaneStream;
 }
 
 }  // namespace detail
@@ -278,10 +286,14 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
 
   // Round 6: 16-bit batch-first with chunk-shaped l groups goes to the plane kernels
   // (ks_plane.cuh); KS_PLANE=0 keeps it on the tile kernels (A/B runs).
-  if (esz == 2 && !args.batch_last && plane_preferred(args)) {
-    PlaneParams q{args.x, args.w, args.y, B, args.ldx, a, b, c, d, 0, 0, 0, 0, 0};
-    q.tiles = (int)plane_tiles(B, a, b, d);
-    return args.dtype == DType::BF16 ? launch_plane_bf16(q, stream) : launch_plane_f16(q, stream);
+  if (esz == 2 && !args.batch_last) {
+    const int mode = plane_mode(args);
+    if (mode != kPlaneNone) {
+      PlaneParams q{args.x, args.w, args.y, B, args.ldx, a, b, c, d, 0, 0, 0, 0, 0, 0, 0};
+      q.tiles = (int)plane_tiles(B, a, b, d);
+      const bool wres = mode == kPlaneWRes;
+      return args.dtype == DType::BF16 ? launch_plane_bf16(q, wres, stream) : launch_plane_f16(q, wres, stream);
+    }
   }
 
   // Tile configuration: l-group L and block width BN (see ks_tile_16.cu / ks_tile_32.cu).

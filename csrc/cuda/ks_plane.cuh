@@ -37,6 +37,7 @@ struct PlaneParams {
   int tiles_m, tiles_j, groups_l;  // groups_l = d / L
   int nk;                          // k-steps per tile
   int tiles;                       // tiles_m * tiles_j * groups_l * a  (< 2^31)
+  int ncols, rwalk;                // w-resident kernel: columns (i, j-tile, l-group), m-walkers per column
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -109,11 +110,116 @@ __device__ __forceinline__ void chunk_elem(int kc, int r, int& l, int& k) {
   l = r & (L - 1);
   k = kc * (8 / L) + r / L;
 }
-// Chunk position of (l, k, row chunk rc) in a T/E buffer with RC chunks per row: the XOR makes
-// both 8 consecutive k at one l and the 8 (l, k) of one chunk hit 8 different bank groups.
-template <int L, int RC, int BKR>
-__device__ __forceinline__ uint32_t tpos(int l, int k, int rc) {
-  return (uint32_t)((l * BKR + k) * RC + (rc ^ ((k ^ (l * (8 / L))) & 7)));
+// Chunk position of (l, k, row chunk rc) in a T/E buffer with RC chunks per row and bkr rows per
+// plane: the XOR makes both 8 consecutive k at one l and the 8 (l, k) of one chunk hit 8 different
+// bank groups.
+template <int L, int RC>
+__device__ __forceinline__ uint32_t tpos(int l, int k, int rc, int bkr) {
+  return (uint32_t)((l * bkr + k) * RC + (rc ^ ((k ^ (l * (8 / L))) & 7)));
+}
+
+// raw[row][chunk] (ROWS rows of one ring stage) -> T[l][k0 + k][row] (RC chunks per row, bkr rows
+// per plane): jobs of 4 matrices (8 rows x one chunk) spread over the warps.
+template <class P, int ROWS, int RC>
+__device__ __forceinline__ void transpose_stage(uint32_t raw, uint32_t tbase, int bkr, int k0, int warp, int lane) {
+  constexpr int KC = P::KC, J = ROWS * KC / 32;
+  static_assert(J % P::WARPS == 0, "transposition jobs");
+#pragma unroll
+  for (int q = 0; q < J / P::WARPS; ++q) {
+    const int job = warp + q * P::WARPS;
+    const int rg = job / (KC / 4), kq = job % (KC / 4);
+    const int kc = kq * 4 + (lane >> 3), r = lane & 7;
+    uint32_t v[4];
+    ldsm_x4(v, raw + ((rg * 8 + r) * KC + (kc ^ r)) * 16);
+    int l, k;
+    chunk_elem<P::L>(kc, r, l, k);
+    stsm_x4_t(tbase + tpos<P::L, RC>(l, k0 + k, rg, bkr) * 16, v);
+  }
+}
+
+// One ring stage of tensor-core work for the warp's plane wl: A from T_x (rows k of the stage at
+// kx0, bkr_x per plane), B from T_w (kw0, bkr_w).
+template <class P>
+__device__ __forceinline__ void mma_stage(float (&acc)[P::MF][P::NF][4], uint32_t s_tx, int bkr_x, int kx0,
+                                          uint32_t s_tw, int bkr_w, int kw0, int wl, int wm0, int wn0, int lane) {
+  const int mi = lane >> 3, r = lane & 7;
+#pragma unroll
+  for (int ks = 0; ks < P::BK / 16; ++ks) {
+    uint32_t bf[P::NF / 2][4];
+#pragma unroll
+    for (int np = 0; np < P::NF / 2; ++np) {
+      const int k = kw0 + ks * 16 + (mi & 1) * 8 + r;
+      ldsm_x4_t(bf[np], s_tw + tpos<P::L, P::RCW>(wl, k, (wn0 >> 3) + np * 2 + (mi >> 1), bkr_w) * 16);
+    }
+#pragma unroll
+    for (int mf = 0; mf < P::MF; ++mf) {
+      uint32_t af[4];
+      const int k = kx0 + ks * 16 + (mi >> 1) * 8 + r;
+      ldsm_x4_t(af, s_tx + tpos<P::L, P::RCX>(wl, k, (wm0 >> 3) + mf * 2 + (mi & 1), bkr_x) * 16);
+#pragma unroll
+      for (int nf = 0; nf < P::NF; ++nf)
+        MmaOp<typename P::T>::run(acc[mf][nf], af, bf[nf >> 1][(nf & 1) * 2], bf[nf >> 1][(nf & 1) * 2 + 1]);
+    }
+  }
+}
+
+// Accumulators of tile (i, lg, mt, jt) -> E[l][j][row] (stmatrix.trans) -> y, 4-byte stores of the
+// element pairs adjacent in y. Contains the block barrier between the two halves.
+template <class P>
+__device__ __forceinline__ void plane_epilogue(const float (&acc)[P::MF][P::NF][4], uint32_t s_e, const PlaneParams& p,
+                                               int i, int lg, int mt, int jt, int wl, int wm0, int wn0, int warp,
+                                               int lane) {
+  using T = typename P::T;
+  constexpr int L = P::L, BM = P::BM, BN = P::BN;
+  {
+    const int mi = lane >> 3, r = lane & 7;
+#pragma unroll
+    for (int mf = 0; mf < P::MF; ++mf)
+#pragma unroll
+      for (int nf = 0; nf < P::NF; nf += 2) {
+        uint32_t v[4] = {pack2<T>(acc[mf][nf][0], acc[mf][nf][1]), pack2<T>(acc[mf][nf][2], acc[mf][nf][3]),
+                         pack2<T>(acc[mf][nf + 1][0], acc[mf][nf + 1][1]),
+                         pack2<T>(acc[mf][nf + 1][2], acc[mf][nf + 1][3])};
+        const int j = wn0 + (nf + (mi >> 1)) * 8 + r;
+        stsm_x4_t(s_e + tpos<L, P::RCX>(wl, j, (wm0 >> 3) + mf * 2 + (mi & 1), BN) * 16, v);
+      }
+  }
+  __syncthreads();
+  const int g = lane >> 2, q = lane & 3, d = p.d;
+  const int64_t ab_d = (int64_t)p.a * p.b * d;
+  T* y = static_cast<T*>(p.y) + (int64_t)i * p.b * d + (L == 8 ? lg * 8 : 0);
+#pragma unroll
+  for (int s = 0; s < P::JO / P::WARPS; ++s) {
+    const int job = warp + s * P::WARPS;
+    const int mc = job / (P::OC / 4), ocq = job % (P::OC / 4);
+    uint32_t v[4];
+    {
+      int l, jl;
+      chunk_elem<L>(ocq * 4 + (lane >> 3), lane & 7, l, jl);
+      ldsm_x4_t(v, s_e + tpos<L, P::RCX>(l, jl, mc, BN) * 16);
+    }
+    const int64_t n = (int64_t)mt * BM + mc * 8 + g;
+    if (n < p.batch) {
+      T* yr = y + n * ab_d;
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        int l, jl;
+        chunk_elem<L>(ocq * 4 + m, 2 * q, l, jl);
+        const int j = jt * BN + jl;
+        if (j < p.b) *reinterpret_cast<uint32_t*>(yr + (int64_t)j * d + l) = v[m];
+      }
+    }
+  }
+}
+
+template <class P>
+__device__ __forceinline__ void zero_acc(float (&acc)[P::MF][P::NF][4]) {
+#pragma unroll
+  for (int mf = 0; mf < P::MF; ++mf)
+#pragma unroll
+    for (int nf = 0; nf < P::NF; ++nf)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mf][nf][e] = 0.f;
 }
 
 template <class P>
@@ -206,103 +312,151 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_kernel(const PlaneParams p)
 
   for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
     float acc[P::MF][P::NF][4];
-#pragma unroll
-    for (int mf = 0; mf < P::MF; ++mf)
-#pragma unroll
-      for (int nf = 0; nf < P::NF; ++nf)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[mf][nf][e] = 0.f;
-
+    zero_acc<P>(acc);
     for (int kt = 0; kt < p.nk; ++kt) {
       cp_async_wait<S - 2>();
       __syncthreads();  // stage kt landed for every thread; T and the oldest ring slot are free
       issue(slot_l);
       slot_l = slot_l + 1 == S ? 0 : slot_l + 1;
-
-      // raw[row][chunk] -> T[l][k][row]: 4 matrices (8 rows x one chunk) per job.
       const uint32_t raw = s_raw + slot_c * P::RAW;
       slot_c = slot_c + 1 == S ? 0 : slot_c + 1;
-#pragma unroll
-      for (int q = 0; q < (P::JX + P::JW) / P::WARPS; ++q) {
-        const int job = warp + q * P::WARPS;
-        const bool isx = job < P::JX;  // uniform per warp (JX % WARPS == 0)
-        const int jj = isx ? job : job - P::JX;
-        const int rg = jj / (KC / 4), kq = jj % (KC / 4);
-        const int kc = kq * 4 + (lane >> 3), r = lane & 7;
-        const int row = rg * 8 + r;
-        uint32_t v[4];
-        ldsm_x4(v, raw + (isx ? 0 : BM * KC * 16) + (row * KC + (kc ^ r)) * 16);
-        int l, k;
-        chunk_elem<L>(kc, r, l, k);
-        if (isx) stsm_x4_t(s_tx + tpos<L, P::RCX, BK>(l, k, rg) * 16, v);
-        else stsm_x4_t(s_tw + tpos<L, P::RCW, BK>(l, k, rg) * 16, v);
-      }
+      transpose_stage<P, BM, P::RCX>(raw, s_tx, BK, 0, warp, lane);
+      transpose_stage<P, BN, P::RCW>(raw + BM * KC * 16, s_tw, BK, 0, warp, lane);
       __syncthreads();
+      mma_stage<P>(acc, s_tx, BK, 0, s_tw, BK, 0, wl, wm0, wn0, lane);
+    }
+    int i, lg, mt, jt;
+    decode(t, i, lg, mt, jt);
+    plane_epilogue<P>(acc, s_e, p, i, lg, mt, jt, wl, wm0, wn0, warp, lane);
+  }
+  cp_async_wait<0>();
+#endif
+}
 
+
+// w-resident variant (c <= ~96): a block owns a column (i, j-tile, l-group), transposes its whole
+// w slab T_w[l][0..c)[j] into shared memory once, then walks m-tiles (m = r, r + R, ...; R blocks
+// per column when there are fewer columns than SMs) streaming only x. Per k-step it moves a third
+// to a half of the streaming kernel's bytes through L2 and shared memory, since w is no longer
+// re-read for every m-tile. The ring runs ahead across m-tiles and columns as in ks_plane_kernel.
+template <class P>
+__global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlaneParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int L = P::L, BM = P::BM, BN = P::BN, BK = P::BK, S = P::STAGES, KC = P::KC;
+  constexpr int RAWS = (BM > BN ? BM : BN) * KC * 16;  // a stage holds x rows or w rows
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t s_raw = smem_addr(smem);
+  const uint32_t s_tx = s_raw + S * RAWS, s_e = s_tx + P::TXB, s_tw = s_e + P::EB;
+  const int cpad = p.nk * BK;  // rows per plane of the resident T_w
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wl = warp / (P::WARPS_M * P::WARPS_N);
+  const int wmn = warp % (P::WARPS_M * P::WARPS_N);
+  const int wm0 = (wmn / P::WARPS_N) * (BM / P::WARPS_M), wn0 = (wmn % P::WARPS_N) * (BN / P::WARPS_N);
+  const int64_t cd = (int64_t)p.c * p.d;
+  const int d = p.d, R = p.rwalk;
+  const int col0 = blockIdx.x % p.ncols, r0 = blockIdx.x / p.ncols;
+
+  auto decode = [&](int col, int& i, int& lg, int& jt) {
+    lg = col % p.groups_l;
+    const int u = col / p.groups_l;
+    jt = u % p.tiles_j;
+    i = u / p.tiles_j;
+  };
+
+  // ---- loader cursor: column lc, phase (0: w slab, 1: x of m-tile lm), k-step lk
+  const int ld_kc = tid % KC, ld_row0 = tid / KC;
+  constexpr int RSTEP = P::NT / KC;
+  const int ld_kofs = ld_kc * P::SL;
+  const char* xp = nullptr;
+  const char* wp = nullptr;
+  const int64_t xstep = (int64_t)RSTEP * p.ldx * 2, wstep = (int64_t)RSTEP * cd * 2;
+  int x_rows = 0, w_rows = 0;
+  int lc = col0, lphase = 0, lm = r0, lk = 0;
+  int64_t xcol = 0;  // element offset of (i, l-group, chunk) within an x row
+
+  auto set_column = [&](int col) {
+    int i, lg, jt;
+    decode(col, i, lg, jt);
+    const int64_t cofs = L == 8 ? (int64_t)lg * 8 + (int64_t)ld_kc * d : (int64_t)ld_kc * 8;
+    const int j0 = jt * BN + ld_row0;
+    wp = static_cast<const char*>(p.w) + (((int64_t)i * p.b + j0) * cd + cofs) * 2;
+    w_rows = p.b - j0 <= 0 ? 0 : (p.b - j0 + RSTEP - 1) / RSTEP;
+    xcol = i * cd + cofs;
+  };
+  auto set_mtile = [&](int mt) {
+    const int64_t n0 = (int64_t)mt * BM + ld_row0;
+    xp = static_cast<const char*>(p.x) + (n0 * p.ldx + xcol) * 2;
+    const int64_t xr = p.batch - n0;
+    x_rows = xr <= 0 ? 0 : (int)((xr + RSTEP - 1) / RSTEP);
+  };
+  auto issue = [&](int slot) {
+    if (lc < p.ncols) {
+      const bool kin = lk * BK + ld_kofs < p.c;
+      const int64_t kb = (int64_t)lk * BK * d * 2;
+      const uint32_t base = s_raw + slot * RAWS;
+      if (lphase == 0) {
 #pragma unroll
-      for (int ks = 0; ks < BK / 16; ++ks) {
-        const int mi = lane >> 3, r = lane & 7;
-        uint32_t bf[P::NF / 2][4];
-#pragma unroll
-        for (int np = 0; np < P::NF / 2; ++np) {
-          const int k = ks * 16 + (mi & 1) * 8 + r;
-          ldsm_x4_t(bf[np], s_tw + tpos<L, P::RCW, BK>(wl, k, (wn0 >> 3) + np * 2 + (mi >> 1)) * 16);
+        for (int s = 0; s < P::UW; ++s) {
+          const int row = ld_row0 + s * RSTEP;
+          const bool ok = s < w_rows && kin;
+          cp_async16_u(base + (row * KC + (ld_kc ^ (row & 7))) * 16, ok ? wp + s * wstep + kb : wp, ok ? 16 : 0);
         }
+      } else {
 #pragma unroll
-        for (int mf = 0; mf < P::MF; ++mf) {
-          uint32_t af[4];
-          const int k = ks * 16 + (mi >> 1) * 8 + r;
-          ldsm_x4_t(af, s_tx + tpos<L, P::RCX, BK>(wl, k, (wm0 >> 3) + mf * 2 + (mi & 1)) * 16);
-#pragma unroll
-          for (int nf = 0; nf < P::NF; ++nf)
-            MmaOp<T>::run(acc[mf][nf], af, bf[nf >> 1][(nf & 1) * 2], bf[nf >> 1][(nf & 1) * 2 + 1]);
+        for (int s = 0; s < P::UX; ++s) {
+          const int row = ld_row0 + s * RSTEP;
+          const bool ok = s < x_rows && kin;
+          cp_async16_u(base + (row * KC + (ld_kc ^ (row & 7))) * 16, ok ? xp + s * xstep + kb : xp, ok ? 16 : 0);
+        }
+      }
+      if (++lk == p.nk) {
+        lk = 0;
+        if (lphase == 0) {
+          lphase = 1;
+          lm = r0;
+          set_mtile(lm);
+        } else if ((lm += R) < p.tiles_m) {
+          set_mtile(lm);
+        } else {
+          lc += gridDim.x;
+          lphase = 0;
+          if (lc < p.ncols) set_column(lc);
         }
       }
     }
+    cp_async_commit();
+  };
 
-    // ---- epilogue: accumulators -> E[l][j][row] (stmatrix.trans) -> y
-    {
-      const int mi = lane >> 3, r = lane & 7;
+  set_column(lc);
 #pragma unroll
-      for (int mf = 0; mf < P::MF; ++mf)
-#pragma unroll
-        for (int nf = 0; nf < P::NF; nf += 2) {
-          uint32_t v[4] = {pack2<T>(acc[mf][nf][0], acc[mf][nf][1]), pack2<T>(acc[mf][nf][2], acc[mf][nf][3]),
-                           pack2<T>(acc[mf][nf + 1][0], acc[mf][nf + 1][1]),
-                           pack2<T>(acc[mf][nf + 1][2], acc[mf][nf + 1][3])};
-          const int j = wn0 + (nf + (mi >> 1)) * 8 + r;
-          stsm_x4_t(s_e + tpos<L, P::RCX, BN>(wl, j, (wm0 >> 3) + mf * 2 + (mi & 1)) * 16, v);
-        }
-    }
-    __syncthreads();
-    {
-      int i, lg, mt, jt;
-      decode(t, i, lg, mt, jt);
-      const int g = lane >> 2, q = lane & 3;
-      const int64_t ab_d = (int64_t)p.a * p.b * d;
-      T* y = static_cast<T*>(p.y) + (int64_t)i * p.b * d + (L == 8 ? lg * 8 : 0);
-#pragma unroll
-      for (int s = 0; s < P::JO / P::WARPS; ++s) {
-        const int job = warp + s * P::WARPS;
-        const int mc = job / (P::OC / 4), ocq = job % (P::OC / 4);
-        uint32_t v[4];
-        {
-          int l, jl;
-          chunk_elem<L>(ocq * 4 + (lane >> 3), lane & 7, l, jl);
-          ldsm_x4_t(v, s_e + tpos<L, P::RCX, BN>(l, jl, mc) * 16);
-        }
-        const int64_t n = (int64_t)mt * BM + mc * 8 + g;
-        if (n < p.batch) {
-          T* yr = y + n * ab_d;
-#pragma unroll
-          for (int m = 0; m < 4; ++m) {
-            int l, jl;
-            chunk_elem<L>(ocq * 4 + m, 2 * q, l, jl);
-            const int j = jt * BN + jl;
-            if (j < p.b) *reinterpret_cast<uint32_t*>(yr + (int64_t)j * d + l) = v[m];
-          }
-        }
+  for (int s = 0; s < S - 1; ++s) issue(s);
+  int slot_c = 0, slot_l = S - 1;
+  auto next_stage = [&]() {
+    cp_async_wait<S - 2>();
+    __syncthreads();  // the stage landed for every thread; T and the oldest ring slot are free
+    issue(slot_l);
+    slot_l = slot_l + 1 == S ? 0 : slot_l + 1;
+    const uint32_t raw = s_raw + slot_c * RAWS;
+    slot_c = slot_c + 1 == S ? 0 : slot_c + 1;
+    return raw;
+  };
+
+  for (int col = col0; col < p.ncols; col += gridDim.x) {
+    int i, lg, jt;
+    decode(col, i, lg, jt);
+#pragma unroll 1
+    for (int kt = 0; kt < p.nk; ++kt)  // read by the first m-tile's mma after its barriers
+      transpose_stage<P, BN, P::RCW>(next_stage(), s_tw, cpad, kt * BK, warp, lane);
+    for (int mt = r0; mt < p.tiles_m; mt += R) {
+      float acc[P::MF][P::NF][4];
+      zero_acc<P>(acc);
+      for (int kt = 0; kt < p.nk; ++kt) {
+        transpose_stage<P, BM, P::RCX>(next_stage(), s_tx, BK, 0, warp, lane);
+        __syncthreads();
+        mma_stage<P>(acc, s_tx, BK, 0, s_tw, cpad, kt * BK, wl, wm0, wn0, lane);
       }
+      plane_epilogue<P>(acc, s_e, p, i, lg, mt, jt, wl, wm0, wn0, warp, lane);
     }
   }
   cp_async_wait<0>();

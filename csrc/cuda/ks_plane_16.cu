@@ -34,32 +34,79 @@ cudaError_t launch_plane(PlaneParams p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t launch_16(const PlaneParams& p, cudaStream_t s) {
-  // PlaneCfg<T, L, BM, BN, BK, WM, WN, STAGES>: 8 warps, one per (plane, 64 x 64 warp tile);
-  // 184-192 KB of shared memory (ring + transposed tiles + epilogue staging). Round 6 measured
-  // 64 x 64 warp tiles 1.04x faster (geometric mean over the grid) than 16 warps of 64 x 32:
-  // a third less shared-memory traffic for the fragments.
-  if (p.d % 8 == 0) return launch_plane<PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>>(p, s);
-  if (p.d == 4) {
-    if (p.b <= 64) return launch_plane<PlaneCfg<T, 4, 128, 64, 16, 64, 64, 4>>(p, s);
-    return launch_plane<PlaneCfg<T, 4, 64, 128, 16, 64, 64, 4>>(p, s);
+constexpr int kMaxSmem = 227 * 1024;
+
+// Shared memory of the w-resident kernel for cpad rows of T_w per plane.
+template <class P>
+constexpr int wres_smem(int cpad) {
+  return P::STAGES * (P::BM > P::BN ? P::BM : P::BN) * P::KC * 16 + P::TXB + P::EB + P::L * cpad * P::RCW * 16;
+}
+
+template <class P>
+cudaError_t launch_plane_wres(PlaneParams p, cudaStream_t stream) {
+  p.tiles_m = (int)((p.batch + P::BM - 1) / P::BM);
+  p.tiles_j = cdiv(p.b, P::BN);
+  p.groups_l = p.d / P::L;
+  p.nk = cdiv(p.c, P::BK);
+  const int smem = wres_smem<P>(p.nk * P::BK);
+  if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // the caller checks plane_wres_fits
+  p.ncols = p.a * p.groups_l * p.tiles_j;  // <= tiles < 2^31
+  const int G = sm_count();
+  p.rwalk = p.ncols >= G ? 1 : (G / p.ncols < p.tiles_m ? G / p.ncols : p.tiles_m);
+  const int grid = p.ncols >= G ? G : p.ncols * p.rwalk;
+  auto kern = ks_plane_wres_kernel<P>;
+  static bool attr_set[64] = {false};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev >= 64 || !attr_set[dev]) {
+    e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+    if (e != cudaSuccess) return e;
+    if (dev < 64) attr_set[dev] = true;
   }
-  return cudaErrorInvalidConfiguration;
+  kern<<<grid, P::NT, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// Calls f with the configuration for (b, d): PlaneCfg<T, L, BM, BN, BK, WM, WN, STAGES>, 8 warps,
+// one per (plane, 64 x 64 warp tile). Round 6 measured 64 x 64 warp tiles 1.04x faster (geometric
+// mean over the grid) than 16 warps of 64 x 32: a third less shared-memory traffic for fragments.
+template <typename T, class F>
+auto with_cfg(int b, int d, F&& f) {
+  if (d % 8 == 0) return f(PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>{});
+  if (b <= 64) return f(PlaneCfg<T, 4, 128, 64, 16, 64, 64, 4>{});
+  return f(PlaneCfg<T, 4, 64, 128, 16, 64, 64, 4>{});
+}
+
+// The w-resident kernel serves d % 8 == 0 only: its d = 4 instantiations spilled 430-500 bytes
+// per thread (255 registers) and were not measured.
+template <typename T>
+cudaError_t launch_16(const PlaneParams& p, bool wres, cudaStream_t s) {
+  if (wres && p.d % 8 == 0) return launch_plane_wres<PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>>(p, s);
+  if (wres) return cudaErrorInvalidConfiguration;
+  return with_cfg<T>(p.b, p.d, [&](auto cfg) { return launch_plane<decltype(cfg)>(p, s); });
 }
 }  // namespace
 
-// Block columns of the configuration launch_16 picks for (b, d).
-int plane_bn(int b, int d) { return d == 4 && b > 64 ? 128 : 64; }
-
-// Tiles of the configuration launch_16 would pick (the caller keeps the count below 2^31).
 int64_t plane_tiles(int64_t batch, int a, int b, int d) {
-  const int bn = plane_bn(b, d), l = d == 4 ? 4 : 8, bm = d == 4 && b <= 64 ? 128 : 64;
-  return (batch + bm - 1) / bm * ((b + bn - 1) / bn) * (d / l) * (int64_t)a;
+  return with_cfg<__nv_bfloat16>(b, d, [&](auto cfg) -> int64_t {
+    using P = decltype(cfg);
+    return (batch + P::BM - 1) / P::BM * ((b + P::BN - 1) / P::BN) * (d / P::L) * (int64_t)a;
+  });
+}
+int plane_bn(int b, int d) {
+  return with_cfg<__nv_bfloat16>(b, d, [](auto cfg) { return decltype(cfg)::BN; });
+}
+bool plane_wres_fits(int b, int c, int d) {
+  if (d % 8 != 0) return false;
+  return with_cfg<__nv_bfloat16>(b, d, [&](auto cfg) {
+    using P = decltype(cfg);
+    return wres_smem<P>(cdiv(c, P::BK) * P::BK) <= kMaxSmem;
+  });
 }
 
-cudaError_t launch_plane_bf16(PlaneParams p, cudaStream_t s) { return launch_16<__nv_bfloat16>(p, s); }
-cudaError_t launch_plane_f16(PlaneParams p, cudaStream_t s) { return launch_16<__half>(p, s); }
+cudaError_t launch_plane_bf16(PlaneParams p, bool wres, cudaStream_t s) { return launch_16<__nv_bfloat16>(p, wres, s); }
+cudaError_t launch_plane_f16(PlaneParams p, bool wres, cudaStream_t s) { return launch_16<__half>(p, wres, s); }
 
 }  // namespace detail
 }  // namespace ks
