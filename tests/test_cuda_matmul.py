@@ -119,8 +119,8 @@ def test_prime_batch_and_leading_dims(pattern, batch, dtype_name):
 def test_many_tiles_per_block(pattern, batch, dtype_name):
     """More tiles than resident blocks: persistent blocks loop over tiles while their load ring
     runs ahead across tile boundaries (one or several tiles ahead when c has few k-steps); for the
-    w-resident kernel (d % 8 == 0, c <= 96) both several blocks walking one column's m-tiles and
-    more columns than blocks."""
+    w-resident kernel (d % 8 == 0, c <= 96) several units (column, run of m-tiles) per block, with
+    runs cut short by the batch."""
     dtype, _ = DTYPES[dtype_name]
     x, w = inputs(pattern, batch, dtype)
     check(x, w, False, dtype_name)

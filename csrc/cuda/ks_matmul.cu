@@ -289,7 +289,7 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
   if (esz == 2 && !args.batch_last) {
     const int mode = plane_mode(args);
     if (mode != kPlaneNone) {
-      PlaneParams q{args.x, args.w, args.y, B, args.ldx, a, b, c, d, 0, 0, 0, 0, 0, 0, 0};
+      PlaneParams q{args.x, args.w, args.y, B, args.ldx, a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0};
       q.tiles = (int)plane_tiles(B, a, b, d);
       const bool wres = mode == kPlaneWRes;
       return args.dtype == DType::BF16 ? launch_plane_bf16(q, wres, stream) : launch_plane_f16(q, wres, stream);

@@ -37,7 +37,8 @@ struct PlaneParams {
   int tiles_m, tiles_j, groups_l;  // groups_l = d / L
   int nk;                          // k-steps per tile
   int tiles;                       // tiles_m * tiles_j * groups_l * a  (< 2^31)
-  int ncols, rwalk;                // w-resident kernel: columns (i, j-tile, l-group), m-walkers per column
+  int ncols, mchunk, units;        // w-resident kernel: columns (i, j-tile, l-group), m-tiles per
+                                   // unit of work, units = ncols * ceil(tiles_m / mchunk)
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -334,11 +335,12 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_kernel(const PlaneParams p)
 }
 
 
-// w-resident variant (c <= ~96): a block owns a column (i, j-tile, l-group), transposes its whole
-// w slab T_w[l][0..c)[j] into shared memory once, then walks m-tiles (m = r, r + R, ...; R blocks
-// per column when there are fewer columns than SMs) streaming only x. Per k-step it moves a third
-// to a half of the streaming kernel's bytes through L2 and shared memory, since w is no longer
-// re-read for every m-tile. The ring runs ahead across m-tiles and columns as in ks_plane_kernel.
+// w-resident variant (c <= ~96): a unit of work is a column (i, j-tile, l-group) and a run of
+// `mchunk` m-tiles; the block transposes the column's whole w slab T_w[l][0..c)[j] into shared
+// memory once, then walks the run streaming only x. Per k-step it moves about half of the
+// streaming kernel's bytes through L2 and shared memory, since w is no longer re-read for every
+// m-tile. Units are ordered column-fastest, so the blocks running at one time share x rows (all
+// j-tiles and l-groups of an m-run) in L2. The ring runs ahead across m-tiles and units.
 template <class P>
 __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlaneParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -354,8 +356,7 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlanePara
   const int wmn = warp % (P::WARPS_M * P::WARPS_N);
   const int wm0 = (wmn / P::WARPS_N) * (BM / P::WARPS_M), wn0 = (wmn % P::WARPS_N) * (BN / P::WARPS_N);
   const int64_t cd = (int64_t)p.c * p.d;
-  const int d = p.d, R = p.rwalk;
-  const int col0 = blockIdx.x % p.ncols, r0 = blockIdx.x / p.ncols;
+  const int d = p.d;
 
   auto decode = [&](int col, int& i, int& lg, int& jt) {
     lg = col % p.groups_l;
@@ -372,12 +373,14 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlanePara
   const char* wp = nullptr;
   const int64_t xstep = (int64_t)RSTEP * p.ldx * 2, wstep = (int64_t)RSTEP * cd * 2;
   int x_rows = 0, w_rows = 0;
-  int lc = col0, lphase = 0, lm = r0, lk = 0;
+  int lu = blockIdx.x, lphase = 0, lm = 0, lm_end = 0, lk = 0;
   int64_t xcol = 0;  // element offset of (i, l-group, chunk) within an x row
 
-  auto set_column = [&](int col) {
+  auto set_unit = [&](int u) {
     int i, lg, jt;
-    decode(col, i, lg, jt);
+    decode(u % p.ncols, i, lg, jt);
+    lm = u / p.ncols * p.mchunk;
+    lm_end = min(lm + p.mchunk, p.tiles_m);
     const int64_t cofs = L == 8 ? (int64_t)lg * 8 + (int64_t)ld_kc * d : (int64_t)ld_kc * 8;
     const int j0 = jt * BN + ld_row0;
     wp = static_cast<const char*>(p.w) + (((int64_t)i * p.b + j0) * cd + cofs) * 2;
@@ -391,7 +394,7 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlanePara
     x_rows = xr <= 0 ? 0 : (int)((xr + RSTEP - 1) / RSTEP);
   };
   auto issue = [&](int slot) {
-    if (lc < p.ncols) {
+    if (lu < p.units) {
       const bool kin = lk * BK + ld_kofs < p.c;
       const int64_t kb = (int64_t)lk * BK * d * 2;
       const uint32_t base = s_raw + slot * RAWS;
@@ -414,21 +417,20 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlanePara
         lk = 0;
         if (lphase == 0) {
           lphase = 1;
-          lm = r0;
           set_mtile(lm);
-        } else if ((lm += R) < p.tiles_m) {
+        } else if (++lm < lm_end) {
           set_mtile(lm);
         } else {
-          lc += gridDim.x;
+          lu += gridDim.x;
           lphase = 0;
-          if (lc < p.ncols) set_column(lc);
+          if (lu < p.units) set_unit(lu);
         }
       }
     }
     cp_async_commit();
   };
 
-  set_column(lc);
+  if (lu < p.units) set_unit(lu);
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(s);
   int slot_c = 0, slot_l = S - 1;
@@ -442,13 +444,14 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlanePara
     return raw;
   };
 
-  for (int col = col0; col < p.ncols; col += gridDim.x) {
+  for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
     int i, lg, jt;
-    decode(col, i, lg, jt);
+    decode(u % p.ncols, i, lg, jt);
+    const int m0 = u / p.ncols * p.mchunk, m1 = min(m0 + p.mchunk, p.tiles_m);
 #pragma unroll 1
     for (int kt = 0; kt < p.nk; ++kt)  // read by the first m-tile's mma after its barriers
       transpose_stage<P, BN, P::RCW>(next_stage(), s_tw, cpad, kt * BK, warp, lane);
-    for (int mt = r0; mt < p.tiles_m; mt += R) {
+    for (int mt = m0; mt < m1; ++mt) {
       float acc[P::MF][P::NF][4];
       zero_acc<P>(acc);
       for (int kt = 0; kt < p.nk; ++kt) {

@@ -52,8 +52,13 @@ cudaError_t launch_plane_wres(PlaneParams p, cudaStream_t stream) {
   if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // the caller checks plane_wres_fits
   p.ncols = p.a * p.groups_l * p.tiles_j;  // <= tiles < 2^31
   const int G = sm_count();
-  p.rwalk = p.ncols >= G ? 1 : (G / p.ncols < p.tiles_m ? G / p.ncols : p.tiles_m);
-  const int grid = p.ncols >= G ? G : p.ncols * p.rwalk;
+  // Runs of 8 m-tiles (loading the w slab costs about one m-tile's loads: 1/8 overhead), shorter
+  // while that leaves fewer than two units per SM (load balance).
+  auto units_of = [&](int mc) { return (int64_t)p.ncols * ((p.tiles_m + mc - 1) / mc); };
+  p.mchunk = 8;
+  while (p.mchunk > 1 && units_of(p.mchunk) < 2 * (int64_t)G) p.mchunk /= 2;
+  p.units = (int)units_of(p.mchunk);  // <= tiles < 2^31
+  const int grid = p.units < G ? p.units : G;
   auto kern = ks_plane_wres_kernel<P>;
   static bool attr_set[64] = {false};
   int dev = 0;
