@@ -18,7 +18,6 @@ cudaError_t launch_tile_f32(const TileParams& p, int L, int BN, cudaStream_t s);
 // Plane kernels (ks_plane.cuh, sm_90+): 16-bit batch-first x with d == 4 or d % 8 == 0,
 // 16-byte aligned x (ldx % 8 == 0) and w, c * d % 8 == 0; p.tiles = plane_tiles(...) < 2^31.
 // wres: the w-resident kernel, for which plane_wres_fits(b, c, d) must hold.
-int plane_bn(int b, int d);
 int64_t plane_tiles(int64_t batch, int a, int b, int d);
 bool plane_wres_fits(int b, int c, int d);
 cudaError_t launch_plane_bf16(PlaneParams p, bool wres, cudaStream_t s);

@@ -232,8 +232,9 @@ inline bool has_sm90() {
 // (see ks_dispatch.h) and sm_90; the w-resident one is taken wherever its slab fits (c <= 96).
 // Otherwise the tile kernels keep the classes where they measured faster than the streaming plane
 // kernel on the H200 (round 6, full grid, same run): short K loops of d = 4 with b, c <= 64
-// (per-tile overhead); d = 4 where 128-wide blocks pad more columns than 64-wide ones (b = 192:
-// 1.1-1.25x); 8 < d < 64 with c <= 128 (measured on d = 16: 1.03-1.3x).
+// (per-tile overhead); 8 < d < 64 with c <= 128 (measured on d = 16: 1.03-1.3x). (Round 6 also
+// kept d = 4, b = 192 there, when the plane kernel padded it to 256 columns; it now takes 64-wide
+// blocks.)
 // KS_PLANE=0: never a plane kernel; KS_PLANE_WRES=0: never the w-resident one (A/B runs).
 enum PlaneMode : int { kPlaneNone = 0, kPlaneStream = 1, kPlaneWRes = 2 };
 inline int plane_mode(const MatmulArgs& g) {
@@ -252,10 +253,6 @@ inline int plane_mode(const MatmulArgs& g) {
   if (plane_tiles(g.batch, g.a, b, d) >= 0x7fffffffLL || !has_sm90()) return kPlaneNone;
   if (wres_enabled && plane_wres_fits(b, c, d)) return kPlaneWRes;
   if (d == 4 && b <= 64 && c <= 64) return kPlaneNone;
-  if (d == 4 && b > 64) {
-    const int bn = plane_bn(b, d);
-    if ((b + bn - 1) / bn * bn > (b + 63) / 64 * 64) return kPlaneNone;
-  }
   if (d > 8 && d < 64 && c <= 128) return kPlaneNone;
   return kPlaneStream;
 }

@@ -76,10 +76,12 @@ cudaError_t launch_plane_wres(PlaneParams p, cudaStream_t stream) {
 // Calls f with the configuration for (b, d): PlaneCfg<T, L, BM, BN, BK, WM, WN, STAGES>, 8 warps,
 // one per (plane, 64 x 64 warp tile). Round 6 measured 64 x 64 warp tiles 1.04x faster (geometric
 // mean over the grid) than 16 warps of 64 x 32: a third less shared-memory traffic for fragments.
+// d = 4 takes 64-wide blocks (128 rows) where 128-wide ones would pad more columns (b <= 64,
+// b = 192, ...).
 template <typename T, class F>
 auto with_cfg(int b, int d, F&& f) {
   if (d % 8 == 0) return f(PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>{});
-  if (b <= 64) return f(PlaneCfg<T, 4, 128, 64, 16, 64, 64, 4>{});
+  if ((b + 127) / 128 * 128 > (b + 63) / 64 * 64) return f(PlaneCfg<T, 4, 128, 64, 16, 64, 64, 4>{});
   return f(PlaneCfg<T, 4, 64, 128, 16, 64, 64, 4>{});
 }
 
@@ -98,9 +100,6 @@ int64_t plane_tiles(int64_t batch, int a, int b, int d) {
     using P = decltype(cfg);
     return (batch + P::BM - 1) / P::BM * ((b + P::BN - 1) / P::BN) * (d / P::L) * (int64_t)a;
   });
-}
-int plane_bn(int b, int d) {
-  return with_cfg<__nv_bfloat16>(b, d, [](auto cfg) { return decltype(cfg)::BN; });
 }
 bool plane_wres_fits(int b, int c, int d) {
   if (d % 8 != 0) return false;
