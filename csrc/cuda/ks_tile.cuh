@@ -131,13 +131,40 @@ __device__ __forceinline__ uint4 ld_partial(const char* p, int n) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+// Pair (k, k+1) of one (r, l) at element index idx of a compute tile (k even); lo/hi are the
+// elements' bits.
+template <int SZ>
+__device__ __forceinline__ void st_pair(char* smem, int idx, uint32_t lo, uint32_t hi) {
+  if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(smem + (size_t)idx * 2) = lo | (hi << 16);
+  else *reinterpret_cast<uint2*>(smem + (size_t)idx * 4) = make_uint2(lo, hi);
+}
+// Pair (element e of u, element e2 of v) at idx.
+template <int SZ>
+__device__ __forceinline__ void st_pair_v(char* smem, int idx, const uint4& u, int e, const uint4& v, int e2) {
+  if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(smem + (size_t)idx * 2) = pack16(u, e, v, e2);
+  else st_pair<SZ>(smem, idx, vget<4>(u, e), vget<4>(v, e2));
+}
+// A 16-byte (k, l) run v of row r starting at k = kf (d == L, 2L | V) -> the [l][r][SK] compute
+// tile: element e is (k = kf + e / L, l = e % L); pairs (k, k+1) of each l.
+template <int SZ, int R, int L, int SK>
+__device__ __forceinline__ void st_klvec(char* smem, int r, int kf, const uint4& v) {
+  constexpr int V = 16 / SZ;
+#pragma unroll
+  for (int l = 0; l < L; ++l)
+#pragma unroll
+    for (int pp = 0; pp < V / (2 * L); ++pp) {
+      const int e0 = 2 * pp * L + l;
+      st_pair_v<SZ>(smem, (l * R + r) * SK + kf + 2 * pp, v, e0, v, e0 + L);
+    }
+}
+
 // Global -> registers -> shared memory loader of one operand tile: R rows x BK k x L l, stored
 // as smem[(l * R + r) * SK + k]. Element (r, k, l) of the operand is at
 // base + r*s_r + k*s_k + l*s_l (elements); valid where r < rv, k < kv, l < lv, zero elsewhere.
 // MODE is fixed at compile time (one kernel per layout class), so the address arithmetic of
 // one mode only is live. kKLVec requires d == L; kScalarL/kScalarR pick their thread order at
 // run time (lfast).
-template <int SZ, int R, int BK, int L, int NT, int SK, bool TF32R, int MODE>
+template <int SZ, int R, int BK, int L, int NT, int SK, int MODE>
 struct TileLoader {
   static constexpr int V = 16 / SZ;
   static constexpr int PW = 2 * SZ / 4;  // words per (k, k+1) pair
@@ -159,24 +186,7 @@ struct TileLoader {
   uint32_t reg[UPT * WPU];
 
   __device__ __forceinline__ static void st_vec(char* smem, int idx, uint4 v) {
-    if constexpr (TF32R) {
-      v.x = to_tf32(v.x); v.y = to_tf32(v.y); v.z = to_tf32(v.z); v.w = to_tf32(v.w);
-    }
     *reinterpret_cast<uint4*>(smem + (size_t)idx * SZ) = v;
-  }
-  // Pair (k, k+1) of one (r, l) at element index idx (k even); lo/hi are the elements' bits.
-  __device__ __forceinline__ static void st_pair(char* smem, int idx, uint32_t lo, uint32_t hi) {
-    if constexpr (SZ == 2) {
-      *reinterpret_cast<uint32_t*>(smem + (size_t)idx * 2) = lo | (hi << 16);
-    } else {
-      if constexpr (TF32R) { lo = to_tf32(lo); hi = to_tf32(hi); }
-      *reinterpret_cast<uint2*>(smem + (size_t)idx * 4) = make_uint2(lo, hi);
-    }
-  }
-  // Pair (element e of u, element e2 of v) at idx.
-  __device__ __forceinline__ static void st_pair_v(char* smem, int idx, const uint4& u, int e, const uint4& v, int e2) {
-    if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(smem + (size_t)idx * 2) = pack16(u, e, v, e2);
-    else st_pair(smem, idx, vget<4>(u, e), vget<4>(v, e2));
   }
   __device__ __forceinline__ void put4(int at, const uint4& v) {
     reg[at] = v.x; reg[at + 1] = v.y; reg[at + 2] = v.z; reg[at + 3] = v.w;
@@ -267,34 +277,25 @@ struct TileLoader {
         st_vec(smem, r * SK + k, get4(4 * s));
       } else if constexpr (MODE == kKLVec) {
         constexpr int UPR = BK * L / V;
-        const int r = u / UPR, kf = (u % UPR) * V / L;
-        const uint4 v = get4(4 * s);
-        // Element e is (k = kf + e / L, l = e % L); pairs (k, k+1) of each l.
-#pragma unroll
-        for (int l = 0; l < L; ++l)
-#pragma unroll
-          for (int pp = 0; pp < V / (2 * L); ++pp) {
-            const int e0 = 2 * pp * L + l;
-            st_pair_v(smem, (l * R + r) * SK + kf + 2 * pp, v, e0, v, e0 + L);
-          }
+        st_klvec<SZ, R, L, SK>(smem, u / UPR, (u % UPR) * V / L, get4(4 * s));
       } else if constexpr (MODE == kLVec) {
         constexpr int LQ = L / V;
         const int lq = u % LQ, t = u / LQ, kp = t % (BK / 2), r = t / (BK / 2);
         const uint4 v0 = get4(8 * s), v1 = get4(8 * s + 4);
 #pragma unroll
-        for (int e = 0; e < V; ++e) st_pair_v(smem, ((lq * V + e) * R + r) * SK + 2 * kp, v0, e, v1, e);
+        for (int e = 0; e < V; ++e) st_pair_v<SZ>(smem, ((lq * V + e) * R + r) * SK + 2 * kp, v0, e, v1, e);
       } else if constexpr (MODE == kRVec) {
         constexpr int RQ = R / V;
         const int rq = u % RQ, t = u / RQ, kp = t % (BK / 2), l = t / (BK / 2);
         const uint4 v0 = get4(8 * s), v1 = get4(8 * s + 4);
 #pragma unroll
-        for (int e = 0; e < V; ++e) st_pair_v(smem, (l * R + rq * V + e) * SK + 2 * kp, v0, e, v1, e);
+        for (int e = 0; e < V; ++e) st_pair_v<SZ>(smem, (l * R + rq * V + e) * SK + 2 * kp, v0, e, v1, e);
       } else {
         int r, kp, l;
         decode_scalar(u, lfast, r, kp, l);
         const int idx = (l * R + r) * SK + 2 * kp;
         if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(smem + (size_t)idx * 2) = reg[s];
-        else st_pair(smem, idx, reg[2 * s], reg[2 * s + 1]);
+        else st_pair<SZ>(smem, idx, reg[2 * s], reg[2 * s + 1]);
       }
     }
   }
@@ -387,14 +388,6 @@ struct AsyncLoader {
     }
   }
 
-  __device__ __forceinline__ static void st_pair(char* comp, int idx, uint32_t lo, uint32_t hi) {
-    if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(comp + (size_t)idx * 2) = lo | (hi << 16);
-    else *reinterpret_cast<uint2*>(comp + (size_t)idx * 4) = make_uint2(lo, hi);
-  }
-  __device__ __forceinline__ static void st_pair_v(char* comp, int idx, const uint4& u, int e, const uint4& v, int e2) {
-    if constexpr (SZ == 2) *reinterpret_cast<uint32_t*>(comp + (size_t)idx * 2) = pack16(u, e, v, e2);
-    else st_pair(comp, idx, vget<4>(u, e), vget<4>(v, e2));
-  }
   __device__ __forceinline__ static uint4 lds16(const char* p) { return *reinterpret_cast<const uint4*>(p); }
 
   __device__ __forceinline__ static void transpose(const char* raw, char* comp, int d, int tid) {
@@ -404,15 +397,8 @@ struct AsyncLoader {
       for (int s = 0; s < cdiv(UNITS, NT); ++s) {
         const int u = tid + s * NT;
         if (UNITS % NT == 0 || u < UNITS) {
-          const int r = u / UPR, q = u % UPR, kf = q * V / L;
-          const uint4 v = lds16(raw + (r * RK + q * V) * SZ);
-#pragma unroll
-          for (int l = 0; l < L; ++l)
-#pragma unroll
-            for (int pp = 0; pp < V / (2 * L); ++pp) {
-              const int e0 = 2 * pp * L + l;
-              st_pair_v(comp, (l * R + r) * SK + kf + 2 * pp, v, e0, v, e0 + L);
-            }
+          const int r = u / UPR, q = u % UPR;
+          st_klvec<SZ, R, L, SK>(comp, r, q * V / L, lds16(raw + (r * RK + q * V) * SZ));
         }
       }
     } else if constexpr (MODE == kKLGen) {
@@ -446,7 +432,7 @@ struct AsyncLoader {
           const char* p = raw + ((r * BK + 2 * kp) * L + lq * V) * SZ;
           const uint4 v0 = lds16(p), v1 = lds16(p + L * SZ);
 #pragma unroll
-          for (int e = 0; e < V; ++e) st_pair_v(comp, ((lq * V + e) * R + r) * SK + 2 * kp, v0, e, v1, e);
+          for (int e = 0; e < V; ++e) st_pair_v<SZ>(comp, ((lq * V + e) * R + r) * SK + 2 * kp, v0, e, v1, e);
         }
       }
     } else if constexpr (MODE == kRVec) {
@@ -460,7 +446,7 @@ struct AsyncLoader {
           const char* p = raw + ((l * BK + 2 * kp) * RM + rq * V) * SZ;
           const uint4 v0 = lds16(p), v1 = lds16(p + RM * SZ);
 #pragma unroll
-          for (int e = 0; e < V; ++e) st_pair_v(comp, (l * R + rq * V + e) * SK + 2 * kp, v0, e, v1, e);
+          for (int e = 0; e < V; ++e) st_pair_v<SZ>(comp, (l * R + rq * V + e) * SK + 2 * kp, v0, e, v1, e);
         }
       }
     }
@@ -928,8 +914,8 @@ __global__ void __launch_bounds__(P::NT, VARIANT == kScalar ? 1 : P::MINB) ks_ti
   if constexpr (VARIANT == kScalar) {
     // Register-staged double buffer, one tile after another (misaligned / odd layouts only).
     constexpr int A_EL = L * BM * SK, W_EL = L * BN * SK;
-    using LA = TileLoader<SZ, BM, BK, L, NT, SK, false, MD::A>;
-    using LW = TileLoader<SZ, BN, BK, L, NT, SK, false, MD::W>;
+    using LA = TileLoader<SZ, BM, BK, L, NT, SK, MD::A>;
+    using LW = TileLoader<SZ, BN, BK, L, NT, SK, MD::W>;
     const bool a_lfast = !p.batch_last;  // x element pairs: l (then k) fastest unless batch-last
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
       const TileCoord tc = tile_coord<P>(p, t);
