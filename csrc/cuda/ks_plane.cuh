@@ -213,6 +213,21 @@ __device__ __forceinline__ void plane_epilogue(const float (&acc)[P::MF][P::NF][
   }
 }
 
+// cp.async of the U 16-byte chunks of this thread (column kc, rows row0 + s * NT / KC) of one operand
+// into a raw stage at `base` (swizzled [row][chunk]); row s of the operand is at ptr + s * step,
+// + kb for the k-step; rows s >= rows, or a k-step past c (kin false), are zero-filled.
+template <class P, int U>
+__device__ __forceinline__ void cp_rows(uint32_t base, const char* ptr, int64_t step, int rows, int64_t kb, bool kin,
+                                        int kc, int row0) {
+  constexpr int KC = P::KC, RSTEP = P::NT / P::KC;
+#pragma unroll
+  for (int s = 0; s < U; ++s) {
+    const int row = row0 + s * RSTEP;
+    const bool ok = s < rows && kin;
+    cp_async16_u(base + (row * KC + (kc ^ (row & 7))) * 16, ok ? ptr + s * step + kb : ptr, ok ? 16 : 0);
+  }
+}
+
 template <class P>
 __device__ __forceinline__ void zero_acc(float (&acc)[P::MF][P::NF][4]) {
 #pragma unroll
@@ -284,19 +299,8 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_kernel(const PlaneParams p)
       const bool kin = k_load * BK + ld_kofs < p.c;
       const int64_t kb = (int64_t)k_load * BK * d * 2;  // bytes
       const uint32_t base = s_raw + slot * P::RAW;
-#pragma unroll
-      for (int s = 0; s < P::UX; ++s) {
-        const int row = ld_row0 + s * RSTEP;
-        const bool ok = s < x_rows && kin;
-        cp_async16_u(base + (row * KC + (ld_kc ^ (row & 7))) * 16, ok ? xp + s * xstep + kb : xp, ok ? 16 : 0);
-      }
-#pragma unroll
-      for (int s = 0; s < P::UW; ++s) {
-        const int row = ld_row0 + s * RSTEP;
-        const bool ok = s < w_rows && kin;
-        cp_async16_u(base + BM * KC * 16 + (row * KC + (ld_kc ^ (row & 7))) * 16,
-                     ok ? wp + s * wstep + kb : wp, ok ? 16 : 0);
-      }
+      cp_rows<P, P::UX>(base, xp, xstep, x_rows, kb, kin, ld_kc, ld_row0);
+      cp_rows<P, P::UW>(base + BM * KC * 16, wp, wstep, w_rows, kb, kin, ld_kc, ld_row0);
       if (++k_load == p.nk) {
         k_load = 0;
         t_load += gridDim.x;
@@ -398,21 +402,8 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlanePara
       const bool kin = lk * BK + ld_kofs < p.c;
       const int64_t kb = (int64_t)lk * BK * d * 2;
       const uint32_t base = s_raw + slot * RAWS;
-      if (lphase == 0) {
-#pragma unroll
-        for (int s = 0; s < P::UW; ++s) {
-          const int row = ld_row0 + s * RSTEP;
-          const bool ok = s < w_rows && kin;
-          cp_async16_u(base + (row * KC + (ld_kc ^ (row & 7))) * 16, ok ? wp + s * wstep + kb : wp, ok ? 16 : 0);
-        }
-      } else {
-#pragma unroll
-        for (int s = 0; s < P::UX; ++s) {
-          const int row = ld_row0 + s * RSTEP;
-          const bool ok = s < x_rows && kin;
-          cp_async16_u(base + (row * KC + (ld_kc ^ (row & 7))) * 16, ok ? xp + s * xstep + kb : xp, ok ? 16 : 0);
-        }
-      }
+      if (lphase == 0) cp_rows<P, P::UW>(base, wp, wstep, w_rows, kb, kin, ld_kc, ld_row0);
+      else cp_rows<P, P::UX>(base, xp, xstep, x_rows, kb, kin, ld_kc, ld_row0);
       if (++lk == p.nk) {
         lk = 0;
         if (lphase == 0) {

@@ -7,6 +7,19 @@ namespace ks {
 namespace detail {
 
 namespace {
+// Lets kernel KERN use `bytes` of dynamic shared memory (set once per device and kernel: the
+// flags are per template instance, i.e. per kernel).
+template <auto KERN>
+cudaError_t allow_smem(int bytes) {
+  static bool done[64] = {false};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess || (dev < 64 && done[dev])) return e;
+  e = cudaFuncSetAttribute(KERN, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess && dev < 64) done[dev] = true;
+  return e;
+}
+
 template <class P>
 cudaError_t launch_plane(PlaneParams p, cudaStream_t stream) {
   p.tiles_m = (int)((p.batch + P::BM - 1) / P::BM);
@@ -14,15 +27,8 @@ cudaError_t launch_plane(PlaneParams p, cudaStream_t stream) {
   p.groups_l = p.d / P::L;
   p.nk = cdiv(p.c, P::BK);
   auto kern = ks_plane_kernel<P>;
-  static bool attr_set[64] = {false};  // per device
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
+  const cudaError_t e = allow_smem<ks_plane_kernel<P>>(P::SMEM);
   if (e != cudaSuccess) return e;
-  if (dev >= 64 || !attr_set[dev]) {
-    e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, P::SMEM);
-    if (e != cudaSuccess) return e;
-    if (dev < 64) attr_set[dev] = true;
-  }
   // Persistent (one block per SM, the ring runs across tiles) unless KS_PLANE_GRID=1: one block
   // per tile, dispatched in tile order by the hardware.
   static const bool per_tile = [] {
@@ -60,15 +66,8 @@ cudaError_t launch_plane_wres(PlaneParams p, cudaStream_t stream) {
   p.units = (int)units_of(p.mchunk);  // <= tiles < 2^31
   const int grid = p.units < G ? p.units : G;
   auto kern = ks_plane_wres_kernel<P>;
-  static bool attr_set[64] = {false};
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
+  const cudaError_t e = allow_smem<ks_plane_wres_kernel<P>>(kMaxSmem);
   if (e != cudaSuccess) return e;
-  if (dev >= 64 || !attr_set[dev]) {
-    e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
-    if (e != cudaSuccess) return e;
-    if (dev < 64) attr_set[dev] = true;
-  }
   kern<<<grid, P::NT, smem, stream>>>(p);
   return cudaGetLastError();
 }
