@@ -20,12 +20,18 @@ cudaError_t allow_smem(int bytes) {
   return e;
 }
 
+// Tile counts and k-steps of configuration P.
 template <class P>
-cudaError_t launch_plane(PlaneParams p, cudaStream_t stream) {
+void set_geometry(PlaneParams& p) {
   p.tiles_m = (int)((p.batch + P::BM - 1) / P::BM);
   p.tiles_j = cdiv(p.b, P::BN);
   p.groups_l = p.d / P::L;
   p.nk = cdiv(p.c, P::BK);
+}
+
+template <class P>
+cudaError_t launch_plane(PlaneParams p, cudaStream_t stream) {
+  set_geometry<P>(p);
   auto kern = ks_plane_kernel<P>;
   const cudaError_t e = allow_smem<ks_plane_kernel<P>>(P::SMEM);
   if (e != cudaSuccess) return e;
@@ -50,10 +56,7 @@ constexpr int wres_smem(int cpad) {
 
 template <class P>
 cudaError_t launch_plane_wres(PlaneParams p, cudaStream_t stream) {
-  p.tiles_m = (int)((p.batch + P::BM - 1) / P::BM);
-  p.tiles_j = cdiv(p.b, P::BN);
-  p.groups_l = p.d / P::L;
-  p.nk = cdiv(p.c, P::BK);
+  set_geometry<P>(p);
   const int smem = wres_smem<P>(p.nk * P::BK);
   if (smem > kMaxSmem) return cudaErrorInvalidConfiguration;  // the caller checks plane_wres_fits
   p.ncols = p.a * p.groups_l * p.tiles_j;  // <= tiles < 2^31
