@@ -1,6 +1,7 @@
 // Internal: the tile-kernel launchers of each dtype (one translation unit each, so that a
 // parallel build compiles them side by side) and the configuration classes they accept.
 #pragma once
+#include <cstdlib>
 #include <cuda_runtime.h>
 
 #include "ks_plane.cuh"
@@ -8,6 +9,13 @@
 
 namespace ks {
 namespace detail {
+
+// Integer value of environment variable `name` (A/B switches of the dispatch), or `fallback`
+// when unset. Callers read it once into a static.
+inline int env_int(const char* name, int fallback) {
+  const char* e = std::getenv(name);
+  return e == nullptr ? fallback : std::atoi(e);
+}
 
 // lcls: block l-group size L (1, 2, 4 or 8); ncls: block width BN class (48, 64 or 128).
 cudaError_t launch_tile_bf16(const TileParams& p, int L, int BN, cudaStream_t s);

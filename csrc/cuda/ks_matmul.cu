@@ -237,20 +237,16 @@ inline bool has_sm90() {
 // blocks.)
 // KS_PLANE=0: never a plane kernel; KS_PLANE_WRES=0: never the w-resident one (A/B runs).
 enum PlaneMode : int { kPlaneNone = 0, kPlaneStream = 1, kPlaneWRes = 2 };
-inline int plane_mode(const MatmulArgs& g) {
-  static const int enabled = [] {
-    const char* e = std::getenv("KS_PLANE");
-    return e == nullptr || std::atoi(e) != 0;
-  }();
-  static const int wres_enabled = [] {
-    const char* e = std::getenv("KS_PLANE_WRES");
-    return e == nullptr || std::atoi(e) != 0;
-  }();
+// tiles: the plane configuration's tile count (set when the mode is not kPlaneNone).
+inline int plane_mode(const MatmulArgs& g, int64_t& tiles) {
+  static const bool enabled = env_int("KS_PLANE", 1) != 0;
+  static const bool wres_enabled = env_int("KS_PLANE_WRES", 1) != 0;
   const int b = g.b, c = g.c, d = g.d;
   if (!enabled || !(d == 4 || d % 8 == 0)) return kPlaneNone;
   if ((int64_t)c * d % 8 != 0 || !aligned16(g.x) || !aligned16(g.w) || g.ldx % 8 != 0) return kPlaneNone;
   if ((reinterpret_cast<uintptr_t>(g.y) & 3) != 0) return kPlaneNone;
-  if (plane_tiles(g.batch, g.a, b, d) >= 0x7fffffffLL || !has_sm90()) return kPlaneNone;
+  tiles = plane_tiles(g.batch, g.a, b, d);
+  if (tiles >= 0x7fffffffLL || !has_sm90()) return kPlaneNone;
   if (wres_enabled && plane_wres_fits(b, c, d)) return kPlaneWRes;
   if (d == 4 && b <= 64 && c <= 64) return kPlaneNone;
   if (d > 8 && d < 64 && c <= 128) return kPlaneNone;
@@ -284,10 +280,11 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
   // Round 6: 16-bit batch-first with chunk-shaped l groups goes to the plane kernels
   // (ks_plane.cuh); KS_PLANE=0 keeps it on the tile kernels (A/B runs).
   if (esz == 2 && !args.batch_last) {
-    const int mode = plane_mode(args);
+    int64_t tiles = 0;
+    const int mode = plane_mode(args, tiles);
     if (mode != kPlaneNone) {
       PlaneParams q{args.x, args.w, args.y, B, args.ldx, a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0};
-      q.tiles = (int)plane_tiles(B, a, b, d);
+      q.tiles = (int)tiles;
       const bool wres = mode == kPlaneWRes;
       return args.dtype == DType::BF16 ? launch_plane_bf16(q, wres, stream) : launch_plane_f16(q, wres, stream);
     }
@@ -315,10 +312,7 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
       // d >= 16 patterns, round 5); for L = 4 (BM 128) only where c is not a multiple of 32,
       // i.e. where their BK 16 wastes less of the K loop than BK 32 (elsewhere 0.92-0.96x).
       // Only with >= 4 tiles per SM. KS_TALL=0 / 1 / 2 forces off / BK 16 / BK 32 for L = 4.
-      static const int tall_env = [] {
-        const char* e = std::getenv("KS_TALL");
-        return e == nullptr ? -1 : std::atoi(e);
-      }();
+      static const int tall_env = env_int("KS_TALL", -1);
       const int64_t bm = L == 4 ? 128 : 64;
       const int64_t tiles = (B + bm - 1) / bm * a * ((b + 63) / 64) * ((d + L - 1) / L);
       if (tall_env > 0) BN = (L == 4 && tall_env == 2) ? 664 : 564;

@@ -1,6 +1,4 @@
 // Plane kernels (ks_plane.cuh) for float16 and bfloat16, batch-first, with their configurations.
-#include <cstdlib>
-
 #include "ks_dispatch.h"
 
 namespace ks {
@@ -37,10 +35,7 @@ cudaError_t launch_plane(PlaneParams p, cudaStream_t stream) {
   if (e != cudaSuccess) return e;
   // Persistent (one block per SM, the ring runs across tiles) unless KS_PLANE_GRID=1: one block
   // per tile, dispatched in tile order by the hardware.
-  static const bool per_tile = [] {
-    const char* e = std::getenv("KS_PLANE_GRID");
-    return e != nullptr && std::atoi(e) == 1;
-  }();
+  static const bool per_tile = env_int("KS_PLANE_GRID", 0) == 1;
   const int grid = per_tile || p.tiles < sm_count() ? p.tiles : sm_count();
   kern<<<grid, P::NT, P::SMEM, stream>>>(p);
   return cudaGetLastError();
