@@ -8,7 +8,7 @@ from ._native import BUILD_INFO
 from .nn import KSLinear, auto_chain, ks_surgery
 from .ops import matmul
 from .pattern import KSPattern, check_chain
-from .reference import ks_matmul_reference
+from .reference import ks_matmul_reference, ks_weight_grad_reference
 
 __version__ = "0.1.0"
-__all__ = ["KSLinear", "auto_chain", "ks_surgery", "KSPattern", "check_chain", "matmul", "ks_matmul_reference", "BUILD_INFO"]
+__all__ = ["KSLinear", "auto_chain", "ks_surgery", "KSPattern", "check_chain", "matmul", "ks_matmul_reference", "ks_weight_grad_reference", "BUILD_INFO"]

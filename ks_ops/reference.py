@@ -17,3 +17,13 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     """‖y − ref‖ / ‖ref‖ in float64 (0-norm references count as 1e-300, never divide by 0)."""
     y64, ref64 = y.to(torch.float64), ref.to(torch.float64)
     return ((y64 - ref64).norm() / ref64.norm().clamp_min(1e-300)).item()
+
+
+def ks_weight_grad_reference(grad_y: torch.Tensor, x: torch.Tensor, pattern, *, batch_last: bool = False) -> torch.Tensor:
+    """∂⟨grad_y, matmul(x, w)⟩/∂w in float64: the autograd gradient of ks_matmul_reference (the
+    product is linear in w, so w's value does not matter)."""
+    w0 = torch.zeros(tuple(pattern), dtype=torch.float64, device=x.device, requires_grad=True)
+    with torch.enable_grad():
+        y = ks_matmul_reference(x.detach(), w0, batch_last=batch_last)
+        (gw,) = torch.autograd.grad(y, w0, grad_y.detach().to(torch.float64))
+    return gw

@@ -43,3 +43,12 @@ def assert_matches_reference(y, x, w, *, batch_last=False, factor=3.0):
     else:
         tol = factor * same_dtype_dense_err(x, w, batch_last) + 1e-6
     assert err <= tol, f"relative error {err:.3g} > {tol:.3g} ({x.dtype}, pattern {tuple(w.shape)})"
+
+
+def same_dtype_dense_wgrad_err(grad_y, x, pattern, ref) -> float:
+    """Relative error of the weight gradient done by PyTorch as the dense gradient in x's dtype
+    (grad_yᵀ·x over the batch, batch-first), read at K's support."""
+    p = KSPattern.of(pattern)
+    rows, cols = p.dense_indices(x.device)
+    dense = grad_y.reshape(-1, p.out_features).T @ x.reshape(-1, p.in_features)
+    return rel_err(dense[rows, cols], ref)

@@ -53,7 +53,7 @@ PY
 import sys; sys.path.insert(0, 'tools'); import bench_matmul as bm
 full = bm.grid_patterns; bm.grid_patterns = lambda B: full(B)[::$stride]
 bm.main(sys.argv[1:])" --batch 25088 --backends kernel --ceilings "$C" --out "$W/run.jsonl" --budget-s ${BUDGET_S:-150} $args > "$W/run.log" 2>&1
-      st "bench $name ($envs $args): rc=$? $(python3 tools/bench_matmul.py --summary-only --out "$W/run.jsonl" | tail -n +3 | awk -F'|' '{printf "[%s %s n=%s med=%s max=%s] ", $3, $4, $6, $7, $8}')"
+      st "bench $name ($envs $args): rc=$? $(python3 tools/bench_matmul.py --summary-only --out "$W/run.jsonl" | tail -n +3 | awk -F'|' '{printf "[%s %s %s n=%s med=%s max=%s] ", $2, $4, $5, $7, $8, $9}')"
       python3 -c "
 import json
 with open('$OUT/rows.jsonl', 'a') as f:

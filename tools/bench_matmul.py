@@ -8,6 +8,9 @@ roofline floor (ceilings measured in the same run).
 Rows are appended to the JSONL as they finish; a rerun skips rows already there (resumable).
 At the end an atomic JSON (rows + ceilings + GPU, torch, date) is written next to the JSONL and a
 summary table is printed: median time/floor per backend, speedups vs bmm and dense, win rates.
+--op weight_grad times ks::weight_grad instead (16-bit batch-first: the fused kernel) against the
+bmm path of the same op (KS_WGRAD=0) and the dense weight gradient grad_yᵀ·x; its floor is the
+forward's (the same bytes move: x and grad_y read, w-sized output written).
 Sets: grid = the paper's 376-pattern grid (../shared/notes/h200.md), quick = the 16 baseline
 patterns of that note, vit = the six ViT-S/16 factors.
 """
@@ -71,10 +74,23 @@ def patterns_of(name: str, batch: int):
 
 
 def row_key(r: dict) -> tuple:
-    return (r["set"], tuple(r["pattern"]), r["batch"], r["dtype"], r["layout"])
+    return (r.get("op", "matmul"), r["set"], tuple(r["pattern"]), r["batch"], r["dtype"], r["layout"])
 
 
-def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dict:
+def weight_grad_bmm(gy, x, pattern, bl):
+    """ks::weight_grad on its ATen permute + bmm path (KS_WGRAD=0 is read at every call)."""
+    old = os.environ.get("KS_WGRAD")
+    os.environ["KS_WGRAD"] = "0"
+    try:
+        return torch.ops.ks.weight_grad(gy, x, list(pattern), batch_last=bl)
+    finally:
+        if old is None:
+            del os.environ["KS_WGRAD"]
+        else:
+            os.environ["KS_WGRAD"] = old
+
+
+def run_row(op, setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dict:
     dtype, tf32 = DTYPES[dname]
     torch.backends.cuda.matmul.allow_tf32 = tf32
     p = KSPattern.of(pattern)
@@ -86,20 +102,31 @@ def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dic
     nsets = rotation_count(nbytes)
     sets = []
     for _ in range(nsets):
-        w = p.random_weights(dtype=dtype, device="cuda")
         shape = (p.in_features, batch) if bl else (batch, p.in_features)
-        sets.append((torch.randn(shape, dtype=dtype, device="cuda"), w))
-    row = {"set": setname, "pattern": list(pattern), "batch": batch, "dtype": dname, "layout": layout,
+        x = torch.randn(shape, dtype=dtype, device="cuda")
+        if op == "weight_grad":  # (grad_y, x)
+            gshape = (p.out_features, batch) if bl else (batch, p.out_features)
+            sets.append((torch.randn(gshape, dtype=dtype, device="cuda"), x))
+        else:  # (x, w)
+            sets.append((x, p.random_weights(dtype=dtype, device="cuda")))
+    row = {"op": op, "set": setname, "pattern": list(pattern), "batch": batch, "dtype": dname, "layout": layout,
            "flops": flops, "bytes": nbytes, "floor_us": floor * 1e6, "rotation": nsets,
            "timing": "eager" if args.no_graph else "cuda-graph"}
     samples = args.samples
     budget = args.max_row_s
 
-    def kern(x, w):
-        return torch.ops.ks.matmul(x, w, batch_last=bl)
+    if op == "weight_grad":
+        def kern(gy, x):
+            return torch.ops.ks.weight_grad(gy, x, list(pattern), batch_last=bl)
 
-    def bmm(x, w):
-        return bmm_backend(x, w, batch_last=bl)
+        def bmm(gy, x):
+            return weight_grad_bmm(gy, x, pattern, bl)
+    else:
+        def kern(x, w):
+            return torch.ops.ks.matmul(x, w, batch_last=bl)
+
+        def bmm(x, w):
+            return bmm_backend(x, w, batch_last=bl)
 
     g = not args.no_graph
     r = time_cuda(kern, sets, samples=samples, max_total_s=budget, graph=g)
@@ -119,8 +146,13 @@ def run_row(setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dic
         kbytes = p.out_features * p.in_features * esz
         est = 2.0 * batch * p.out_features * p.in_features / ceil.rate(dtype, tf32)
         if kbytes <= args.max_dense_bytes and est * 1e3 <= args.max_dense_ms:
-            k = p.to_dense(w0)
-            if bl:
+            k = p.to_dense(w0) if op == "matmul" else None
+            if op == "weight_grad":  # the dense layer's weight gradient, (abd x acd)
+                if bl:
+                    dense = lambda gy, x: gy @ x.T  # noqa: E731
+                else:
+                    dense = lambda gy, x: gy.T @ x  # noqa: E731
+            elif bl:
                 dense = lambda x, w: k @ x  # noqa: E731
             else:
                 dense = lambda x, w: torch.nn.functional.linear(x, k)  # noqa: E731
@@ -141,9 +173,9 @@ def summarize(rows: list[dict]) -> str:
         tabulate = None
     groups = {}
     for r in rows:
-        groups.setdefault((r["set"], r["dtype"], r["layout"], r["batch"]), []).append(r)
+        groups.setdefault((r.get("op", "matmul"), r["set"], r["dtype"], r["layout"], r["batch"]), []).append(r)
     table = []
-    for (s, dt, lay, batch), rs in sorted(groups.items()):
+    for (op, s, dt, lay, batch), rs in sorted(groups.items()):
         kf = [r["kernel_us"] / r["floor_us"] for r in rs]
         bf = [r["bmm_us"] / r["floor_us"] for r in rs if r.get("bmm_us")]
         df = [r["dense_us"] / r["floor_us"] for r in rs if r.get("dense_us")]
@@ -153,10 +185,10 @@ def summarize(rows: list[dict]) -> str:
                 for r in rs if r.get("bmm_us") or r.get("dense_us")]
         med = lambda v: f"{statistics.median(v):.2f}" if v else "-"  # noqa: E731
         win = lambda v: f"{100.0 * sum(x > 1 for x in v) / len(v):.0f}%" if v else "-"  # noqa: E731
-        table.append([s, dt, lay, batch, len(rs), med(kf), f"{max(kf):.2f}", sum(x > 2 for x in kf),
+        table.append([op, s, dt, lay, batch, len(rs), med(kf), f"{max(kf):.2f}", sum(x > 2 for x in kf),
                       med(bf), med(df), med(sb), med(sd), win(sd), win(best),
                       f"{max(r['err_vs_bmm'] for r in rs):.1e}"])
-    head = ["set", "dtype", "layout", "B", "n", "kern/floor med", "max", ">2x", "bmm/floor", "dense/floor",
+    head = ["op", "set", "dtype", "layout", "B", "n", "kern/floor med", "max", ">2x", "bmm/floor", "dense/floor",
             "x vs bmm", "x vs dense", "win dense", "win best", "max err"]
     if tabulate:
         return tabulate(table, headers=head, tablefmt="github")
@@ -166,6 +198,7 @@ def summarize(rows: list[dict]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", default="quick", help="grid, quick or vit (comma list)")
+    ap.add_argument("--op", default="matmul", choices=["matmul", "weight_grad"])
     ap.add_argument("--dtype", default="fp32,tf32,bf16,fp16")
     ap.add_argument("--layout", default="bf", help="bf, bl or bf,bl")
     ap.add_argument("--batch", default="25088", help="comma list of batch sizes")
@@ -215,7 +248,7 @@ def main(argv=None):
             for dname in args.dtype.split(","):
                 for layout in args.layout.split(","):
                     for pat in patterns_of(setname, batch):
-                        key = (setname, tuple(pat), batch, dname, layout)
+                        key = (args.op, setname, tuple(pat), batch, dname, layout)
                         if key not in done:
                             todo.append(key)
     try:
@@ -230,11 +263,11 @@ def main(argv=None):
             if time.time() - t0 > args.budget_s:
                 stopped = True
                 break
-            setname, pat, batch, dname, layout = key
+            op, setname, pat, batch, dname, layout = key
             try:
-                row = run_row(setname, pat, batch, dname, layout, ceil, args)
+                row = run_row(op, setname, pat, batch, dname, layout, ceil, args)
             except torch.OutOfMemoryError as e:
-                row = {"set": setname, "pattern": list(pat), "batch": batch, "dtype": dname,
+                row = {"op": op, "set": setname, "pattern": list(pat), "batch": batch, "dtype": dname,
                        "layout": layout, "error": f"OOM: {e}"[:200]}
                 torch.cuda.empty_cache()
             row.update({k: meta[k] for k in ("gpu", "torch", "date")})

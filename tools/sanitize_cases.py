@@ -8,7 +8,7 @@ import sys
 import torch
 
 import ks_ops  # noqa: F401
-from ks_ops import KSPattern, ks_matmul_reference
+from ks_ops import KSPattern, ks_matmul_reference, ks_weight_grad_reference
 
 CASES = [  # pattern, batch
     ((2, 48, 192, 1), 37), ((1, 192, 48, 2), 40), ((4, 64, 64, 4), 33), ((1, 64, 64, 16), 19),
@@ -18,6 +18,10 @@ CASES = [  # pattern, batch
     ((3, 50, 24, 8), 70), ((2, 70, 34, 4), 130), ((1, 60, 72, 4), 140), ((8, 64, 16, 8), 1100),
     ((3, 70, 100, 8), 90), ((40, 72, 24, 16), 150),
 ]
+# ks::weight_grad, fused kernel (16-bit batch-first): tails in j, k and rows, d = 4 in both tile
+# orientations, several splits of the batch, more tiles than SMs.
+WGRAD_CASES = [((3, 50, 24, 8), 70), ((2, 70, 34, 4), 130), ((1, 192, 48, 4), 40), ((1, 16, 16, 64), 3000),
+               ((40, 72, 24, 16), 33), ((2, 33, 136, 24), 17)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
@@ -38,8 +42,21 @@ def main():
                 if not (err <= tol):
                     bad += 1
                     print(f"MISMATCH {pattern} B={batch} {dtype} tf32={tf32} bl={bl}: {err:.3g}")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for (pattern, batch) in WGRAD_CASES:
+        p = KSPattern.of(pattern)
+        for dtype in (torch.bfloat16, torch.float16):
+            gy = torch.randn(batch, p.out_features, dtype=dtype, device="cuda")
+            x = torch.randn(batch, p.in_features, dtype=dtype, device="cuda")
+            gw = torch.ops.ks.weight_grad(gy, x, list(pattern))
+            ref = ks_weight_grad_reference(gy.cpu(), x.cpu(), pattern)
+            err = ((gw.cpu().double() - ref).norm() / ref.norm()).item()
+            if not (err <= 3e-2):
+                bad += 1
+                print(f"MISMATCH weight_grad {pattern} B={batch} {dtype}: {err:.3g}")
     torch.cuda.synchronize()
-    print(f"sanitize cases: {len(CASES) * len(DTYPES) * 2} launches, {bad} mismatches")
+    n = len(CASES) * len(DTYPES) * 2 + len(WGRAD_CASES) * 2
+    print(f"sanitize cases: {n} launches, {bad} mismatches")
     sys.exit(1 if bad else 0)
 
 

@@ -1,6 +1,7 @@
 // Internal: the tile-kernel launchers of each dtype (one translation unit each, so that a
 // parallel build compiles them side by side) and the configuration classes they accept.
 #pragma once
+#include <cstdint>
 #include <cstdlib>
 #include <cuda_runtime.h>
 
@@ -15,6 +16,36 @@ namespace detail {
 inline int env_int(const char* name, int fallback) {
   const char* e = std::getenv(name);
   return e == nullptr ? fallback : std::atoi(e);
+}
+
+inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+inline bool pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+// Compute capability >= 9.0 (stmatrix), cached per device.
+inline bool has_sm90() {
+  static int cache[64] = {0};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (dev < 64 && cache[dev]) return cache[dev] == 2;
+  int major = 0;
+  const bool yes = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  if (dev < 64) cache[dev] = yes ? 2 : 1;
+  return yes;
+}
+
+constexpr int kMaxSmem = 227 * 1024;
+
+// Lets kernel KERN use `bytes` of dynamic shared memory (set once per device and kernel: the
+// flags are per template instance, i.e. per kernel).
+template <auto KERN>
+cudaError_t allow_smem(int bytes) {
+  static bool done[64] = {false};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess || (dev < 64 && done[dev])) return e;
+  e = cudaFuncSetAttribute(KERN, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess && dev < 64) done[dev] = true;
+  return e;
 }
 
 // lcls: block l-group size L (1, 2, 4 or 8); ncls: block width BN class (48, 64 or 128).

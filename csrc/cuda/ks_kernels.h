@@ -30,4 +30,25 @@ struct MatmulArgs {
 // Launches on `stream`; returns the launch's error (cudaSuccess for batch == 0, nothing launched).
 cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream);
 
+// Weight gradient, batch-first:  dw[i,j,k,l] = sum_n gy(n, i, j, l) * x(n, i, k, l)  with gy
+// (batch, abd) rows of stride ldg and x (batch, acd) rows of stride ldx (inner strides 1), dw
+// contiguous (a,b,c,d). The fused kernel (ks_wgrad.cu) serves 16-bit inputs with d == 4 or
+// d % 8 == 0, b*d and c*d multiples of 8, 16-byte aligned rows, on sm_90+; it splits the batch
+// over blocks, writes fp32 partial sums to `ws` and reduces them in a fixed order (deterministic).
+struct WgradArgs {
+  const void* gy;
+  const void* x;
+  void* dw;
+  float* ws;        // weight_grad_workspace(args) floats
+  int64_t batch;    // B >= 1
+  int64_t ldg, ldx;
+  int a, b, c, d;
+  DType dtype;
+};
+
+// Floats of workspace the fused kernel needs, or -1 when it does not serve these arguments
+// (the caller then takes the ATen bmm path). Reads only the sizes, strides, pointers and dtype.
+int64_t weight_grad_workspace(const WgradArgs& args);
+cudaError_t weight_grad(const WgradArgs& args, cudaStream_t stream);
+
 }  // namespace ks

@@ -213,21 +213,6 @@ cudaError_t launch_gemv(const GemvParams& p, bool vec, cudaStream_t s) {
   return launch_gemv_nb<T, 4>(p, vec, s);
 }
 
-inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
-inline bool pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
-
-// Compute capability >= 9.0 (stmatrix), cached per device.
-inline bool has_sm90() {
-  static int cache[64] = {0};  // 0 unknown, 1 no, 2 yes
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (dev < 64 && cache[dev]) return cache[dev] == 2;
-  int major = 0;
-  const bool yes = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-  if (dev < 64) cache[dev] = yes ? 2 : 1;
-  return yes;
-}
-
 // Which kernel a 16-bit batch-first product goes to: the plane kernels need their preconditions
 // (see ks_dispatch.h) and sm_90; the w-resident one is taken wherever its slab fits (c <= 96).
 // Otherwise the tile kernels keep the classes where they measured faster than the streaming plane

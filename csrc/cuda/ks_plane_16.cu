@@ -5,19 +5,6 @@ namespace ks {
 namespace detail {
 
 namespace {
-// Lets kernel KERN use `bytes` of dynamic shared memory (set once per device and kernel: the
-// flags are per template instance, i.e. per kernel).
-template <auto KERN>
-cudaError_t allow_smem(int bytes) {
-  static bool done[64] = {false};
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess || (dev < 64 && done[dev])) return e;
-  e = cudaFuncSetAttribute(KERN, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-  if (e == cudaSuccess && dev < 64) done[dev] = true;
-  return e;
-}
-
 // Tile counts and k-steps of configuration P.
 template <class P>
 void set_geometry(PlaneParams& p) {
@@ -40,8 +27,6 @@ cudaError_t launch_plane(PlaneParams p, cudaStream_t stream) {
   kern<<<grid, P::NT, P::SMEM, stream>>>(p);
   return cudaGetLastError();
 }
-
-constexpr int kMaxSmem = 227 * 1024;
 
 // Shared memory of the w-resident kernel for cpad rows of T_w per plane.
 template <class P>
