@@ -175,36 +175,57 @@ __global__ void __launch_bounds__(P::NT, 1) ks_wgrad_kernel(const WgradParams p)
 #endif
 }
 
-// Sums the splits of the workspace in order and writes dw: one thread per (i, j, l-group, k),
-// k fastest (coalesced workspace reads), L planes per thread (one 16- or 8-byte store).
-template <class P>
+// Sums the splits of the workspace and writes dw. A block holds 256 / SG outputs (i, j, l-group,
+// k), k fastest (coalesced workspace reads), L planes each; its SG thread groups sum the splits
+// s = g mod SG, then group 0 adds the SG partial sums in order (a fixed order: deterministic).
+// SG = 8 when there are many splits shortens the serial chain of loads 8-fold.
+template <class P, int SG>
 __global__ void __launch_bounds__(256) ks_wgrad_reduce_kernel(const WgradParams p, typename P::T* dw) {
   using T = typename P::T;
-  constexpr int L = P::L, BJ = P::BJ, BKO = P::BKO, TILE = L * BJ * BKO;
+  constexpr int L = P::L, BJ = P::BJ, BKO = P::BKO, TILE = L * BJ * BKO, OPB = 256 / SG;
+  __shared__ float part[SG][L][OPB];
+  const int o = threadIdx.x % OPB, sg = threadIdx.x / OPB;
   const int64_t total = (int64_t)p.a * p.b * p.groups_l * p.c;
-  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= total) return;
-  const int k = (int)(idx % p.c);
-  int64_t r = idx / p.c;
-  const int lg = (int)(r % p.groups_l);
-  r /= p.groups_l;
-  const int j = (int)(r % p.b), i = (int)(r / p.b);
-  const int t = ((i * p.groups_l + lg) * p.tiles_j + j / BJ) * p.tiles_k + k / BKO;
-  const float* src = p.ws + (int64_t)t * TILE + tpos_of<P::SL>(j % BJ) * BKO + tpos_of<P::SL>(k % BKO);
-  const int64_t split_stride = (int64_t)p.tiles * TILE;
+  const int64_t idx = (int64_t)blockIdx.x * OPB + o;
+  const bool valid = idx < total;
+  int i = 0, j = 0, lg = 0, k = 0;
   float sum[L];
 #pragma unroll
   for (int l = 0; l < L; ++l) sum[l] = 0.f;
-#pragma unroll 4  // several splits' loads in flight: the sum is latency-bound when tiles are few
-  for (int s = 0; s < p.splits; ++s, src += split_stride)
+  if (valid) {
+    k = (int)(idx % p.c);
+    int64_t r = idx / p.c;
+    lg = (int)(r % p.groups_l);
+    r /= p.groups_l;
+    j = (int)(r % p.b), i = (int)(r / p.b);
+    const int t = ((i * p.groups_l + lg) * p.tiles_j + j / BJ) * p.tiles_k + k / BKO;
+    const int64_t split_stride = (int64_t)p.tiles * TILE;
+    const float* src = p.ws + (int64_t)t * TILE + tpos_of<P::SL>(j % BJ) * BKO + tpos_of<P::SL>(k % BKO) +
+                       sg * split_stride;
+#pragma unroll 4  // several splits' loads in flight: the chain is latency-bound
+    for (int s = sg; s < p.splits; s += SG, src += SG * split_stride)
 #pragma unroll
-    for (int l = 0; l < L; ++l) sum[l] += src[l * BJ * BKO];
+      for (int l = 0; l < L; ++l) sum[l] += src[l * BJ * BKO];
+  }
+  if (SG > 1) {
+#pragma unroll
+    for (int l = 0; l < L; ++l) part[sg][l][o] = sum[l];
+    __syncthreads();
+    if (sg != 0) return;
+#pragma unroll
+    for (int l = 0; l < L; ++l) {
+      sum[l] = part[0][l][o];
+#pragma unroll
+      for (int g = 1; g < SG; ++g) sum[l] += part[g][l][o];
+    }
+  }
+  if (!valid) return;
   uint32_t packed[L / 2];
 #pragma unroll
   for (int l = 0; l < L / 2; ++l) packed[l] = pack2<T>(sum[2 * l], sum[2 * l + 1]);
-  T* o = dw + (((int64_t)i * p.b + j) * p.c + k) * p.d + lg * L;
-  if (L == 8) *reinterpret_cast<uint4*>(o) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-  else *reinterpret_cast<uint2*>(o) = make_uint2(packed[0], packed[1]);
+  T* out = dw + (((int64_t)i * p.b + j) * p.c + k) * p.d + lg * L;
+  if (L == 8) *reinterpret_cast<uint4*>(out) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+  else *reinterpret_cast<uint2*>(out) = make_uint2(packed[0], packed[1]);
 }
 
 namespace {
@@ -242,7 +263,7 @@ int64_t plan(WgradParams& p) {
     const int64_t blocks = tiles * splits;
     if (blocks >= 0x7fffffffLL) break;
     const double cost = (double)((blocks + G - 1) / G) * (double)(spb + 4) +
-                        (double)blocks * tile_bytes / ((double)G * P::RAW) + 0.1 * (double)splits;
+                        (double)blocks * tile_bytes / ((double)G * P::RAW) + 0.1 * (double)((splits + 7) / 8);
     if (cost < best) best = cost, best_spb = spb;
   }
   p.split_rows = best_spb * P::BK;
@@ -291,8 +312,12 @@ cudaError_t launch_wgrad(const WgradArgs& g, cudaStream_t stream) {
     ks_wgrad_kernel<P><<<p.splits * p.tiles, P::NT, P::SMEM, stream>>>(p);
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    const int64_t threads = (int64_t)p.a * p.b * p.groups_l * p.c;
-    ks_wgrad_reduce_kernel<P><<<(unsigned)((threads + 255) / 256), 256, 0, stream>>>(p, static_cast<T*>(g.dw));
+    const int64_t outputs = (int64_t)p.a * p.b * p.groups_l * p.c;
+    if (p.splits >= 8) {
+      ks_wgrad_reduce_kernel<P, 8><<<(unsigned)((outputs + 31) / 32), 256, 0, stream>>>(p, static_cast<T*>(g.dw));
+    } else {
+      ks_wgrad_reduce_kernel<P, 1><<<(unsigned)((outputs + 255) / 256), 256, 0, stream>>>(p, static_cast<T*>(g.dw));
+    }
     return cudaGetLastError();
   });
 }
