@@ -237,6 +237,24 @@ __device__ __forceinline__ void zero_acc(float (&acc)[P::MF][P::NF][4]) {
       for (int e = 0; e < 4; ++e) acc[mf][nf][e] = 0.f;
 }
 
+// Consumer step of an S-stage cp.async ring: waits until the oldest stage has landed for every
+// thread (after which shared memory read by the previous step and the oldest slot are free),
+// refills the freed slot through issue(slot) and returns the landed stage's address.
+struct Ring {
+  int slot_c, slot_l;  // next slot to consume, next slot to fill
+  uint32_t base, stage_bytes;
+  template <int S, class Issue>
+  __device__ __forceinline__ uint32_t next(Issue&& issue) {
+    cp_async_wait<S - 2>();
+    __syncthreads();
+    issue(slot_l);
+    slot_l = slot_l + 1 == S ? 0 : slot_l + 1;
+    const uint32_t raw = base + slot_c * stage_bytes;
+    slot_c = slot_c + 1 == S ? 0 : slot_c + 1;
+    return raw;
+  }
+};
+
 template <class P>
 __global__ void __launch_bounds__(P::NT, 1) ks_plane_kernel(const PlaneParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -312,18 +330,13 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_kernel(const PlaneParams p)
   if (t_load < p.tiles) set_pointers(t_load);
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(s);
-  int slot_c = 0, slot_l = S - 1;
+  Ring ring{0, S - 1, s_raw, (uint32_t)P::RAW};
 
   for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
     float acc[P::MF][P::NF][4];
     zero_acc<P>(acc);
     for (int kt = 0; kt < p.nk; ++kt) {
-      cp_async_wait<S - 2>();
-      __syncthreads();  // stage kt landed for every thread; T and the oldest ring slot are free
-      issue(slot_l);
-      slot_l = slot_l + 1 == S ? 0 : slot_l + 1;
-      const uint32_t raw = s_raw + slot_c * P::RAW;
-      slot_c = slot_c + 1 == S ? 0 : slot_c + 1;
+      const uint32_t raw = ring.next<S>(issue);  // stage kt
       transpose_stage<P, BM, P::RCX>(raw, s_tx, BK, 0, warp, lane);
       transpose_stage<P, BN, P::RCW>(raw + BM * KC * 16, s_tw, BK, 0, warp, lane);
       __syncthreads();
@@ -423,16 +436,8 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlanePara
   if (lu < p.units) set_unit(lu);
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(s);
-  int slot_c = 0, slot_l = S - 1;
-  auto next_stage = [&]() {
-    cp_async_wait<S - 2>();
-    __syncthreads();  // the stage landed for every thread; T and the oldest ring slot are free
-    issue(slot_l);
-    slot_l = slot_l + 1 == S ? 0 : slot_l + 1;
-    const uint32_t raw = s_raw + slot_c * RAWS;
-    slot_c = slot_c + 1 == S ? 0 : slot_c + 1;
-    return raw;
-  };
+  Ring ring{0, S - 1, s_raw, (uint32_t)RAWS};
+  auto next_stage = [&]() { return ring.next<S>(issue); };
 
   for (int u = blockIdx.x; u < p.units; u += gridDim.x) {
     int i, lg, jt;

@@ -144,16 +144,11 @@ __global__ void __launch_bounds__(P::NT, 1) ks_wgrad_kernel(const WgradParams p)
 
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) issue(s);
-  int slot_c = 0, slot_l = S - 1;
+  Ring ring{0, S - 1, s_raw, (uint32_t)P::RAW};
   float acc[P::MF][P::NF][4];
   zero_acc<P>(acc);
   for (int st = 0; st < steps; ++st) {
-    cp_async_wait<S - 2>();
-    __syncthreads();  // stage st landed for every thread; T and the oldest ring slot are free
-    issue(slot_l);
-    slot_l = slot_l + 1 == S ? 0 : slot_l + 1;
-    const uint32_t raw = s_raw + slot_c * P::RAW;
-    slot_c = slot_c + 1 == S ? 0 : slot_c + 1;
+    const uint32_t raw = ring.next<S>(issue);  // stage st
     transpose_rows<P, KCG, P::RCX>(raw, s_tg, warp, lane);
     transpose_rows<P, KCX, P::RCW>(raw + RN * KCG * 16, s_tx, warp, lane);
     __syncthreads();
