@@ -64,6 +64,18 @@ struct TileParams {
 };
 
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+// Calls f(u) for this thread's work units u = tid + s * NT < UNITS, unrolled (the bound check
+// compiles away when NT divides UNITS).
+template <int UNITS, int NT, class F>
+__device__ __forceinline__ void for_units(int tid, F&& f) {
+#pragma unroll
+  for (int s = 0; s < cdiv(UNITS, NT); ++s) {
+    const int u = tid + s * NT;
+    if (UNITS % NT == 0 || u < UNITS) f(u);
+  }
+}
+
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 __host__ __device__ constexpr int ilog2(int v) { return v <= 1 ? 0 : 1 + ilog2(v / 2); }
 
@@ -337,54 +349,38 @@ struct AsyncLoader {
                                                int64_t s_l, int rv, int kv, int lv, int d, int tid) {
     if constexpr (MODE == kKVec) {
       constexpr int UPR = BK / V, UNITS = R * UPR;
-#pragma unroll
-      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
-        const int u = tid + s * NT;
-        if (UNITS % NT == 0 || u < UNITS) {
-          const int r = u / UPR, k = (u % UPR) * V;
-          const bool ok = r < rv && k < kv;
-          cp_async16(raw + (r * SK + k) * SZ, ok ? base + (r * s_r + k) * SZ : base, ok ? 16 : 0);
-        }
-      }
+      for_units<UNITS, NT>(tid, [&](int u) {
+        const int r = u / UPR, k = (u % UPR) * V;
+        const bool ok = r < rv && k < kv;
+        cp_async16(raw + (r * SK + k) * SZ, ok ? base + (r * s_r + k) * SZ : base, ok ? 16 : 0);
+      });
     } else if constexpr (MODE == kKLVec || MODE == kKLGen) {
       constexpr int UPR = BK * L / V, UNITS = R * UPR;
       const int run = BK * d, kvd = kv * d;  // this tile's (k,l) run per row, and its valid part
-#pragma unroll
-      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
-        const int u = tid + s * NT;
-        if (UNITS % NT == 0 || u < UNITS) {
-          const int r = u / UPR, g0 = (u % UPR) * V;
-          if (g0 < run) {
-            const bool ok = r < rv && g0 < kvd;
-            cp_async16(raw + (r * RK + g0) * SZ, ok ? base + (r * s_r + g0) * SZ : base, ok ? 16 : 0);
-          }
+      for_units<UNITS, NT>(tid, [&](int u) {
+        const int r = u / UPR, g0 = (u % UPR) * V;
+        if (g0 < run) {
+          const bool ok = r < rv && g0 < kvd;
+          cp_async16(raw + (r * RK + g0) * SZ, ok ? base + (r * s_r + g0) * SZ : base, ok ? 16 : 0);
         }
-      }
+      });
     } else if constexpr (MODE == kLVec) {
       constexpr int LQ = L / V, UNITS = R * BK * LQ;
-#pragma unroll
-      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
-        const int u = tid + s * NT;
-        if (UNITS % NT == 0 || u < UNITS) {
-          const int lq = u % LQ, t = u / LQ, k = t % BK, r = t / BK;
-          const bool ok = r < rv && k < kv && lq * V < lv;
-          cp_async16(raw + ((r * BK + k) * L + lq * V) * SZ,
-                     ok ? base + (r * s_r + k * s_k + lq * V) * SZ : base, ok ? 16 : 0);
-        }
-      }
+      for_units<UNITS, NT>(tid, [&](int u) {
+        const int lq = u % LQ, t = u / LQ, k = t % BK, r = t / BK;
+        const bool ok = r < rv && k < kv && lq * V < lv;
+        cp_async16(raw + ((r * BK + k) * L + lq * V) * SZ,
+                   ok ? base + (r * s_r + k * s_k + lq * V) * SZ : base, ok ? 16 : 0);
+      });
     } else {  // kRVec
       constexpr int RQ = R / V, UNITS = RQ * BK * L;
-#pragma unroll
-      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
-        const int u = tid + s * NT;
-        if (UNITS % NT == 0 || u < UNITS) {
-          const int rq = u % RQ, t = u / RQ, k = t % BK, l = t / BK;
-          const int n = rv - rq * V;
-          const bool ok = k < kv && l < lv && n > 0;
-          cp_async16(raw + ((l * BK + k) * RM + rq * V) * SZ,
-                     ok ? base + (rq * V + k * s_k + l * s_l) * SZ : base, ok ? (n >= V ? 16 : n * SZ) : 0);
-        }
-      }
+      for_units<UNITS, NT>(tid, [&](int u) {
+        const int rq = u % RQ, t = u / RQ, k = t % BK, l = t / BK;
+        const int n = rv - rq * V;
+        const bool ok = k < kv && l < lv && n > 0;
+        cp_async16(raw + ((l * BK + k) * RM + rq * V) * SZ,
+                   ok ? base + (rq * V + k * s_k + l * s_l) * SZ : base, ok ? (n >= V ? 16 : n * SZ) : 0);
+      });
     }
   }
 
@@ -393,62 +389,46 @@ struct AsyncLoader {
   __device__ __forceinline__ static void transpose(const char* raw, char* comp, int d, int tid) {
     if constexpr (MODE == kKLVec) {
       constexpr int UPR = BK * L / V, UNITS = R * UPR;
-#pragma unroll
-      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
-        const int u = tid + s * NT;
-        if (UNITS % NT == 0 || u < UNITS) {
-          const int r = u / UPR, q = u % UPR;
-          st_klvec<SZ, R, L, SK>(comp, r, q * V / L, lds16(raw + (r * RK + q * V) * SZ));
-        }
-      }
+      for_units<UNITS, NT>(tid, [&](int u) {
+        const int r = u / UPR, q = u % UPR;
+        st_klvec<SZ, R, L, SK>(comp, r, q * V / L, lds16(raw + (r * RK + q * V) * SZ));
+      });
     } else if constexpr (MODE == kKLGen) {
       constexpr int UPR = BK * L / V, UNITS = R * UPR;
       const int run = BK * d;
+      for_units<UNITS, NT>(tid, [&](int u) {
+        const int r = u / UPR, g0 = (u % UPR) * V;
+        if (g0 < run) {
+          const uint4 v = lds16(raw + (r * RK + g0) * SZ);
+          int k = g0 / d, l = g0 - k * d;
 #pragma unroll
-      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
-        const int u = tid + s * NT;
-        if (UNITS % NT == 0 || u < UNITS) {
-          const int r = u / UPR, g0 = (u % UPR) * V;
-          if (g0 < run) {
-            const uint4 v = lds16(raw + (r * RK + g0) * SZ);
-            int k = g0 / d, l = g0 - k * d;
-#pragma unroll
-            for (int e = 0; e < V; ++e) {
-              const int idx = (l * R + r) * SK + k;
-              if constexpr (SZ == 2) *reinterpret_cast<uint16_t*>(comp + (size_t)idx * 2) = (uint16_t)vget<2>(v, e);
-              else *reinterpret_cast<uint32_t*>(comp + (size_t)idx * 4) = vget<4>(v, e);
-              if (++l == d) { l = 0; ++k; }
-            }
+          for (int e = 0; e < V; ++e) {
+            const int idx = (l * R + r) * SK + k;
+            if constexpr (SZ == 2) *reinterpret_cast<uint16_t*>(comp + (size_t)idx * 2) = (uint16_t)vget<2>(v, e);
+            else *reinterpret_cast<uint32_t*>(comp + (size_t)idx * 4) = vget<4>(v, e);
+            if (++l == d) { l = 0; ++k; }
           }
         }
-      }
+      });
     } else if constexpr (MODE == kLVec) {
       constexpr int LQ = L / V, UNITS = R * (BK / 2) * LQ;
+      for_units<UNITS, NT>(tid, [&](int u) {
+        const int lq = u % LQ, t = u / LQ, kp = t % (BK / 2), r = t / (BK / 2);
+        const char* p = raw + ((r * BK + 2 * kp) * L + lq * V) * SZ;
+        const uint4 v0 = lds16(p), v1 = lds16(p + L * SZ);
 #pragma unroll
-      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
-        const int u = tid + s * NT;
-        if (UNITS % NT == 0 || u < UNITS) {
-          const int lq = u % LQ, t = u / LQ, kp = t % (BK / 2), r = t / (BK / 2);
-          const char* p = raw + ((r * BK + 2 * kp) * L + lq * V) * SZ;
-          const uint4 v0 = lds16(p), v1 = lds16(p + L * SZ);
-#pragma unroll
-          for (int e = 0; e < V; ++e) st_pair_v<SZ>(comp, ((lq * V + e) * R + r) * SK + 2 * kp, v0, e, v1, e);
-        }
-      }
+        for (int e = 0; e < V; ++e) st_pair_v<SZ>(comp, ((lq * V + e) * R + r) * SK + 2 * kp, v0, e, v1, e);
+      });
     } else if constexpr (MODE == kRVec) {
       constexpr int RQ = R / V, UNITS = (BK / 2) * RQ * L;
+      for_units<UNITS, NT>(tid, [&](int u) {
+        // k pairs fastest across lanes: consecutive words of the compute rows.
+        const int kp = u % (BK / 2), t = u / (BK / 2), rq = t % RQ, l = t / RQ;
+        const char* p = raw + ((l * BK + 2 * kp) * RM + rq * V) * SZ;
+        const uint4 v0 = lds16(p), v1 = lds16(p + RM * SZ);
 #pragma unroll
-      for (int s = 0; s < cdiv(UNITS, NT); ++s) {
-        const int u = tid + s * NT;
-        if (UNITS % NT == 0 || u < UNITS) {
-          // k pairs fastest across lanes: consecutive words of the compute rows.
-          const int kp = u % (BK / 2), t = u / (BK / 2), rq = t % RQ, l = t / RQ;
-          const char* p = raw + ((l * BK + 2 * kp) * RM + rq * V) * SZ;
-          const uint4 v0 = lds16(p), v1 = lds16(p + RM * SZ);
-#pragma unroll
-          for (int e = 0; e < V; ++e) st_pair_v<SZ>(comp, (l * R + rq * V + e) * SK + 2 * kp, v0, e, v1, e);
-        }
-      }
+        for (int e = 0; e < V; ++e) st_pair_v<SZ>(comp, (l * R + rq * V + e) * SK + 2 * kp, v0, e, v1, e);
+      });
     }
   }
 };
