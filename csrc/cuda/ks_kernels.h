@@ -44,11 +44,13 @@ struct WgradArgs {
   int64_t ldg, ldx;
   int a, b, c, d;
   DType dtype;
+  int64_t split_rows;  // batch rows per block, set by weight_grad_workspace
 };
 
-// Floats of workspace the fused kernel needs, or -1 when it does not serve these arguments
-// (the caller then takes the ATen bmm path). Reads only the sizes, strides, pointers and dtype.
-int64_t weight_grad_workspace(const WgradArgs& args);
+// Plans the fused kernel for `args` (sizes, strides, pointers, dtype): sets args.split_rows and
+// returns the floats of workspace it needs, or -1 when it does not serve these arguments (the
+// caller then takes the ATen bmm path). weight_grad then launches that plan.
+int64_t weight_grad_workspace(WgradArgs& args);
 cudaError_t weight_grad(const WgradArgs& args, cudaStream_t stream);
 
 }  // namespace ks

@@ -79,20 +79,6 @@ __device__ __forceinline__ void transpose_rows(uint32_t raw, uint32_t tbase, int
   }
 }
 
-// cp.async of this thread's U chunks (column kc, rows row0 + s * (NT / KC)) of one operand into
-// a ring stage; rows at or past `left` and chunks past the tile's j (k) range are zero-filled.
-template <class P, int KC, int U>
-__device__ __forceinline__ void cp_chunks(uint32_t base, const char* ptr, int64_t step, const void* any, bool col_ok,
-                                          int64_t left, int kc, int row0) {
-  constexpr int RSTEP = P::NT / KC;
-#pragma unroll
-  for (int s = 0; s < U; ++s) {
-    const int row = row0 + s * RSTEP;
-    const bool ok = col_ok && row < left;
-    cp_async16_u(base + (row * KC + (kc ^ (row & 7))) * 16, ok ? ptr + s * step : any, ok ? 16 : 0);
-  }
-}
-
 template <class P>
 __global__ void __launch_bounds__(P::NT, 1) ks_wgrad_kernel(const WgradParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -126,15 +112,19 @@ __global__ void __launch_bounds__(P::NT, 1) ks_wgrad_kernel(const WgradParams p)
   const bool g_ok = j0 + gk * P::SL < p.b, x_ok = k0 + xk * P::SL < p.c;
   const char* gp = static_cast<const char*>(p.gy) + ((n0 + grow0) * p.ldg + gcol) * 2;
   const char* xp = static_cast<const char*>(p.x) + ((n0 + xrow0) * p.ldx + xcol) * 2;
-  const int64_t gstep = (int64_t)(P::NT / KCG) * p.ldg * 2, xstep = (int64_t)(P::NT / KCX) * p.ldx * 2;
+  constexpr int RSG = P::NT / KCG, RSX = P::NT / KCX;  // row step between a thread's chunks
+  const int64_t gstep = (int64_t)RSG * p.ldg * 2, xstep = (int64_t)RSX * p.ldx * 2;
   int st_load = 0;
 
   auto issue = [&](int slot) {
     if (st_load < steps) {
       const uint32_t base = s_raw + slot * P::RAW;
-      const int64_t left = n1 - n0 - (int64_t)st_load * RN;  // rows of this stage inside the split
-      cp_chunks<P, KCG, P::UG>(base, gp, gstep, p.gy, g_ok, left, gk, grow0);
-      cp_chunks<P, KCX, P::UX>(base + RN * KCG * 16, xp, xstep, p.x, x_ok, left, xk, xrow0);
+      // rows of this stage inside the split, then how many of each thread's rows that covers
+      const int left = (int)min((int64_t)RN, n1 - n0 - (int64_t)st_load * RN);
+      const int g_rows = left > grow0 ? (left - grow0 + RSG - 1) / RSG : 0;
+      const int x_rows = left > xrow0 ? (left - xrow0 + RSX - 1) / RSX : 0;
+      cp_rows<P, P::UG, KCG>(base, gp, gstep, g_rows, 0, g_ok, gk, grow0);
+      cp_rows<P, P::UX, KCX>(base + RN * KCG * 16, xp, xstep, x_rows, 0, x_ok, xk, xrow0);
       gp += (int64_t)RN * p.ldg * 2;
       xp += (int64_t)RN * p.ldx * 2;
       ++st_load;
@@ -234,35 +224,40 @@ auto with_wgrad_cfg(int b, int c, int d, F&& f) {
   return f(WgradCfg<T, 4, 64, 128, 16, 64, 64, 4>{});
 }
 
-// Geometry and split count of configuration P; returns the workspace floats, or -1 when the
-// block count would not fit the grid. The split count minimises a cost in ring-stage units:
-// waves of blocks times (stages per block + ring fill and epilogue), plus the workspace traffic
-// (written and read once per split) expressed as stages of the same bytes per SM, plus the
-// reduction's serial chain over the splits.
+// Geometry of configuration P and its split count: `split_rows` when given (> 0), else the one
+// minimising a cost in ring-stage units: waves of blocks times (stages per block + ring fill and
+// epilogue), plus the workspace traffic (written and read once per split) expressed as stages of
+// the same bytes per SM, plus the reduction's serial chain over the splits. Returns the workspace
+// floats, or -1 when the block count would not fit the grid.
 template <class P>
-int64_t plan(WgradParams& p) {
+int64_t plan(WgradParams& p, int64_t split_rows) {
   p.groups_l = p.d / P::L;
   p.tiles_j = cdiv(p.b, P::BJ);
   p.tiles_k = cdiv(p.c, P::BKO);
   const int64_t tiles = (int64_t)p.a * p.groups_l * p.tiles_j * p.tiles_k;
   if (tiles >= 0x7fffffffLL) return -1;
   p.tiles = (int)tiles;
-  const int G = sm_count();
   const int64_t steps = (p.batch + P::BK - 1) / P::BK;
-  const double tile_bytes = 8.0 * P::L * P::BJ * P::BKO;  // workspace write + read, per tile
-  double best = 1e300;
-  int64_t best_spb = steps;
-  for (int64_t s = 1; s <= 512 && s <= steps; ++s) {
-    const int64_t spb = (steps + s - 1) / s, splits = (steps + spb - 1) / spb;
-    if (splits != s) continue;  // same as a smaller count
-    const int64_t blocks = tiles * splits;
-    if (blocks >= 0x7fffffffLL) break;
-    const double cost = (double)((blocks + G - 1) / G) * (double)(spb + 4) +
-                        (double)blocks * tile_bytes / ((double)G * P::RAW) + 0.1 * (double)((splits + 7) / 8);
-    if (cost < best) best = cost, best_spb = spb;
+  if (split_rows <= 0) {
+    const int G = sm_count();
+    const double tile_bytes = 8.0 * P::L * P::BJ * P::BKO;  // workspace write + read, per tile
+    double best = 1e300;
+    int64_t best_spb = steps;
+    for (int64_t s = 1; s <= 512 && s <= steps; ++s) {
+      const int64_t spb = (steps + s - 1) / s, splits = (steps + spb - 1) / spb;
+      if (splits != s) continue;  // same as a smaller count
+      const int64_t blocks = tiles * splits;
+      if (blocks >= 0x7fffffffLL) break;
+      const double cost = (double)((blocks + G - 1) / G) * (double)(spb + 4) +
+                          (double)blocks * tile_bytes / ((double)G * P::RAW) + 0.1 * (double)((splits + 7) / 8);
+      if (cost < best) best = cost, best_spb = spb;
+    }
+    split_rows = best_spb * P::BK;
   }
-  p.split_rows = best_spb * P::BK;
-  p.splits = (int)((p.batch + p.split_rows - 1) / p.split_rows);
+  p.split_rows = split_rows;
+  const int64_t splits = (p.batch + split_rows - 1) / split_rows;
+  if (split_rows % P::BK != 0 || tiles * splits >= 0x7fffffffLL) return -1;
+  p.splits = (int)splits;
   return (int64_t)p.splits * p.tiles * P::L * P::BJ * P::BKO;
 }
 
@@ -278,10 +273,8 @@ WgradParams params_of(const WgradArgs& g) {
   return p;
 }
 
-// The fused kernel's preconditions; KS_WGRAD=0 sends everything to the bmm path (A/B runs; read
-// at every call, so that one process can time both paths).
+// The fused kernel's preconditions (KS_WGRAD, read by weight_grad_workspace, aside).
 bool fused_serves(const WgradArgs& g) {
-  if (env_int("KS_WGRAD", 1) == 0) return false;
   if (g.dtype == DType::F32 || g.batch < 1 || !(g.d == 4 || g.d % 8 == 0)) return false;
   if ((int64_t)g.b * g.d % 8 != 0 || (int64_t)g.c * g.d % 8 != 0) return false;
   if (!aligned16(g.gy) || !aligned16(g.x) || !aligned16(g.dw) || g.ldg % 8 != 0 || g.ldx % 8 != 0) return false;
@@ -301,7 +294,7 @@ cudaError_t launch_wgrad(const WgradArgs& g, cudaStream_t stream) {
   return with_wgrad_cfg<T>(g.b, g.c, g.d, [&](auto cfg) -> cudaError_t {
     using P = decltype(cfg);
     WgradParams p = params_of(g);
-    if (plan<P>(p) < 0) return cudaErrorInvalidConfiguration;
+    if (plan<P>(p, g.split_rows) < 0) return cudaErrorInvalidConfiguration;
     cudaError_t e = allow_smem<ks_wgrad_kernel<P>>(P::SMEM);
     if (e != cudaSuccess) return e;
     ks_wgrad_kernel<P><<<p.splits * p.tiles, P::NT, P::SMEM, stream>>>(p);
@@ -320,18 +313,22 @@ cudaError_t launch_wgrad(const WgradArgs& g, cudaStream_t stream) {
 }  // namespace
 }  // namespace detail
 
-int64_t weight_grad_workspace(const WgradArgs& args) {
+int64_t weight_grad_workspace(WgradArgs& args) {
   using namespace detail;
-  if (!fused_serves(args)) return -1;
+  // KS_WGRAD=0 sends everything to the bmm path (A/B runs; read at every call, so that one
+  // process can time both paths).
+  if (env_int("KS_WGRAD", 1) == 0 || !fused_serves(args)) return -1;
   return with_wgrad_cfg<__nv_bfloat16>(args.b, args.c, args.d, [&](auto cfg) {
     WgradParams p = params_of(args);
-    return plan<decltype(cfg)>(p);
+    const int64_t floats = plan<decltype(cfg)>(p, 0);
+    args.split_rows = p.split_rows;
+    return floats;
   });
 }
 
 cudaError_t weight_grad(const WgradArgs& args, cudaStream_t stream) {
   using namespace detail;
-  if (!fused_serves(args) || args.ws == nullptr) return cudaErrorInvalidValue;
+  if (args.ws == nullptr || args.split_rows <= 0 || !fused_serves(args)) return cudaErrorInvalidValue;
   return args.dtype == DType::BF16 ? launch_wgrad<__nv_bfloat16>(args, stream) : launch_wgrad<__half>(args, stream);
 }
 
