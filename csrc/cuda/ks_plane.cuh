@@ -213,12 +213,12 @@ __device__ __forceinline__ void plane_epilogue(const float (&acc)[P::MF][P::NF][
 }
 
 // cp.async of the U 16-byte chunks of this thread (column kc, rows row0 + s * NT / KC) of one operand
-// into a raw stage at `base` (swizzled [row][chunk], KC chunks per row); row s of the operand is at
-// ptr + s * step, + kb for the k-step; rows s >= rows, or a k-step past c (kin false), are zero-filled.
-template <class P, int U, int KC = P::KC>
+// into a raw stage at `base` (swizzled [row][chunk]); row s of the operand is at ptr + s * step,
+// + kb for the k-step; rows s >= rows, or a k-step past c (kin false), are zero-filled.
+template <class P, int U>
 __device__ __forceinline__ void cp_rows(uint32_t base, const char* ptr, int64_t step, int rows, int64_t kb, bool kin,
                                         int kc, int row0) {
-  constexpr int RSTEP = P::NT / KC;
+  constexpr int KC = P::KC, RSTEP = P::NT / P::KC;
 #pragma unroll
   for (int s = 0; s < U; ++s) {
     const int row = row0 + s * RSTEP;

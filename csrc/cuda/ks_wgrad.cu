@@ -79,6 +79,22 @@ __device__ __forceinline__ void transpose_rows(uint32_t raw, uint32_t tbase, int
   }
 }
 
+// cp.async of this thread's U chunks (column kc, rows row0 + s * (NT / KC)) of one operand into
+// a ring stage; rows at or past `left` and chunks past the tile's j (k) range are zero-filled.
+// (The plane kernels' cp_rows with a KC parameter does the same; using it here measured 1.4%
+// slower over the grid, round 9d in benchmarks/NOTES.md, so the kernel keeps this form.)
+template <class P, int KC, int U>
+__device__ __forceinline__ void cp_chunks(uint32_t base, const char* ptr, int64_t step, const void* any, bool col_ok,
+                                          int64_t left, int kc, int row0) {
+  constexpr int RSTEP = P::NT / KC;
+#pragma unroll
+  for (int s = 0; s < U; ++s) {
+    const int row = row0 + s * RSTEP;
+    const bool ok = col_ok && row < left;
+    cp_async16_u(base + (row * KC + (kc ^ (row & 7))) * 16, ok ? ptr + s * step : any, ok ? 16 : 0);
+  }
+}
+
 template <class P>
 __global__ void __launch_bounds__(P::NT, 1) ks_wgrad_kernel(const WgradParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -112,19 +128,15 @@ __global__ void __launch_bounds__(P::NT, 1) ks_wgrad_kernel(const WgradParams p)
   const bool g_ok = j0 + gk * P::SL < p.b, x_ok = k0 + xk * P::SL < p.c;
   const char* gp = static_cast<const char*>(p.gy) + ((n0 + grow0) * p.ldg + gcol) * 2;
   const char* xp = static_cast<const char*>(p.x) + ((n0 + xrow0) * p.ldx + xcol) * 2;
-  constexpr int RSG = P::NT / KCG, RSX = P::NT / KCX;  // row step between a thread's chunks
-  const int64_t gstep = (int64_t)RSG * p.ldg * 2, xstep = (int64_t)RSX * p.ldx * 2;
+  const int64_t gstep = (int64_t)(P::NT / KCG) * p.ldg * 2, xstep = (int64_t)(P::NT / KCX) * p.ldx * 2;
   int st_load = 0;
 
   auto issue = [&](int slot) {
     if (st_load < steps) {
       const uint32_t base = s_raw + slot * P::RAW;
-      // rows of this stage inside the split, then how many of each thread's rows that covers
-      const int left = (int)min((int64_t)RN, n1 - n0 - (int64_t)st_load * RN);
-      const int g_rows = left > grow0 ? (left - grow0 + RSG - 1) / RSG : 0;
-      const int x_rows = left > xrow0 ? (left - xrow0 + RSX - 1) / RSX : 0;
-      cp_rows<P, P::UG, KCG>(base, gp, gstep, g_rows, 0, g_ok, gk, grow0);
-      cp_rows<P, P::UX, KCX>(base + RN * KCG * 16, xp, xstep, x_rows, 0, x_ok, xk, xrow0);
+      const int64_t left = n1 - n0 - (int64_t)st_load * RN;  // rows of this stage inside the split
+      cp_chunks<P, KCG, P::UG>(base, gp, gstep, p.gy, g_ok, left, gk, grow0);
+      cp_chunks<P, KCX, P::UX>(base + RN * KCG * 16, xp, xstep, p.x, x_ok, left, xk, xrow0);
       gp += (int64_t)RN * p.ldg * 2;
       xp += (int64_t)RN * p.ldx * 2;
       ++st_load;
