@@ -52,3 +52,13 @@ def same_dtype_dense_wgrad_err(grad_y, x, pattern, ref) -> float:
     rows, cols = p.dense_indices(x.device)
     dense = grad_y.reshape(-1, p.out_features).T @ x.reshape(-1, p.in_features)
     return rel_err(dense[rows, cols], ref)
+
+
+def cuda_kernel_ran(fn, names) -> bool:
+    """Whether running fn launched a CUDA kernel whose name contains one of `names` (profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return any(k in e.name for e in prof.events() for k in names)

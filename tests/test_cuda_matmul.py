@@ -12,7 +12,7 @@ import torch
 import ks_ops
 from ks_ops import KSPattern, ks_matmul_reference
 
-from support import make_inputs, rel_err, same_dtype_dense_err
+from support import cuda_kernel_ran, make_inputs, rel_err, same_dtype_dense_err
 
 pytestmark = pytest.mark.cuda
 DEV = "cuda"
@@ -242,3 +242,44 @@ def test_float64_falls_back():
     x, w = inputs((3, 13, 11, 3), 20, torch.float64)
     y = torch.ops.ks.matmul(x, w)
     assert rel_err(y, ks_matmul_reference(x, w)) < 1e-12
+
+
+def fused_kernel_ran(fn) -> bool:
+    return cuda_kernel_ran(fn, ("ks_plane", "ks_tile", "ks_gemv"))
+
+
+# Large planes (matmul_prefers_bmm): d = 4 with b*c >= 768^2, 8 <= d < 64 with b >= 384 and
+# b*c >= 384^2, d >= 64 with b*c >= 1024^2; 16-bit batch-first with B > 16 only.
+@pytest.mark.parametrize("dtype_name", ["bf16", "fp16"])
+@pytest.mark.parametrize("pattern", [(1, 768, 768, 4), (2, 384, 384, 16), (1, 768, 192, 8)], ids=str)
+def test_large_planes_take_bmm(pattern, dtype_name, monkeypatch):
+    x, w = inputs(pattern, 37, DTYPES[dtype_name][0])
+    call = lambda: torch.ops.ks.matmul(x, w)  # noqa: E731
+    assert not fused_kernel_ran(call)
+    check(x, w, False, dtype_name)
+    monkeypatch.setenv("KS_MATMUL_BMM", "0")  # read at every call: the rule off
+    assert fused_kernel_ran(call)
+    check(x, w, False, dtype_name)
+
+
+# (pattern, batch, dtype, batch_last, routed to bmm): the thresholds' edges (d >= 64 by kernel
+# names only: its dense float64 reference would take 34 GB), fp32, batch-last, B <= 16.
+@pytest.mark.parametrize("pattern,batch,dtype,bl,bmm", [
+    ((1, 1024, 1024, 64), 37, torch.bfloat16, False, True),
+    ((1, 768, 768, 64), 37, torch.bfloat16, False, False),
+    ((1, 512, 1024, 4), 37, torch.bfloat16, False, False),
+    ((1, 256, 1024, 16), 37, torch.bfloat16, False, False),
+    ((1, 768, 768, 4), 37, torch.float32, False, False),
+    ((1, 768, 768, 4), 37, torch.bfloat16, True, False),
+    ((1, 768, 768, 4), 16, torch.bfloat16, False, False),
+], ids=str)
+def test_bmm_rule_edges(pattern, batch, dtype, bl, bmm):
+    x, w = inputs(pattern, batch, dtype, bl)
+    assert fused_kernel_ran(lambda: torch.ops.ks.matmul(x, w, batch_last=bl)) != bmm
+
+
+def test_bmm_everywhere_switch(monkeypatch):
+    monkeypatch.setenv("KS_MATMUL_BMM", "2")  # every product to the bmm path
+    x, w = inputs((2, 70, 34, 4), 131, torch.bfloat16)
+    assert not fused_kernel_ran(lambda: torch.ops.ks.matmul(x, w))
+    check(x, w, False, "bf16")

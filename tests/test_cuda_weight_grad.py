@@ -12,7 +12,7 @@ import torch
 import ks_ops
 from ks_ops import KSPattern, ks_weight_grad_reference
 
-from support import rel_err, same_dtype_dense_wgrad_err
+from support import cuda_kernel_ran, rel_err, same_dtype_dense_wgrad_err
 
 pytestmark = pytest.mark.cuda
 DEV = "cuda"
@@ -58,12 +58,7 @@ def check(gy, x, pattern, batch_last=False):
 
 
 def fused_kernel_ran(fn) -> bool:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return any("ks_wgrad_kernel" in e.name for e in prof.events())
+    return cuda_kernel_ran(fn, ("ks_wgrad_kernel",))
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))

@@ -12,7 +12,7 @@ summary table is printed: median time/floor per backend, speedups vs bmm and den
 bmm path of the same op (KS_WGRAD=0) and the dense weight gradient grad_yᵀ·x; its floor is the
 forward's (the same bytes move: x and grad_y read, w-sized output written).
 Sets: grid = the paper's 376-pattern grid (../shared/notes/h200.md), quick = the 16 baseline
-patterns of that note, vit = the six ViT-S/16 factors.
+patterns of that note, vit = the six ViT-S/16 factors; --patterns 'a,b,c,d;...' times any others.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -63,7 +64,20 @@ def grid_patterns(batch: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def patterns_of(name: str, batch: int):
+def parse_patterns(text: str) -> list[tuple[int, int, int, int]]:
+    """'a,b,c,d;a,b,c,d;...' (or '/' or spaces between patterns) -> patterns (set "custom")."""
+    out = []
+    for item in filter(None, re.split(r"[;/\s]+", text)):
+        dims = tuple(int(v) for v in item.split(","))
+        if len(dims) != 4 or min(dims) < 1:
+            raise SystemExit(f"--patterns: {item!r} is not a,b,c,d with positive integers")
+        out.append(dims)
+    return out
+
+
+def patterns_of(name: str, batch: int, custom=()):
+    if name == "custom":
+        return list(custom)
     if name == "grid":
         return grid_patterns(25088)  # the paper's grid is defined at its batch
     if name == "quick":
@@ -198,6 +212,8 @@ def summarize(rows: list[dict]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", default="quick", help="grid, quick or vit (comma list)")
+    ap.add_argument("--patterns", default=None,
+                    help="'a,b,c,d;a,b,c,d;...': time these (the set named custom) instead of --set")
     ap.add_argument("--op", default="matmul", choices=["matmul", "weight_grad"])
     ap.add_argument("--dtype", default="fp32,tf32,bf16,fp16")
     ap.add_argument("--layout", default="bf", help="bf, bl or bf,bl")
@@ -215,6 +231,9 @@ def main(argv=None):
                     help="time eager calls (host overhead included) instead of CUDA-graph replays")
     args = ap.parse_args(argv)
     args.backends = args.backends.split(",")
+    custom = parse_patterns(args.patterns) if args.patterns else []
+    if custom:
+        args.set = "custom"
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     done = {}
@@ -247,7 +266,7 @@ def main(argv=None):
         for batch in (int(b) for b in args.batch.split(",")):
             for dname in args.dtype.split(","):
                 for layout in args.layout.split(","):
-                    for pat in patterns_of(setname, batch):
+                    for pat in patterns_of(setname, batch, custom):
                         key = (args.op, setname, tuple(pat), batch, dname, layout)
                         if key not in done:
                             todo.append(key)

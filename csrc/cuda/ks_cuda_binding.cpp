@@ -1,5 +1,6 @@
 // CUDA registration of the ks ops: a thin layer that validates with the shared checks, fills
-// ks::MatmulArgs and launches the fused kernel (csrc/cuda/ks_matmul.cu) on the current stream.
+// ks::MatmulArgs and launches the fused kernel (csrc/cuda/ks_matmul.cu) on the current stream,
+// or takes ATen's permute + bmm path where the kernel library says that measured faster.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
@@ -39,6 +40,16 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& w, bool batch_last
   const int64_t in_f = a * c * d, out_f = a * b * d;
   TORCH_CHECK(b <= INT32_MAX && c <= INT32_MAX && d <= INT32_MAX && a <= INT32_MAX,
               "ks: pattern dims must fit in 32 bits, got ", pattern_str(p));
+  MatmulArgs args{};
+  args.batch = B;
+  args.a = static_cast<int>(a);
+  args.b = static_cast<int>(b);
+  args.c = static_cast<int>(c);
+  args.d = static_cast<int>(d);
+  args.batch_last = batch_last;
+  args.dtype = to_dtype(x.scalar_type());
+  args.allow_tf32 = at::globalContext().allowTF32CuBLAS();
+  if (matmul_prefers_bmm(args)) return matmul_aten(x, w, batch_last);
   c10::cuda::CUDAGuard guard(x.device());
 
   at::Tensor y;
@@ -63,19 +74,10 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& w, bool batch_last
   }
   TORCH_CHECK(ldx >= 0, "ks: negative strides are not supported");
 
-  MatmulArgs args{};
   args.x = xk.data_ptr();
   args.w = wc.data_ptr();
   args.y = y.data_ptr();
-  args.batch = B;
   args.ldx = ldx;
-  args.a = static_cast<int>(a);
-  args.b = static_cast<int>(b);
-  args.c = static_cast<int>(c);
-  args.d = static_cast<int>(d);
-  args.batch_last = batch_last;
-  args.dtype = to_dtype(x.scalar_type());
-  args.allow_tf32 = at::globalContext().allowTF32CuBLAS();
   const cudaError_t err = matmul(args, c10::cuda::getCurrentCUDAStream()  /* == at::cuda::getCurrentCUDAStream() */);
   TORCH_CHECK(err == cudaSuccess, "ks::matmul: CUDA kernel launch failed for ", pattern_str(p),
               ", B=", B, ", dtype ", x.scalar_type(), ", batch_last=", batch_last, ": ",

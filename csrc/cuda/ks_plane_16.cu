@@ -60,18 +60,25 @@ cudaError_t launch_plane_wres(PlaneParams p, cudaStream_t stream) {
 // mean over the grid) than 16 warps of 64 x 32: a third less shared-memory traffic for fragments.
 // d = 4 takes 64-wide blocks (128 rows) where 128-wide ones would pad more columns (b <= 64,
 // b = 192, ...).
+// Round 10 A/B switches (read once): KS_PLANE_S4=1 gives the d % 8 == 0 streaming kernel 4 ring
+// stages (224 KB); KS_PLANE_BK32=1 gives d = 4 32-k stages (3 of them, E over T: 208 KB).
 template <typename T, class F>
 auto with_cfg(int b, int d, F&& f) {
-  if (d % 8 == 0) return f(PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>{});
-  if ((b + 127) / 128 * 128 > (b + 63) / 64 * 64) return f(PlaneCfg<T, 4, 128, 64, 16, 64, 64, 4>{});
-  return f(PlaneCfg<T, 4, 64, 128, 16, 64, 64, 4>{});
+  static const bool s4 = env_int("KS_PLANE_S4", 0) == 1, bk32 = env_int("KS_PLANE_BK32", 0) == 1;
+  if (d % 8 == 0) return s4 ? f(PlaneCfg<T, 8, 64, 64, 16, 64, 64, 4>{}) : f(PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>{});
+  if ((b + 127) / 128 * 128 > (b + 63) / 64 * 64)
+    return bk32 ? f(PlaneCfg<T, 4, 128, 64, 32, 64, 64, 3>{}) : f(PlaneCfg<T, 4, 128, 64, 16, 64, 64, 4>{});
+  return bk32 ? f(PlaneCfg<T, 4, 64, 128, 32, 64, 64, 3>{}) : f(PlaneCfg<T, 4, 64, 128, 16, 64, 64, 4>{});
 }
 
 // The w-resident kernel serves d % 8 == 0 only: its d = 4 instantiations spilled 430-500 bytes
 // per thread (255 registers) and were not measured.
 template <typename T>
+using WresCfg = PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>;
+
+template <typename T>
 cudaError_t launch_16(const PlaneParams& p, bool wres, cudaStream_t s) {
-  if (wres && p.d % 8 == 0) return launch_plane_wres<PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>>(p, s);
+  if (wres && p.d % 8 == 0) return launch_plane_wres<WresCfg<T>>(p, s);
   if (wres) return cudaErrorInvalidConfiguration;
   return with_cfg<T>(p.b, p.d, [&](auto cfg) { return launch_plane<decltype(cfg)>(p, s); });
 }
@@ -84,11 +91,8 @@ int64_t plane_tiles(int64_t batch, int a, int b, int d) {
   });
 }
 bool plane_wres_fits(int b, int c, int d) {
-  if (d % 8 != 0) return false;
-  return with_cfg<__nv_bfloat16>(b, d, [&](auto cfg) {
-    using P = decltype(cfg);
-    return wres_smem<P>(cdiv(c, P::BK) * P::BK) <= kMaxSmem;
-  });
+  using P = WresCfg<__nv_bfloat16>;
+  return d % 8 == 0 && wres_smem<P>(cdiv(c, P::BK) * P::BK) <= kMaxSmem;
 }
 
 cudaError_t launch_plane_bf16(PlaneParams p, bool wres, cudaStream_t s) { return launch_16<__nv_bfloat16>(p, wres, s); }
