@@ -248,12 +248,13 @@ def fused_kernel_ran(fn) -> bool:
     return cuda_kernel_ran(fn, ("ks_plane", "ks_tile", "ks_gemv"))
 
 
-# Large planes (matmul_prefers_bmm): d = 4 with b*c >= 768^2, 8 <= d < 64 with b >= 384 and
-# b*c >= 384^2, d >= 64 with b*c >= 1024^2; 16-bit batch-first with B > 16 only.
+# Large planes (matmul_prefers_bmm): d = 4 with b*c >= 768^2 (B > 16); from B = 2048 on,
+# 8 <= d < 64 with b >= 384 and b*c >= 384^2 and d >= 64 with b*c >= 1024^2; 16-bit batch-first.
 @pytest.mark.parametrize("dtype_name", ["bf16", "fp16"])
-@pytest.mark.parametrize("pattern", [(1, 768, 768, 4), (2, 384, 384, 16), (1, 768, 192, 8)], ids=str)
-def test_large_planes_take_bmm(pattern, dtype_name, monkeypatch):
-    x, w = inputs(pattern, 37, DTYPES[dtype_name][0])
+@pytest.mark.parametrize("pattern,batch", [((1, 768, 768, 4), 37), ((2, 384, 384, 16), 2053),
+                                           ((1, 768, 192, 8), 2048)], ids=str)
+def test_large_planes_take_bmm(pattern, batch, dtype_name, monkeypatch):
+    x, w = inputs(pattern, batch, DTYPES[dtype_name][0])
     call = lambda: torch.ops.ks.matmul(x, w)  # noqa: E731
     assert not fused_kernel_ran(call)
     check(x, w, False, dtype_name)
@@ -265,10 +266,12 @@ def test_large_planes_take_bmm(pattern, dtype_name, monkeypatch):
 # (pattern, batch, dtype, batch_last, routed to bmm): the thresholds' edges (d >= 64 by kernel
 # names only: its dense float64 reference would take 34 GB), fp32, batch-last, B <= 16.
 @pytest.mark.parametrize("pattern,batch,dtype,bl,bmm", [
-    ((1, 1024, 1024, 64), 37, torch.bfloat16, False, True),
-    ((1, 768, 768, 64), 37, torch.bfloat16, False, False),
+    ((1, 1024, 1024, 64), 2048, torch.bfloat16, False, True),
+    ((1, 1024, 1024, 64), 2047, torch.bfloat16, False, False),
+    ((1, 768, 768, 64), 2048, torch.bfloat16, False, False),
+    ((1, 384, 384, 16), 2047, torch.bfloat16, False, False),
+    ((1, 256, 1024, 16), 2048, torch.bfloat16, False, False),
     ((1, 512, 1024, 4), 37, torch.bfloat16, False, False),
-    ((1, 256, 1024, 16), 37, torch.bfloat16, False, False),
     ((1, 768, 768, 4), 37, torch.float32, False, False),
     ((1, 768, 768, 4), 37, torch.bfloat16, True, False),
     ((1, 768, 768, 4), 16, torch.bfloat16, False, False),

@@ -240,10 +240,12 @@ inline int plane_mode(const MatmulArgs& g, int64_t& tiles) {
 
 }  // namespace detail
 
-// Round 10 (benchmarks/NOTES.md): on the grid at B = 25088, bf16 batch-first, the fused kernels
-// ran 1.23-1.52x slower than permute + bmm at d = 4 with b = c >= 768, 1.06-2.6x at d = 16 with
-// b >= 384 and b*c >= 384^2, 1.24x at d = 64 with b = c = 1024 (and won everywhere else). Only
-// 16-bit batch-first products were measured, so only those are routed.
+// Round 10 (benchmarks/NOTES.md), bf16 batch-first on the H200: at B = 25088 the fused kernels
+// ran 1.23-1.61x slower than permute + bmm at d = 4 with b = c >= 768, 1.06-2.6x at d = 16 with
+// b >= 384 and b*c >= 384^2, 1.25x at d = 64 with b = c = 1024, and won everywhere else on the
+// grid. At B = 4096 the same classes went the same way; at B = 256 d = 4 still did (1.4-1.9x),
+// but the d >= 16 classes were mixed (the fused kernel up to 3x faster at d = 64), so those are
+// routed from B >= 2048 only. Only 16-bit batch-first products were measured and are routed.
 bool matmul_prefers_bmm(const MatmulArgs& g) {
   const int mode = detail::env_int("KS_MATMUL_BMM", 1);
   if (mode == 0) return false;
@@ -251,7 +253,7 @@ bool matmul_prefers_bmm(const MatmulArgs& g) {
   if (g.dtype == DType::F32 || g.batch_last || g.batch <= 16) return false;
   const int64_t bc = (int64_t)g.b * g.c;
   if (g.d == 4) return bc >= 768 * 768;
-  if (g.d % 8 != 0) return false;
+  if (g.d % 8 != 0 || g.batch < 2048) return false;
   if (g.d < 64) return g.b >= 384 && bc >= 384 * 384;
   return bc >= 1024 * 1024;
 }

@@ -93,9 +93,7 @@ struct PlaneCfg {
   static constexpr int RAW = (BM + BN) * KC * 16;   // bytes of one ring stage (x then w)
   static constexpr int TXB = L * BK * RCX * 16, TWB = L * BK * RCW * 16;
   static constexpr int EB = L * BN * RCX * 16;
-  // E overlays T_x/T_w where the three would not fit (one extra barrier per tile, plane kernel).
-  static constexpr bool EALIAS = STAGES * RAW + TXB + TWB + EB > 227 * 1024;
-  static constexpr int SMEM = STAGES * RAW + (EALIAS ? (TXB + TWB > EB ? TXB + TWB : EB) : TXB + TWB + EB);
+  static constexpr int SMEM = STAGES * RAW + TXB + TWB + EB;
   static constexpr int UX = BM * KC / NT, UW = BN * KC / NT;  // cp.async chunks per thread
   static constexpr int JO = RCX * OC / 4;                     // write-out jobs (4 matrices each)
   static_assert(L == 2 || L == 4 || L == 8, "chunk class");
@@ -264,7 +262,7 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_kernel(const PlaneParams p)
   constexpr int L = P::L, BM = P::BM, BN = P::BN, BK = P::BK, S = P::STAGES, KC = P::KC;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t s_raw = smem_addr(smem);
-  const uint32_t s_tx = s_raw + S * P::RAW, s_tw = s_tx + P::TXB, s_e = P::EALIAS ? s_tx : s_tw + P::TWB;
+  const uint32_t s_tx = s_raw + S * P::RAW, s_tw = s_tx + P::TXB, s_e = s_tw + P::TWB;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wl = warp / (P::WARPS_M * P::WARPS_N);  // this warp's plane
@@ -346,7 +344,6 @@ __global__ void __launch_bounds__(P::NT, 1) ks_plane_kernel(const PlaneParams p)
     }
     int i, lg, mt, jt;
     decode(t, i, lg, mt, jt);
-    if constexpr (P::EALIAS) __syncthreads();  // every warp is done reading T before E overwrites it
     plane_epilogue<P>(acc, s_e, p, i, lg, mt, jt, wl, wm0, wn0, warp, lane);
   }
   cp_async_wait<0>();
@@ -364,7 +361,6 @@ template <class P>
 __global__ void __launch_bounds__(P::NT, 1) ks_plane_wres_kernel(const PlaneParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int L = P::L, BM = P::BM, BN = P::BN, BK = P::BK, S = P::STAGES, KC = P::KC;
-  static_assert(!P::EALIAS, "the w-resident layout keeps E apart");
   constexpr int RAWS = (BM > BN ? BM : BN) * KC * 16;  // a stage holds x rows or w rows
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t s_raw = smem_addr(smem);

@@ -60,15 +60,11 @@ cudaError_t launch_plane_wres(PlaneParams p, cudaStream_t stream) {
 // mean over the grid) than 16 warps of 64 x 32: a third less shared-memory traffic for fragments.
 // d = 4 takes 64-wide blocks (128 rows) where 128-wide ones would pad more columns (b <= 64,
 // b = 192, ...).
-// Round 10 A/B switches (read once): KS_PLANE_S4=1 gives the d % 8 == 0 streaming kernel 4 ring
-// stages (224 KB); KS_PLANE_BK32=1 gives d = 4 32-k stages (3 of them, E over T: 208 KB).
 template <typename T, class F>
 auto with_cfg(int b, int d, F&& f) {
-  static const bool s4 = env_int("KS_PLANE_S4", 0) == 1, bk32 = env_int("KS_PLANE_BK32", 0) == 1;
-  if (d % 8 == 0) return s4 ? f(PlaneCfg<T, 8, 64, 64, 16, 64, 64, 4>{}) : f(PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>{});
-  if ((b + 127) / 128 * 128 > (b + 63) / 64 * 64)
-    return bk32 ? f(PlaneCfg<T, 4, 128, 64, 32, 64, 64, 3>{}) : f(PlaneCfg<T, 4, 128, 64, 16, 64, 64, 4>{});
-  return bk32 ? f(PlaneCfg<T, 4, 64, 128, 32, 64, 64, 3>{}) : f(PlaneCfg<T, 4, 64, 128, 16, 64, 64, 4>{});
+  if (d % 8 == 0) return f(PlaneCfg<T, 8, 64, 64, 16, 64, 64, 3>{});
+  if ((b + 127) / 128 * 128 > (b + 63) / 64 * 64) return f(PlaneCfg<T, 4, 128, 64, 16, 64, 64, 4>{});
+  return f(PlaneCfg<T, 4, 64, 128, 16, 64, 64, 4>{});
 }
 
 // The w-resident kernel serves d % 8 == 0 only: its d = 4 instantiations spilled 430-500 bytes
