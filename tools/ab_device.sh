@@ -47,6 +47,7 @@ PY
     IFS=';' read -ra runs <<< "${RUNS:-}"
     for r in "${runs[@]}"; do
       name=${r%%:*}; rest=${r#*:}; envs=${rest%%:*}; args=${rest#*:}
+      [ "$envs" = - ] && envs=""  # "-": no variables, as in TEST_ENVS (never `env -`)
       stride=1; [[ $name == */* ]] && stride=${name#*/}
       # shellcheck disable=SC2086
       env $envs timeout ${RUN_TIMEOUT_S:-200} python3 -c "

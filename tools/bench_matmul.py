@@ -68,10 +68,12 @@ def parse_patterns(text: str) -> list[tuple[int, int, int, int]]:
     """'a,b,c,d;a,b,c,d;...' (or '/' or spaces between patterns) -> patterns (set "custom")."""
     out = []
     for item in filter(None, re.split(r"[;/\s]+", text)):
-        dims = tuple(int(v) for v in item.split(","))
-        if len(dims) != 4 or min(dims) < 1:
-            raise SystemExit(f"--patterns: {item!r} is not a,b,c,d with positive integers")
-        out.append(dims)
+        try:
+            dims = tuple(int(v) for v in item.split(","))
+            KSPattern.of(dims)  # the pattern's own validation and message
+            out.append(dims)
+        except ValueError as e:
+            raise SystemExit(f"--patterns: {item!r}: {e}") from None
     return out
 
 
