@@ -1,10 +1,12 @@
 // The ks operator library: schemas (the one registry of every ks op) and the CPU kernels.
 #include <Python.h>
+#include <string>
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "ks_aten.h"
 #include "ks_checks.h"
+#include "ks_plan.h"
 
 namespace ks {
 
@@ -26,6 +28,21 @@ at::Tensor matmul_aten(const at::Tensor& x, const at::Tensor& w, bool batch_last
   return y.view({a, d, B, b}).permute({2, 0, 3, 1}).contiguous().view(out_shape);
 }
 
+at::Tensor densify_blocks(const at::Tensor& w) {
+  const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
+  // diag_embed: [i, j, k, l, l'] = w[i, j, k, l] * (l == l'); rows (j, l), columns (k, l').
+  return at::diag_embed(w).permute({0, 1, 3, 2, 4}).contiguous().view({a, b * d, c * d});
+}
+
+at::Tensor matmul_dense(const at::Tensor& x, const at::Tensor& w, bool batch_last) {
+  int64_t B = 0;
+  const auto [a, b, c, d] = check_matmul(x, w, batch_last, &B);
+  at::Tensor k = at::zeros({a * b * d, a * c * d}, w.options());
+  // K's diagonal blocks: view K as (a, bd, a, cd); its (i, :, i, :) diagonal is (bd, cd, a).
+  k.view({a, b * d, a, c * d}).diagonal(0, 0, 2).copy_(densify_blocks(w).permute({1, 2, 0}));
+  return batch_last ? at::mm(k, x) : at::linear(x, k);
+}
+
 // grad_w[i,j,k,l] = sum_n grad_y[n,i,j,l] x[n,i,k,l]: a*d GEMMs (b x B)(B x c), no dense K.
 at::Tensor weight_grad_aten(const at::Tensor& grad_y, const at::Tensor& x,
                             at::IntArrayRef pattern, bool batch_last) {
@@ -43,16 +60,54 @@ at::Tensor weight_grad_aten(const at::Tensor& grad_y, const at::Tensor& x,
   return g.view({a, d, b, c}).permute({0, 2, 3, 1}).contiguous();
 }
 
+// ks::_matmul_plan on the CPU: the plans that need no GPU (bmm is the CPU kernel).
+at::Tensor matmul_plan_cpu(const at::Tensor& x, const at::Tensor& w, c10::string_view plan,
+                           bool batch_last) {
+  const int idx = plan_index(std::string(plan).c_str());
+  TORCH_CHECK(idx >= 0, "ks::_matmul_plan: unknown plan '", plan, "'");
+  const Plan p = static_cast<Plan>(idx);
+  TORCH_CHECK(p == Plan::Bmm || p == Plan::Dense, "ks::_matmul_plan: plan '", plan,
+              "' needs a CUDA device; on the CPU the plans are 'bmm' and 'dense'");
+  return p == Plan::Dense ? matmul_dense(x, w, batch_last) : matmul_aten(x, w, batch_last);
+}
+
+at::Tensor weight_grad_plan_cpu(const at::Tensor& grad_y, const at::Tensor& x, at::IntArrayRef pattern,
+                                c10::string_view plan, bool batch_last) {
+  TORCH_CHECK(std::string(plan) == "bmm", "ks::_weight_grad_plan: on the CPU the only plan is 'bmm', got '",
+              plan, "'");
+  return weight_grad_aten(grad_y, x, pattern, batch_last);
+}
+
+// The rule (ks_plan.h) as an op, for tests and tools: the index of the plan in kPlanNames.
+// dtype: 0 float64, 1 float32, 2 tf32, 3 float16, 4 bfloat16 (ks::Precision).
+int64_t plan_for(at::IntArrayRef pattern, int64_t batch, int64_t precision, bool batch_last,
+                 int64_t sm) {
+  TORCH_CHECK(pattern.size() == 4, "ks::_plan_for: pattern must have 4 entries (a,b,c,d)");
+  TORCH_CHECK(precision >= 0 && precision <= 4, "ks::_plan_for: precision must be 0..4, got ", precision);
+  TORCH_CHECK(batch >= 0 && sm >= 0, "ks::_plan_for: batch and sm must be >= 0");
+  for (const int64_t v : pattern) TORCH_CHECK(v > 0, "ks::_plan_for: pattern entries must be positive");
+  const Problem q{pattern[0], pattern[1], pattern[2], pattern[3], batch,
+                  static_cast<Precision>(precision), batch_last, static_cast<int>(sm)};
+  return static_cast<int64_t>(choose_plan(q));
+}
+
 }  // namespace ks
 
 TORCH_LIBRARY(ks, m) {
   m.def("matmul(Tensor x, Tensor w, *, bool batch_last=False) -> Tensor");
   m.def("weight_grad(Tensor grad_y, Tensor x, int[] pattern, *, bool batch_last=False) -> Tensor");
+  // Private: ks::matmul run by the named plan (benchmarks, tests); and the rule's choice.
+  m.def("_matmul_plan(Tensor x, Tensor w, str plan, *, bool batch_last=False) -> Tensor");
+  m.def("_weight_grad_plan(Tensor grad_y, Tensor x, int[] pattern, str plan, *, bool batch_last=False) -> Tensor");
+  m.def("_plan_for(int[] pattern, int batch, int precision, bool batch_last, int sm) -> int",
+        &ks::plan_for);
 }
 
 TORCH_LIBRARY_IMPL(ks, CPU, m) {
   m.impl("matmul", &ks::matmul_aten);
   m.impl("weight_grad", &ks::weight_grad_aten);
+  m.impl("_matmul_plan", &ks::matmul_plan_cpu);
+  m.impl("_weight_grad_plan", &ks::weight_grad_plan_cpu);
 }
 
 // A plain module: importing ks_ops._C runs the registrations above.

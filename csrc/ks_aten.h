@@ -5,6 +5,11 @@
 
 namespace ks {
 at::Tensor matmul_aten(const at::Tensor& x, const at::Tensor& w, bool batch_last);
+// K's a diagonal blocks (a, b*d, c*d), each densified in l: [i, j*d + l, k*d + l'] =
+// w[i, j, k, l] * (l == l').
+at::Tensor densify_blocks(const at::Tensor& w);
+// Plan::Dense: K materialized (abd x acd), one GEMM (any device).
+at::Tensor matmul_dense(const at::Tensor& x, const at::Tensor& w, bool batch_last);
 at::Tensor weight_grad_aten(const at::Tensor& grad_y, const at::Tensor& x,
                             at::IntArrayRef pattern, bool batch_last);
 }  // namespace ks

@@ -17,6 +17,28 @@ def matmul(x: torch.Tensor, w: torch.Tensor, *, batch_last: bool = False) -> tor
     return torch.ops.ks.matmul(x, w, batch_last=batch_last)
 
 
+# The plans of ks::matmul, in the order of csrc/ks_plan.h's enum (ks::_plan_for returns an index).
+PLANS = ("fused", "bmm", "dense", "strided", "blockdense", "transposed")
+_PRECISIONS = {torch.float64: 0, torch.float32: 1, torch.float16: 3, torch.bfloat16: 4}
+
+
+def plan_for(pattern, batch: int, dtype: torch.dtype, *, batch_last: bool = False,
+             allow_tf32: bool = False, sm: int = 90) -> str:
+    """The plan the dispatch rule (csrc/ks_plan.h) picks for a product: a pure function of the
+    pattern, batch, dtype (tf32 when float32 and allow_tf32), layout and compute capability
+    (major*10 + minor; 0 means the CPU)."""
+    if dtype not in _PRECISIONS:
+        raise ValueError(f"plan_for: dtype must be float64, float32, float16 or bfloat16, got {dtype}")
+    prec = 2 if dtype == torch.float32 and allow_tf32 else _PRECISIONS[dtype]
+    return PLANS[torch.ops.ks._plan_for(list(pattern), int(batch), prec, bool(batch_last), int(sm))]
+
+
+def matmul_with_plan(x: torch.Tensor, w: torch.Tensor, plan: str, *, batch_last: bool = False) -> torch.Tensor:
+    """ks::matmul run by the named plan (one of PLANS) instead of the rule's choice: for
+    benchmarks and tests. No autograd."""
+    return torch.ops.ks._matmul_plan(x, w, plan, batch_last=batch_last)
+
+
 def _check_operand(x, features: int, batch_last: bool, name: str, what: str, pattern) -> None:
     if batch_last:
         torch._check(x.dim() == 2, lambda: f"ks: batch-last {name} must be 2-D ({what}={features}, B) "
@@ -46,6 +68,16 @@ def _matmul_fake(x, w, *, batch_last=False):
     if batch_last:
         return x.new_empty((a * b * d, x.shape[1]))
     return x.new_empty((*x.shape[:-1], a * b * d))
+
+
+@torch.library.register_fake("ks::_matmul_plan")
+def _matmul_plan_fake(x, w, plan, *, batch_last=False):
+    return _matmul_fake(x, w, batch_last=batch_last)
+
+
+@torch.library.register_fake("ks::_weight_grad_plan")
+def _weight_grad_plan_fake(grad_y, x, pattern, plan, *, batch_last=False):
+    return _weight_grad_fake(grad_y, x, pattern, batch_last=batch_last)
 
 
 @torch.library.register_fake("ks::weight_grad")

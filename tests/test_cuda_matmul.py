@@ -12,6 +12,7 @@ import torch
 import ks_ops
 from ks_ops import KSPattern, ks_matmul_reference
 
+from ks_ops.ops import PLANS, matmul_with_plan, plan_for
 from support import cuda_kernel_ran, make_inputs, rel_err, same_dtype_dense_err
 
 pytestmark = pytest.mark.cuda
@@ -51,7 +52,7 @@ def inputs(pattern, batch, dtype, batch_last=False, lead=None):
     return make_inputs(pattern, batch, batch_last=batch_last, dtype=dtype, device=DEV, lead=lead)
 
 
-def poisoned_call(x, w, batch_last):
+def poisoned_call(x, w, batch_last, plan=None):
     """Runs the op right after filling and freeing a NaN buffer of y's size, so that the caching
     allocator hands that buffer to y: an unwritten element stays NaN and fails the check."""
     a, b, c, d = w.shape
@@ -62,7 +63,10 @@ def poisoned_call(x, w, batch_last):
     poison = torch.full(shape, float("nan"), dtype=x.dtype, device=x.device)
     ptr = poison.data_ptr()
     del poison
-    y = torch.ops.ks.matmul(x, w, batch_last=batch_last)
+    if plan is None:
+        y = torch.ops.ks.matmul(x, w, batch_last=batch_last)
+    else:
+        y = matmul_with_plan(x, w, plan, batch_last=batch_last)
     return y, y.data_ptr() == ptr
 
 
@@ -75,9 +79,9 @@ def tolerance(x, w, batch_last, dtype_name, factor=4.0):
     return factor * max(err, floor)
 
 
-def check(x, w, batch_last, dtype_name):
+def check(x, w, batch_last, dtype_name, plan=None):
     with tf32(dtype_name == "tf32"):
-        y, reused = poisoned_call(x, w, batch_last)
+        y, reused = poisoned_call(x, w, batch_last, plan)
     ref = ks_matmul_reference(x, w, batch_last=batch_last)
     assert y.shape == ref.shape and y.dtype == x.dtype and y.is_contiguous()
     if ref.numel() == 0:
@@ -248,41 +252,93 @@ def fused_kernel_ran(fn) -> bool:
     return cuda_kernel_ran(fn, ("ks_plane", "ks_tile", "ks_gemv"))
 
 
-# Large planes (matmul_prefers_bmm): d = 4 with b*c >= 768^2 (B > 16); from B = 2048 on,
-# 8 <= d < 64 with b >= 384 and b*c >= 384^2 and d >= 64 with b*c >= 1024^2; 16-bit batch-first.
-@pytest.mark.parametrize("dtype_name", ["bf16", "fp16"])
+# Every plan of the op (csrc/ks_plan.h), forced through ks::_matmul_plan, on odd sizes, both
+# layouts where it serves, every dtype: the rule may send any product to any of them.
+PLAN_PATTERNS = [(1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2), (3, 100, 36, 6), (2, 33, 136, 24),
+                 (1, 130, 36, 2), (4, 40, 72, 1), (5, 24, 20, 12)]
+
+
+def serves(plan, pattern, batch_last):
+    d = pattern[3]
+    if plan == "strided":
+        return batch_last or d == 1
+    if plan in ("blockdense", "transposed"):
+        return not batch_last
+    return True
+
+
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("batch", [1, 17, 1000])
+@pytest.mark.parametrize("pattern", PLAN_PATTERNS, ids=str)
+@pytest.mark.parametrize("plan", PLANS)
+def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_last):
+    if not serves(plan, pattern, batch_last):
+        pytest.skip("plan does not serve this layout / d")
+    x, w = inputs(pattern, batch, DTYPES[dtype_name][0], batch_last)
+    check(x, w, batch_last, dtype_name, plan)
+
+
+@pytest.mark.parametrize("plan", ["strided", "blockdense", "transposed"])
+def test_cublas_plans_strided_and_leading_dims(plan):
+    """Leading dims, rows wider than the features and a batch-last x with ldx > B."""
+    pattern = (2, 48, 24, 1) if plan == "strided" else (3, 20, 12, 6)
+    p = KSPattern.of(pattern)
+    w = p.random_weights(dtype=torch.bfloat16, device=DEV)
+    x = torch.randn(3, 5, 7, p.in_features, dtype=torch.bfloat16, device=DEV)
+    check(x, w, False, "bf16", plan)
+    base = torch.randn(301, p.in_features + 24, dtype=torch.bfloat16, device=DEV)
+    check(base[:, : p.in_features], w, False, "bf16", plan)
+    check(base[:, 1 : p.in_features + 1], w, False, "bf16", plan)
+    if plan == "strided":
+        xl = torch.randn(p.in_features, 300 + 5, dtype=torch.bfloat16, device=DEV)[:, 1:301]
+        check(xl, w, True, "bf16", plan)
+        check(torch.randn(301, p.in_features, dtype=torch.bfloat16, device=DEV).T, w, True, "bf16", plan)
+
+
+def test_plan_errors():
+    x, w = inputs((2, 8, 8, 4), 5, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="plan 'strided' does not serve"):
+        matmul_with_plan(x, w, "strided")
+    with pytest.raises(RuntimeError, match="unknown plan 'nope'"):
+        matmul_with_plan(x, w, "nope")
+    xl, _ = inputs((2, 8, 8, 4), 5, torch.bfloat16, batch_last=True)
+    with pytest.raises(RuntimeError, match="plan 'transposed' does not serve"):
+        matmul_with_plan(xl, w, "transposed", batch_last=True)
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_plans_under_cuda_graph_capture(plan):
+    """Every plan is capturable (no host sync, no allocation outside the graph's pool)."""
+    pattern = (2, 48, 24, 1)
+    x, w = inputs(pattern, 300, torch.bfloat16)
+    fn = lambda: matmul_with_plan(x, w, plan)  # noqa: E731
+    expect = fn()
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+        with torch.cuda.graph(g):
+            yg = fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g.replay()
+    torch.testing.assert_close(yg, expect, rtol=0, atol=0)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.testing.assert_close(yg, fn(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("pattern,batch", [((1, 768, 768, 4), 37), ((2, 384, 384, 16), 2053),
-                                           ((1, 768, 192, 8), 2048)], ids=str)
-def test_large_planes_take_bmm(pattern, batch, dtype_name, monkeypatch):
-    x, w = inputs(pattern, batch, DTYPES[dtype_name][0])
-    call = lambda: torch.ops.ks.matmul(x, w)  # noqa: E731
-    assert not fused_kernel_ran(call)
-    check(x, w, False, dtype_name)
-    monkeypatch.setenv("KS_MATMUL_BMM", "0")  # read at every call: the rule off
-    assert fused_kernel_ran(call)
-    check(x, w, False, dtype_name)
-
-
-# (pattern, batch, dtype, batch_last, routed to bmm): the thresholds' edges (d >= 64 by kernel
-# names only: its dense float64 reference would take 34 GB), fp32, batch-last, B <= 16.
-@pytest.mark.parametrize("pattern,batch,dtype,bl,bmm", [
-    ((1, 1024, 1024, 64), 2048, torch.bfloat16, False, True),
-    ((1, 1024, 1024, 64), 2047, torch.bfloat16, False, False),
-    ((1, 768, 768, 64), 2048, torch.bfloat16, False, False),
-    ((1, 384, 384, 16), 2047, torch.bfloat16, False, False),
-    ((1, 256, 1024, 16), 2048, torch.bfloat16, False, False),
-    ((1, 512, 1024, 4), 37, torch.bfloat16, False, False),
-    ((1, 768, 768, 4), 37, torch.float32, False, False),
-    ((1, 768, 768, 4), 37, torch.bfloat16, True, False),
-    ((1, 768, 768, 4), 16, torch.bfloat16, False, False),
-], ids=str)
-def test_bmm_rule_edges(pattern, batch, dtype, bl, bmm):
-    x, w = inputs(pattern, batch, dtype, bl)
-    assert fused_kernel_ran(lambda: torch.ops.ks.matmul(x, w, batch_last=bl)) != bmm
-
-
-def test_bmm_everywhere_switch(monkeypatch):
-    monkeypatch.setenv("KS_MATMUL_BMM", "2")  # every product to the bmm path
-    x, w = inputs((2, 70, 34, 4), 131, torch.bfloat16)
-    assert not fused_kernel_ran(lambda: torch.ops.ks.matmul(x, w))
-    check(x, w, False, "bf16")
+                                           ((3, 64, 64, 1), 300), ((1, 48, 48, 6), 4100),
+                                           ((4, 64, 256, 12), 999), ((1, 128, 128, 3), 8)], ids=str)
+def test_op_runs_the_rules_plan(pattern, batch, dtype, batch_last):
+    """The op and the plan the rule names give the same bits (same kernels, same order)."""
+    x, w = inputs(pattern, batch, dtype, batch_last)
+    major, minor = torch.cuda.get_device_capability()
+    plan = plan_for(pattern, batch, dtype, batch_last=batch_last,
+                    allow_tf32=torch.backends.cuda.matmul.allow_tf32, sm=major * 10 + minor)
+    torch.testing.assert_close(torch.ops.ks.matmul(x, w, batch_last=batch_last),
+                               matmul_with_plan(x, w, plan, batch_last=batch_last), rtol=0, atol=0)

@@ -92,15 +92,21 @@ def test_deterministic(pattern):
         assert torch.equal(torch.ops.ks.weight_grad(gy, x, list(pattern)), first)
 
 
-def test_dispatch_fused_and_fallback(monkeypatch):
+def test_dispatch_fused_and_fallback():
     gy, x = grads((1, 64, 64, 8), 257, torch.bfloat16)
     call = lambda: torch.ops.ks.weight_grad(gy, x, [1, 64, 64, 8])  # noqa: E731
     assert fused_kernel_ran(call)
     fused = call()
-    monkeypatch.setenv("KS_WGRAD", "0")  # read at every call: the bmm path
-    assert not fused_kernel_ran(call)
-    torch.testing.assert_close(call(), fused, rtol=2e-2, atol=2e-2)
-    monkeypatch.delenv("KS_WGRAD")
+    forced = lambda plan: torch.ops.ks._weight_grad_plan(gy, x, [1, 64, 64, 8], plan)  # noqa: E731
+    assert not fused_kernel_ran(lambda: forced("bmm"))
+    assert fused_kernel_ran(lambda: forced("fused"))
+    assert torch.equal(forced("fused"), fused)
+    torch.testing.assert_close(forced("bmm"), fused, rtol=2e-2, atol=2e-2)
+    gyo, xo = grads((2, 33, 12, 4), 257, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="fused plan does not serve"):
+        torch.ops.ks._weight_grad_plan(gyo, xo, [2, 33, 12, 4], "fused")
+    with pytest.raises(RuntimeError, match="plan must be 'fused' or 'bmm'"):
+        torch.ops.ks._weight_grad_plan(gy, x, [1, 64, 64, 8], "dense")
     gy32, x32 = gy.float(), x.float()
     assert not fused_kernel_ran(lambda: torch.ops.ks.weight_grad(gy32, x32, [1, 64, 64, 8]))
     gyo, xo = grads((2, 33, 12, 4), 257, torch.bfloat16)

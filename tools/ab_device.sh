@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A/B on the device in one call (rounds 5, 6) (kernel timings only, one set of ceilings):
-#   build; pytest -m cuda with the default dispatch and with KS_TALL=1 / 2 (forcing the tall
-#   512-thread configurations on every 16-bit L >= 4 case); then benchmark runs "name:env:args"
+#   build; pytest -m cuda (once per TEST_ENVS entry, "-" = as is); sanitize (SANITIZE_GROUPS);
+#   then benchmark runs "name:env:args"
 #   from RUNS (';'-separated). Every row lands in $OUT/rows.jsonl tagged {"variant": name};
 #   logs in $OUT/summary.txt (few files: the device returns only a handful).
-#   STAGES="build test bench" RUNS="quick:KS_TALL=0:--set quick --dtype bf16 --layout bf,bl;..."
+#   STAGES="build test bench" RUNS="quick:-:--set quick --dtype bf16 --layout bf,bl;..."
 # A run name with a "/N" suffix (e.g. grid4/3) takes every N-th grid pattern.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +17,18 @@ for s in ${STAGES:-build test bench}; do case $s in
     python3 -m pip install --no-build-isolation --no-deps -e . > "$W/build.log" 2>&1 || { tail -30 "$W/build.log"; st "build FAILED"; exit 1; }
     st "build ok" ;;
   test)
-    for v in ${TEST_ENVS:-- KS_TALL=1 KS_TALL=2}; do  # "-": the default dispatch
+    for v in ${TEST_ENVS:--}; do  # "-": no extra variables
       [ "$v" = - ] && v=""
       env $v python3 -m pytest -q -m cuda -p no:cacheprovider tests/ --maxfail=20 > "$W/pytest.log" 2>&1
       st "pytest ${v:-default} rc=$? $(tail -1 "$W/pytest.log")"
       grep -hE "^(FAILED|ERROR)" "$W/pytest.log" | head -10 | tee -a "$OUT/summary.txt"
+      cp "$W/pytest.log" "$OUT/pytest.log"
     done ;;
+  sanitize)
+    bash tools/sanitize.sh ${SANITIZE_GROUPS:-} > "$W/sanitize.log" 2>&1
+    st "sanitize ${SANITIZE_GROUPS:-all}: rc=$? $(grep -E '^(memcheck|racecheck):' "$W/sanitize.log" | tr '\n' ' ')"
+    grep -E "MISMATCH|sanitize cases" "$W/sanitize.log" | head -5 | tee -a "$OUT/summary.txt"
+    cp "$W/sanitize.log" "$OUT/sanitize.log" ;;
   sass)  # local-memory traffic and instruction counts of the plane kernels' SASS
     cuobjdump -sass "$(ls ks_ops/_C*.so | head -1)" > "$W/all.sass" 2>/dev/null
     python3 - "$W/all.sass" <<'PY' | tee -a "$OUT/summary.txt"

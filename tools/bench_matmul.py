@@ -11,8 +11,14 @@ summary table is printed: median time/floor per backend, speedups vs bmm and den
 --op weight_grad times ks::weight_grad instead (16-bit batch-first: the fused kernel) against the
 bmm path of the same op (KS_WGRAD=0) and the dense weight gradient grad_yᵀ·x; its floor is the
 forward's (the same bytes move: x and grad_y read, w-sized output written).
-Sets: grid = the paper's 376-pattern grid (../shared/notes/h200.md), quick = the 16 baseline
-patterns of that note, vit = the six ViT-S/16 factors; --patterns 'a,b,c,d;...' times any others.
+Sets: paper = the paper's full grid (a and d in {1,2,3,...,128}, b,c in {48,...,1024} with b = c,
+4c or c/4; 2402 patterns at B = 25088), sample = a fixed, seeded sample of it (--sample N, default
+48), grid = the 376-pattern grid of earlier rounds (d in {4,16,64}, with the paper code's skipped
+(b,c) pairs; ../shared/notes/h200.md), quick = the 16 baseline patterns of that note, vit = the six
+ViT-S/16 factors; --patterns 'a,b,c,d;...' times any others. A pattern too large for a batch
+(B*a*c*d or B*a*b*d >= 2^31) is left out at that batch.
+--plans fused,bmm,... also times each named plan of the op (ks_ops.ops.PLANS, through the private
+ks::_matmul_plan) where it serves the problem: columns plan_<name>_us, plan_<name>_err.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ sys.path.insert(0, ROOT)
 from ks_ops import KSPattern  # noqa: E402
 from ks_ops.backends import bmm as bmm_backend  # noqa: E402
 from ks_ops.bench import Ceilings, ks_bytes, ks_floor_s, ks_flops, measure_ceilings, rotation_count, time_cuda  # noqa: E402
+from ks_ops.ops import PLANS, matmul_with_plan, plan_for  # noqa: E402
 from ks_ops.reference import rel_err  # noqa: E402
 
 GRID_A = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
@@ -47,6 +54,25 @@ QUICK = [
 VIT = [(2, 48, 192, 1), (1, 192, 48, 2), (6, 64, 64, 1), (1, 768, 192, 2), (6, 64, 256, 1), (1, 128, 128, 3)]
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
+
+
+def fits(pattern, batch: int) -> bool:
+    a, b, c, d = pattern
+    return batch * a * c * d < 2**31 and batch * a * b * d < 2**31
+
+
+def paper_patterns() -> list[tuple[int, int, int, int]]:
+    """The paper's full grid at its batch 25088: d ranges like a (2402 patterns)."""
+    return [(a, b, c, d) for a in GRID_A for b in GRID_BC for c in GRID_BC for d in GRID_A
+            if (b == c or b == 4 * c or c == 4 * b) and fits((a, b, c, d), 25088)]
+
+
+def sample_patterns(n: int, seed: int = 0) -> list[tuple[int, int, int, int]]:
+    """A fixed, seeded sample of the paper's full grid (the same patterns on every machine)."""
+    import random
+
+    full = paper_patterns()
+    return sorted(random.Random(seed).sample(full, min(n, len(full))))
 
 
 def grid_patterns(batch: int) -> list[tuple[int, int, int, int]]:
@@ -77,9 +103,18 @@ def parse_patterns(text: str) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def patterns_of(name: str, batch: int, custom=()):
+def patterns_of(name: str, batch: int, custom=(), sample: int = 48):
+    pats = _patterns_of(name, custom, sample)
+    return [p for p in pats if fits(p, batch)]
+
+
+def _patterns_of(name: str, custom=(), sample: int = 48):
     if name == "custom":
         return list(custom)
+    if name == "paper":
+        return paper_patterns()
+    if name == "sample":
+        return sample_patterns(sample)
     if name == "grid":
         return grid_patterns(25088)  # the paper's grid is defined at its batch
     if name == "quick":
@@ -94,16 +129,24 @@ def row_key(r: dict) -> tuple:
 
 
 def weight_grad_bmm(gy, x, pattern, bl):
-    """ks::weight_grad on its ATen permute + bmm path (KS_WGRAD=0 is read at every call)."""
-    old = os.environ.get("KS_WGRAD")
-    os.environ["KS_WGRAD"] = "0"
-    try:
-        return torch.ops.ks.weight_grad(gy, x, list(pattern), batch_last=bl)
-    finally:
-        if old is None:
-            del os.environ["KS_WGRAD"]
-        else:
-            os.environ["KS_WGRAD"] = old
+    """ks::weight_grad on its ATen permute + bmm path."""
+    return torch.ops.ks._weight_grad_plan(gy, x, list(pattern), "bmm", batch_last=bl)
+
+
+def plan_serves(name, pattern, x, w, bl, args) -> bool:
+    """Whether timing plan `name` makes sense here: it serves the problem and its extra memory
+    (dense K, densified blocks) stays within --max-dense-bytes."""
+    a, b, c, d = pattern
+    esz = x.element_size()
+    if name == "dense" and a * a * b * c * d * d * esz > args.max_dense_bytes:
+        return False
+    if name == "blockdense" and a * b * c * d * d * esz > args.max_dense_bytes:
+        return False
+    if name == "strided" and not (bl or d == 1):
+        return False
+    if name in ("blockdense", "transposed") and bl:
+        return False
+    return True
 
 
 def run_row(op, setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dict:
@@ -151,6 +194,18 @@ def run_row(op, setname, pattern, batch, dname, layout, ceil: Ceilings, args) ->
     if "bmm" in args.backends:
         r = time_cuda(bmm, sets, samples=samples, max_total_s=budget, graph=g)
         row["bmm_us"] = r["median_s"] * 1e6
+    row["plan"] = plan_for(pattern, batch, dtype, batch_last=bl, allow_tf32=tf32,
+                           sm=torch.cuda.get_device_capability()[0] * 10 + torch.cuda.get_device_capability()[1])
+    if op == "matmul":
+        for name in args.plans:
+            if not plan_serves(name, pattern, sets[0][0], sets[0][1], bl, args):
+                continue
+            fn = lambda x, w, name=name: matmul_with_plan(x, w, name, batch_last=bl)  # noqa: E731
+            r = time_cuda(fn, sets, samples=samples, max_total_s=budget, graph=g)
+            row[f"plan_{name}_us"] = r["median_s"] * 1e6
+            yp = fn(*sets[0])
+            row[f"plan_{name}_err"] = rel_err(yp, bmm(*sets[0]))
+            del yp
     # Check the kernel against bmm on the first set (same dtype; a loose sanity check only --
     # the tests compare with the float64 reference).
     x0, w0 = sets[0]
@@ -199,13 +254,19 @@ def summarize(rows: list[dict]) -> str:
         sd = [r["dense_us"] / r["kernel_us"] for r in rs if r.get("dense_us")]
         best = [min(x for x in (r.get("bmm_us"), r.get("dense_us")) if x) / r["kernel_us"]
                 for r in rs if r.get("bmm_us") or r.get("dense_us")]
+        # the best of everything timed in the row (baselines and plans), and the op against it
+        oracle = [min(v for k, v in r.items() if k.endswith("_us") and v and k != "floor_us"
+                      and not k.endswith("min_us")) for r in rs]
+        of = [o / r["floor_us"] for o, r in zip(oracle, rs)]
+        ok = [r["kernel_us"] <= 1.05 * o for o, r in zip(oracle, rs)]
         med = lambda v: f"{statistics.median(v):.2f}" if v else "-"  # noqa: E731
         win = lambda v: f"{100.0 * sum(x > 1 for x in v) / len(v):.0f}%" if v else "-"  # noqa: E731
         table.append([op, s, dt, lay, batch, len(rs), med(kf), f"{max(kf):.2f}", sum(x > 2 for x in kf),
-                      med(bf), med(df), med(sb), med(sd), win(sd), win(best),
+                      med(bf), med(df), med(sb), med(sd), win(sd), win(best), med(of),
+                      f"{100.0 * sum(ok) / len(ok):.0f}%",
                       f"{max(r['err_vs_bmm'] for r in rs):.1e}"])
     head = ["op", "set", "dtype", "layout", "B", "n", "kern/floor med", "max", ">2x", "bmm/floor", "dense/floor",
-            "x vs bmm", "x vs dense", "win dense", "win best", "max err"]
+            "x vs bmm", "x vs dense", "win dense", "win best", "best/floor", "op<=1.05best", "max err"]
     if tabulate:
         return tabulate(table, headers=head, tablefmt="github")
     return "\n".join(" | ".join(str(c) for c in row) for row in [head] + table)
@@ -221,6 +282,8 @@ def main(argv=None):
     ap.add_argument("--layout", default="bf", help="bf, bl or bf,bl")
     ap.add_argument("--batch", default="25088", help="comma list of batch sizes")
     ap.add_argument("--backends", default="kernel,bmm,dense")
+    ap.add_argument("--plans", default="", help=f"comma list of plans to time as well: {','.join(PLANS)}")
+    ap.add_argument("--sample", type=int, default=48, help="patterns in the seeded sample of the paper grid")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_matmul.jsonl"))
     ap.add_argument("--samples", type=int, default=15)
     ap.add_argument("--max-row-s", type=float, default=0.25, help="timed seconds per backend and row, at most")
@@ -233,6 +296,10 @@ def main(argv=None):
                     help="time eager calls (host overhead included) instead of CUDA-graph replays")
     args = ap.parse_args(argv)
     args.backends = args.backends.split(",")
+    args.plans = [p for p in args.plans.split(",") if p]
+    for p in args.plans:
+        if p not in PLANS:
+            raise SystemExit(f"--plans: unknown plan {p!r}; choose from {', '.join(PLANS)}")
     custom = parse_patterns(args.patterns) if args.patterns else []
     if custom:
         args.set = "custom"
@@ -268,7 +335,7 @@ def main(argv=None):
         for batch in (int(b) for b in args.batch.split(",")):
             for dname in args.dtype.split(","):
                 for layout in args.layout.split(","):
-                    for pat in patterns_of(setname, batch, custom):
+                    for pat in patterns_of(setname, batch, custom, args.sample):
                         key = (args.op, setname, tuple(pat), batch, dname, layout)
                         if key not in done:
                             todo.append(key)

@@ -2,7 +2,8 @@
 """A representative set of ks::matmul launches for compute-sanitizer (tools/sanitize.sh): every
 kernel family (small-batch vector/scalar, tiled fast batch-first, fast batch-last, scalar loads),
 every dtype, tails in every dimension. Small sizes: the tools slow each launch down a lot.
-Checks each result against the float64 reference too, and exits non-zero on a mismatch."""
+Checks each result against the float64 reference too, and exits non-zero on a mismatch.
+Arguments name the groups to run (matmul, weight_grad, transposed; default all)."""
 import sys
 
 import torch
@@ -22,12 +23,15 @@ CASES = [  # pattern, batch
 # orientations, several splits of the batch, more tiles than SMs.
 WGRAD_CASES = [((3, 50, 24, 8), 70), ((2, 70, 34, 4), 130), ((1, 192, 48, 4), 40), ((1, 16, 16, 64), 3000),
                ((40, 72, 24, 16), 33), ((2, 33, 136, 24), 17)]
+# The transposed plan's batched transposition (ks_transpose.cu): whole matrices per tile, and
+# matrices split into TP x TQ tiles with tails in both dimensions (x and y sides), 2/4/8-byte data.
+TRANSPOSE_CASES = [((3, 13, 11, 3), 29), ((1, 130, 100, 48), 7), ((2, 70, 90, 70), 5), ((1, 5, 9, 64), 3)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
-def main():
+def main(groups=("matmul", "weight_grad", "transposed")):
     bad = 0
-    for (pattern, batch) in CASES:
+    for (pattern, batch) in CASES if "matmul" in groups else []:
         p = KSPattern.of(pattern)
         for dtype, tf32 in DTYPES:
             torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -43,7 +47,7 @@ def main():
                     bad += 1
                     print(f"MISMATCH {pattern} B={batch} {dtype} tf32={tf32} bl={bl}: {err:.3g}")
     torch.backends.cuda.matmul.allow_tf32 = False
-    for (pattern, batch) in WGRAD_CASES:
+    for (pattern, batch) in WGRAD_CASES if "weight_grad" in groups else []:
         p = KSPattern.of(pattern)
         for dtype in (torch.bfloat16, torch.float16):
             gy = torch.randn(batch, p.out_features, dtype=dtype, device="cuda")
@@ -54,11 +58,23 @@ def main():
             if not (err <= 3e-2):
                 bad += 1
                 print(f"MISMATCH weight_grad {pattern} B={batch} {dtype}: {err:.3g}")
+    for (pattern, batch) in TRANSPOSE_CASES if "transposed" in groups else []:
+        p = KSPattern.of(pattern)
+        for dtype in (torch.bfloat16, torch.float32, torch.float64):
+            w = p.random_weights(dtype=dtype, device="cuda")
+            x = torch.randn(batch, p.in_features, dtype=dtype, device="cuda")
+            y = torch.ops.ks._matmul_plan(x, w, "transposed")
+            ref = ks_matmul_reference(x.cpu(), w.cpu())
+            err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
+            if not (err <= 3e-2):
+                bad += 1
+                print(f"MISMATCH transposed {pattern} B={batch} {dtype}: {err:.3g}")
     torch.cuda.synchronize()
-    n = len(CASES) * len(DTYPES) * 2 + len(WGRAD_CASES) * 2
+    n = (len(CASES) * len(DTYPES) * 2 * ("matmul" in groups) + len(WGRAD_CASES) * 2 * ("weight_grad" in groups)
+         + len(TRANSPOSE_CASES) * 3 * ("transposed" in groups))
     print(f"sanitize cases: {n} launches, {bad} mismatches")
     sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":
-    main()
+    main(tuple(sys.argv[1:]) or ("matmul", "weight_grad", "transposed"))

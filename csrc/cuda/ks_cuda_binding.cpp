@@ -1,15 +1,22 @@
-// CUDA registration of the ks ops: a thin layer that validates with the shared checks, fills
-// ks::MatmulArgs and launches the fused kernel (csrc/cuda/ks_matmul.cu) on the current stream,
-// or takes ATen's permute + bmm path where the kernel library says that measured faster.
+// CUDA registration of the ks ops: a thin layer that validates with the shared checks, asks the
+// rule (ks_plan.h) for a plan and runs it on the current stream: the fused kernels
+// (csrc/cuda/ks_matmul.cu, through ks::MatmulArgs), the cuBLAS plans (ks_cublas_plans.cpp) or
+// ATen's permute + bmm / dense paths.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <optional>
+#include <string>
+
 #include "ks_aten.h"
 #include "ks_checks.h"
+#include "ks_cublas_plans.h"
 #include "ks_kernels.h"
+#include "ks_plan.h"
 
 namespace ks {
 namespace {
@@ -31,15 +38,25 @@ int64_t rows_of(const at::Tensor& t, int64_t B, int64_t features, at::Tensor& ou
   return B > 1 ? out.stride(0) : features;
 }
 
-at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& w, bool batch_last) {
-  int64_t B = 0;
-  const Pattern p = check_matmul(x, w, batch_last, &B);
-  TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
-  if (x.scalar_type() == at::kDouble) return matmul_aten(x, w, batch_last);  // no fp64 kernel
+Precision precision_of(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return Precision::F64;
+    case at::kHalf: return Precision::F16;
+    case at::kBFloat16: return Precision::BF16;
+    default: return at::globalContext().allowTF32CuBLAS() ? Precision::TF32 : Precision::F32;
+  }
+}
+
+int device_sm(const at::Tensor& x) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.device().index());
+  return prop->major * 10 + prop->minor;
+}
+
+// The fused kernels (ks_matmul.cu) on y, allocated by the caller.
+void run_fused(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pattern& p,
+               int64_t B, bool batch_last) {
   const auto [a, b, c, d] = p;
-  const int64_t in_f = a * c * d, out_f = a * b * d;
-  TORCH_CHECK(b <= INT32_MAX && c <= INT32_MAX && d <= INT32_MAX && a <= INT32_MAX,
-              "ks: pattern dims must fit in 32 bits, got ", pattern_str(p));
+  const int64_t in_f = a * c * d;
   MatmulArgs args{};
   args.batch = B;
   args.a = static_cast<int>(a);
@@ -49,19 +66,6 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& w, bool batch_last
   args.batch_last = batch_last;
   args.dtype = to_dtype(x.scalar_type());
   args.allow_tf32 = at::globalContext().allowTF32CuBLAS();
-  if (matmul_prefers_bmm(args)) return matmul_aten(x, w, batch_last);
-  c10::cuda::CUDAGuard guard(x.device());
-
-  at::Tensor y;
-  if (batch_last) {
-    y = at::empty({out_f, B}, x.options());
-  } else {
-    auto shape = x.sizes().vec();
-    shape.back() = out_f;
-    y = at::empty(shape, x.options());
-  }
-  if (B == 0 || out_f == 0) return y;
-
   const at::Tensor wc = w.contiguous();
   // x rows (features for batch-first, batch for batch-last) must be unit-stride; copy only then.
   at::Tensor xk;
@@ -73,28 +77,95 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& w, bool batch_last
     ldx = rows_of(x, B, in_f, xk);
   }
   TORCH_CHECK(ldx >= 0, "ks: negative strides are not supported");
-
   args.x = xk.data_ptr();
   args.w = wc.data_ptr();
   args.y = y.data_ptr();
   args.ldx = ldx;
-  const cudaError_t err = matmul(args, c10::cuda::getCurrentCUDAStream()  /* == at::cuda::getCurrentCUDAStream() */);
+  const cudaError_t err = matmul(args, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "ks::matmul: CUDA kernel launch failed for ", pattern_str(p),
               ", B=", B, ", dtype ", x.scalar_type(), ", batch_last=", batch_last, ": ",
               cudaGetErrorString(err));
+}
+
+// Runs ks::matmul with `plan` (the rule's choice when none is given).
+at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
+                      std::optional<Plan> forced) {
+  int64_t B = 0;
+  const Pattern p = check_matmul(x, w, batch_last, &B);
+  TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
+  const auto [a, b, c, d] = p;
+  TORCH_CHECK(b <= INT32_MAX && c <= INT32_MAX && d <= INT32_MAX && a <= INT32_MAX,
+              "ks: pattern dims must fit in 32 bits, got ", pattern_str(p));
+  c10::cuda::CUDAGuard guard(x.device());
+  const Problem q{a, b, c, d, B, precision_of(x.scalar_type()), batch_last, device_sm(x)};
+  const Plan plan = forced ? *forced : choose_plan(q);
+  TORCH_CHECK(plan_serves(plan, q), "ks::matmul: plan '", plan_name(plan), "' does not serve ",
+              pattern_str(p), batch_last ? " batch-last" : " batch-first", " in ", x.scalar_type());
+  if (plan == Plan::Bmm) return matmul_aten(x, w, batch_last);
+  if (plan == Plan::Dense) return matmul_dense(x, w, batch_last);
+
+  const int64_t in_f = a * c * d, out_f = a * b * d;
+  at::Tensor y;
+  if (batch_last) {
+    y = at::empty({out_f, B}, x.options());
+  } else {
+    auto shape = x.sizes().vec();
+    shape.back() = out_f;
+    y = at::empty(shape, x.options());
+  }
+  if (B == 0 || out_f == 0) return y;
+  if (plan == Plan::Fused) {
+    run_fused(x, w, y, p, B, batch_last);
+    return y;
+  }
+  if (plan == Plan::Transposed) {
+    transposed_batch_first(x, w, y, B);
+    return y;
+  }
+  // Strided / BlockDense read x in place: unit inner stride, row stride ldx.
+  at::Tensor xk;
+  int64_t ldx = 0;
+  if (batch_last) {
+    xk = (x.stride(1) == 1 && x.stride(0) >= B) || B == 1 ? x : x.contiguous();
+    ldx = xk.stride(0) >= B ? xk.stride(0) : B;
+  } else {
+    ldx = rows_of(x, B, in_f, xk);
+    if (ldx < in_f) {  // cuBLAS needs ld >= the row length
+      xk = xk.contiguous();
+      ldx = in_f;
+    }
+  }
+  if (plan == Plan::Strided && batch_last) strided_batch_last(xk, ldx, w, y, B);
+  else if (plan == Plan::Strided) strided_batch_first_d1(xk, ldx, w, y, B);
+  else block_dense_batch_first(xk, ldx, w, y, B);
   return y;
 }
 
+at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& w, bool batch_last) {
+  if (x.scalar_type() == at::kDouble) return matmul_aten(x, w, batch_last);  // no fp64 kernel
+  return run_matmul(x, w, batch_last, std::nullopt);
+}
+
+at::Tensor matmul_plan_cuda(const at::Tensor& x, const at::Tensor& w, c10::string_view plan,
+                            bool batch_last) {
+  const int idx = plan_index(std::string(plan).c_str());
+  TORCH_CHECK(idx >= 0, "ks::_matmul_plan: unknown plan '", plan, "'");
+  return run_matmul(x, w, batch_last, static_cast<Plan>(idx));
+}
 
 // Fused kernel (ks_wgrad.cu) for 16-bit batch-first inputs it serves; the ATen permute + bmm path
 // otherwise (fp32, batch-last, d not 4 or a multiple of 8, unaligned rows; benchmarks/NOTES.md).
-at::Tensor weight_grad_cuda(const at::Tensor& grad_y, const at::Tensor& x, at::IntArrayRef pattern,
-                            bool batch_last) {
+// fused: nullopt = where the fused kernel serves; true = the fused kernel or an error; false = bmm.
+at::Tensor run_weight_grad(const at::Tensor& grad_y, const at::Tensor& x, at::IntArrayRef pattern,
+                           bool batch_last, std::optional<bool> fused) {
   int64_t B = 0;
   const Pattern p = check_weight_grad(grad_y, x, pattern, batch_last, &B);
   TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
   const auto st = x.scalar_type();
-  if (batch_last || B == 0 || !(st == at::kHalf || st == at::kBFloat16))
+  const bool fused_dtype = st == at::kHalf || st == at::kBFloat16;
+  TORCH_CHECK(!(fused && *fused) || (fused_dtype && !batch_last),
+              "ks::weight_grad: the fused plan serves 16-bit batch-first inputs only");
+  if ((fused && !*fused) || batch_last || B == 0 || !fused_dtype)
     return weight_grad_aten(grad_y, x, pattern, batch_last);
   const auto [a, b, c, d] = p;
   TORCH_CHECK(b <= INT32_MAX && c <= INT32_MAX && d <= INT32_MAX && a <= INT32_MAX,
@@ -116,6 +187,9 @@ at::Tensor weight_grad_cuda(const at::Tensor& grad_y, const at::Tensor& x, at::I
   args.d = static_cast<int>(d);
   args.dtype = to_dtype(st);
   const int64_t ws_floats = weight_grad_workspace(args);
+  TORCH_CHECK(ws_floats >= 0 || !fused, "ks::weight_grad: the fused plan does not serve ",
+              pattern_str(p), " (d must be 4 or a multiple of 8, b*d and c*d multiples of 8, rows "
+              "16-byte aligned, sm_90, and not the large planes that go to bmm)");
   if (ws_floats < 0) return weight_grad_aten(grad_y, x, pattern, batch_last);
   at::Tensor ws = at::empty({ws_floats}, x.options().dtype(at::kFloat));
   args.ws = ws.data_ptr<float>();
@@ -125,10 +199,26 @@ at::Tensor weight_grad_cuda(const at::Tensor& grad_y, const at::Tensor& x, at::I
   return dw;
 }
 
+at::Tensor weight_grad_cuda(const at::Tensor& grad_y, const at::Tensor& x, at::IntArrayRef pattern,
+                            bool batch_last) {
+  return run_weight_grad(grad_y, x, pattern, batch_last, std::nullopt);
+}
+
+// Private: "fused" or "bmm" (benchmarks and tests time and check both paths).
+at::Tensor weight_grad_plan_cuda(const at::Tensor& grad_y, const at::Tensor& x, at::IntArrayRef pattern,
+                                 c10::string_view plan, bool batch_last) {
+  const std::string name(plan);
+  TORCH_CHECK(name == "fused" || name == "bmm", "ks::_weight_grad_plan: plan must be 'fused' or 'bmm', got '",
+              name, "'");
+  return run_weight_grad(grad_y, x, pattern, batch_last, name == "fused");
+}
+
 }  // namespace
 }  // namespace ks
 
 TORCH_LIBRARY_IMPL(ks, CUDA, m) {
   m.impl("matmul", &ks::matmul_cuda);
   m.impl("weight_grad", &ks::weight_grad_cuda);
+  m.impl("_matmul_plan", &ks::matmul_plan_cuda);
+  m.impl("_weight_grad_plan", &ks::weight_grad_plan_cuda);
 }

@@ -2,7 +2,6 @@
 // parallel build compiles them side by side) and the configuration classes they accept.
 #pragma once
 #include <cstdint>
-#include <cstdlib>
 #include <cuda_runtime.h>
 
 #include "ks_plane.cuh"
@@ -10,13 +9,6 @@
 
 namespace ks {
 namespace detail {
-
-// Integer value of environment variable `name` (A/B switches of the dispatch), or `fallback`
-// when unset. Callers read it once into a static.
-inline int env_int(const char* name, int fallback) {
-  const char* e = std::getenv(name);
-  return e == nullptr ? fallback : std::atoi(e);
-}
 
 inline bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 inline bool pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }

@@ -30,12 +30,6 @@ struct MatmulArgs {
 // Launches on `stream`; returns the launch's error (cudaSuccess for batch == 0, nothing launched).
 cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream);
 
-// True where ATen's permute + bmm measured faster than the fused kernels on the H200 (large
-// planes: few bytes per flop, where cuBLAS's big GEMM tiles win over 4-8-plane register tiles);
-// the binding then takes that path. Reads only sizes, layout and dtype. KS_MATMUL_BMM=0 (read
-// at every call) turns the rule off, KS_MATMUL_BMM=2 sends every product there (A/B runs).
-bool matmul_prefers_bmm(const MatmulArgs& args);
-
 // Weight gradient, batch-first:  dw[i,j,k,l] = sum_n gy(n, i, j, l) * x(n, i, k, l)  with gy
 // (batch, abd) rows of stride ldg and x (batch, acd) rows of stride ldx (inner strides 1), dw
 // contiguous (a,b,c,d). The fused kernel (ks_wgrad.cu) serves 16-bit inputs with d == 4 or
@@ -58,5 +52,12 @@ struct WgradArgs {
 // caller then takes the ATen bmm path). weight_grad then launches that plan.
 int64_t weight_grad_workspace(WgradArgs& args);
 cudaError_t weight_grad(const WgradArgs& args, cudaStream_t stream);
+
+// out[r][q][p] = in[r][p][q] for r < R, p < P, q < Q, both contiguous, elements of elem_size
+// bytes (2, 4 or 8): the layout change of the Transposed plan (ks_transpose.cu).
+namespace detail {
+cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q, int elem_size,
+                              cudaStream_t stream);
+}  // namespace detail
 
 }  // namespace ks

@@ -220,43 +220,22 @@ cudaError_t launch_gemv(const GemvParams& p, bool vec, cudaStream_t s) {
 // (per-tile overhead); 8 < d < 64 with c <= 128 (measured on d = 16: 1.03-1.3x). (Round 6 also
 // kept d = 4, b = 192 there, when the plane kernel padded it to 256 columns; it now takes 64-wide
 // blocks.)
-// KS_PLANE=0: never a plane kernel; KS_PLANE_WRES=0: never the w-resident one (A/B runs).
 enum PlaneMode : int { kPlaneNone = 0, kPlaneStream = 1, kPlaneWRes = 2 };
 // tiles: the plane configuration's tile count (set when the mode is not kPlaneNone).
 inline int plane_mode(const MatmulArgs& g, int64_t& tiles) {
-  static const bool enabled = env_int("KS_PLANE", 1) != 0;
-  static const bool wres_enabled = env_int("KS_PLANE_WRES", 1) != 0;
   const int b = g.b, c = g.c, d = g.d;
-  if (!enabled || !(d == 4 || d % 8 == 0)) return kPlaneNone;
+  if (!(d == 4 || d % 8 == 0)) return kPlaneNone;
   if ((int64_t)c * d % 8 != 0 || !aligned16(g.x) || !aligned16(g.w) || g.ldx % 8 != 0) return kPlaneNone;
   if ((reinterpret_cast<uintptr_t>(g.y) & 3) != 0) return kPlaneNone;
   tiles = plane_tiles(g.batch, g.a, b, d);
   if (tiles >= 0x7fffffffLL || !has_sm90()) return kPlaneNone;
-  if (wres_enabled && plane_wres_fits(b, c, d)) return kPlaneWRes;
+  if (plane_wres_fits(b, c, d)) return kPlaneWRes;
   if (d == 4 && b <= 64 && c <= 64) return kPlaneNone;
   if (d > 8 && d < 64 && c <= 128) return kPlaneNone;
   return kPlaneStream;
 }
 
 }  // namespace detail
-
-// Round 10 (benchmarks/NOTES.md), bf16 batch-first on the H200: at B = 25088 the fused kernels
-// ran 1.23-1.61x slower than permute + bmm at d = 4 with b = c >= 768, 1.06-2.6x at d = 16 with
-// b >= 384 and b*c >= 384^2, 1.25x at d = 64 with b = c = 1024, and won everywhere else on the
-// grid. At B = 4096 the same classes went the same way; at B = 256 d = 4 still did (1.4-1.9x),
-// but the d >= 16 classes were mixed (the fused kernel up to 3x faster at d = 64), so those are
-// routed from B >= 2048 only. Only 16-bit batch-first products were measured and are routed.
-bool matmul_prefers_bmm(const MatmulArgs& g) {
-  const int mode = detail::env_int("KS_MATMUL_BMM", 1);
-  if (mode == 0) return false;
-  if (mode == 2) return true;
-  if (g.dtype == DType::F32 || g.batch_last || g.batch <= 16) return false;
-  const int64_t bc = (int64_t)g.b * g.c;
-  if (g.d == 4) return bc >= 768 * 768;
-  if (g.d % 8 != 0 || g.batch < 2048) return false;
-  if (g.d < 64) return g.b >= 384 && bc >= 384 * 384;
-  return bc >= 1024 * 1024;
-}
 
 cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
   using namespace detail;
@@ -281,7 +260,7 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
   }
 
   // Round 6: 16-bit batch-first with chunk-shaped l groups goes to the plane kernels
-  // (ks_plane.cuh); KS_PLANE=0 keeps it on the tile kernels (A/B runs).
+  // (ks_plane.cuh).
   if (esz == 2 && !args.batch_last) {
     int64_t tiles = 0;
     const int mode = plane_mode(args, tiles);
@@ -310,16 +289,14 @@ cudaError_t matmul(const MatmulArgs& args, cudaStream_t stream) {
   } else {
     BN = (L >= 4 || b <= 64) ? 64 : 128;
     if (esz == 2 && L >= 4) {
-      // Tall 512-thread blocks (one per SM; BN classes 564 / 664 in ks_tile_16.cu): BM 64 for
+      // Tall 512-thread blocks (one per SM; BN class 564 in ks_tile_16.cu): BM 64 for
       // L = 8 halves the w re-reads per flop of the 32-row planes (1.03-2.3x on the grid's
       // d >= 16 patterns, round 5); for L = 4 (BM 128) only where c is not a multiple of 32,
       // i.e. where their BK 16 wastes less of the K loop than BK 32 (elsewhere 0.92-0.96x).
-      // Only with >= 4 tiles per SM. KS_TALL=0 / 1 / 2 forces off / BK 16 / BK 32 for L = 4.
-      static const int tall_env = env_int("KS_TALL", -1);
+      // Only with >= 4 tiles per SM.
       const int64_t bm = L == 4 ? 128 : 64;
       const int64_t tiles = (B + bm - 1) / bm * a * ((b + 63) / 64) * ((d + L - 1) / L);
-      if (tall_env > 0) BN = (L == 4 && tall_env == 2) ? 664 : 564;
-      else if (tall_env < 0 && tiles >= 4 * (int64_t)sm_count() && (L == 8 || c % 32 != 0)) BN = 564;
+      if (tiles >= 4 * (int64_t)sm_count() && (L == 8 || c % 32 != 0)) BN = 564;
     }
   }
 

@@ -20,10 +20,8 @@ cudaError_t launch_plane(PlaneParams p, cudaStream_t stream) {
   auto kern = ks_plane_kernel<P>;
   const cudaError_t e = allow_smem<ks_plane_kernel<P>>(P::SMEM);
   if (e != cudaSuccess) return e;
-  // Persistent (one block per SM, the ring runs across tiles) unless KS_PLANE_GRID=1: one block
-  // per tile, dispatched in tile order by the hardware.
-  static const bool per_tile = env_int("KS_PLANE_GRID", 0) == 1;
-  const int grid = per_tile || p.tiles < sm_count() ? p.tiles : sm_count();
+  // Persistent: one block per SM, the ring runs across tiles.
+  const int grid = p.tiles < sm_count() ? p.tiles : sm_count();
   kern<<<grid, P::NT, P::SMEM, stream>>>(p);
   return cudaGetLastError();
 }

@@ -19,7 +19,6 @@ cudaError_t launch_16(const TileParams& p, int L, int BN, cudaStream_t s) {
     // Round 5: 512-thread blocks (one per SM) with twice the rows per l plane, so that w is
     // re-read from L2 half as often per flop, and a deeper ring (BK 16).
     case 4564: return launch_tile<MmaPolicy<T, 128, 64, 16, 4, 32, 64, 4>, true>(p, s);
-    case 4664: return launch_tile<MmaPolicy<T, 128, 64, 32, 4, 32, 64, 3>, true>(p, s);
     case 8564: return launch_tile<MmaPolicy<T, 64, 64, 16, 8, 32, 64, 4>, true>(p, s);
     default: return cudaErrorInvalidConfiguration;
   }

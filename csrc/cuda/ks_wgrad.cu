@@ -285,7 +285,7 @@ WgradParams params_of(const WgradArgs& g) {
   return p;
 }
 
-// The fused kernel's preconditions (KS_WGRAD, read by weight_grad_workspace, aside).
+// The fused kernel's preconditions.
 bool fused_serves(const WgradArgs& g) {
   if (g.dtype == DType::F32 || g.batch < 1 || !(g.d == 4 || g.d % 8 == 0)) return false;
   if ((int64_t)g.b * g.d % 8 != 0 || (int64_t)g.c * g.d % 8 != 0) return false;
@@ -327,9 +327,7 @@ cudaError_t launch_wgrad(const WgradArgs& g, cudaStream_t stream) {
 
 int64_t weight_grad_workspace(WgradArgs& args) {
   using namespace detail;
-  // KS_WGRAD=0 sends everything to the bmm path (A/B runs; read at every call, so that one
-  // process can time both paths).
-  if (env_int("KS_WGRAD", 1) == 0 || !fused_serves(args)) return -1;
+  if (!fused_serves(args)) return -1;
   return with_wgrad_cfg<__nv_bfloat16>(args.b, args.c, args.d, [&](auto cfg) {
     WgradParams p = params_of(args);
     const int64_t floats = plan<decltype(cfg)>(p, 0);

@@ -1,0 +1,16 @@
+// The cuBLAS plans of ks::matmul (ks_plan.h): y is allocated by the caller (contiguous), x rows
+// have unit inner stride and row stride ldx (batch-first: B rows of a*c*d; batch-last: a*c*d
+// rows of B), w is (a,b,c,d) of x's dtype.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace ks {
+// Plan::Strided, batch-last, any d.
+void strided_batch_last(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B);
+// Plan::Strided, batch-first, d == 1.
+void strided_batch_first_d1(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B);
+// Plan::BlockDense, batch-first.
+void block_dense_batch_first(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B);
+// Plan::Transposed, batch-first (x is made contiguous first).
+void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B);
+}  // namespace ks

@@ -1,0 +1,87 @@
+"""The dispatch rule (csrc/ks_plan.h) as a pure function, and the plans that run on the CPU."""
+import itertools
+
+import pytest
+import torch
+
+from ks_ops import KSPattern
+from ks_ops.ops import PLANS, matmul_with_plan, plan_for
+
+from support import assert_matches_reference, make_inputs
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+GRID = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+BC = [48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+
+
+def problems():
+    for a, d in itertools.product(GRID[::3], GRID):
+        for b, c in [(64, 64), (48, 192), (768, 192), (1024, 1024)]:
+            for batch in (1, 16, 17, 256, 2047, 2048, 4096, 25088):
+                yield (a, b, c, d), batch
+
+
+def serves(plan, pattern, batch_last, sm, dtype):
+    d = pattern[3]
+    if sm == 0 or dtype == torch.float64:
+        return plan in ("bmm", "dense")
+    if plan == "strided":
+        return batch_last or d == 1
+    if plan in ("blockdense", "transposed"):
+        return not batch_last
+    return True
+
+
+@pytest.mark.parametrize("sm", [0, 80, 90])
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
+    for tf32 in (False, True):
+        for pattern, batch in problems():
+            plan = plan_for(pattern, batch, dtype, batch_last=batch_last, allow_tf32=tf32, sm=sm)
+            assert plan in PLANS
+            assert serves(plan, pattern, batch_last, sm, dtype), (plan, pattern, batch, dtype, batch_last, sm)
+
+
+def test_rule_is_bmm_on_the_cpu_and_for_float64():
+    assert plan_for((2, 48, 192, 1), 4096, torch.float32, sm=0) == "bmm"
+    assert plan_for((2, 48, 192, 1), 4096, torch.float64, sm=90) == "bmm"
+
+
+def test_rule_rejects_bad_arguments():
+    with pytest.raises(RuntimeError, match="pattern must have 4 entries"):
+        torch.ops.ks._plan_for([1, 2, 3], 4, 1, False, 90)
+    with pytest.raises(RuntimeError, match="pattern entries must be positive"):
+        torch.ops.ks._plan_for([1, 2, 0, 4], 4, 1, False, 90)
+    with pytest.raises(RuntimeError, match="precision must be 0..4"):
+        torch.ops.ks._plan_for([1, 2, 3, 4], 4, 7, False, 90)
+    with pytest.raises(ValueError, match="dtype must be"):
+        plan_for((1, 2, 3, 4), 4, torch.int32)
+
+
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("pattern", [(1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2)], ids=str)
+@pytest.mark.parametrize("plan", ["bmm", "dense"])
+def test_cpu_plans_match_reference(plan, pattern, dtype, batch_last):
+    x, w = make_inputs(pattern, 19, batch_last=batch_last, dtype=dtype)
+    assert_matches_reference(matmul_with_plan(x, w, plan, batch_last=batch_last), x, w, batch_last=batch_last)
+
+
+def test_cpu_plan_errors():
+    x, w = make_inputs((2, 8, 8, 4), 5)
+    with pytest.raises(RuntimeError, match="plan 'strided' needs a CUDA device"):
+        matmul_with_plan(x, w, "strided")
+    with pytest.raises(RuntimeError, match="unknown plan 'nope'"):
+        matmul_with_plan(x, w, "nope")
+    gy = torch.randn(5, KSPattern(2, 8, 8, 4).out_features)
+    with pytest.raises(RuntimeError, match="only plan is 'bmm'"):
+        torch.ops.ks._weight_grad_plan(gy, x, [2, 8, 8, 4], "fused")
+
+
+def test_opcheck_private_ops():
+    x, w = make_inputs((3, 5, 7, 2), 6)
+    torch.library.opcheck(torch.ops.ks._matmul_plan.default, (x, w, "dense"), {"batch_last": False})
+    gy = torch.randn(6, KSPattern(3, 5, 7, 2).out_features)
+    torch.library.opcheck(torch.ops.ks._weight_grad_plan.default, (gy, x, [3, 5, 7, 2], "bmm"),
+                          {"batch_last": False})
