@@ -30,6 +30,26 @@ def write_build_info(with_cuda: bool) -> None:
     os.replace(path + ".tmp", path)
 
 
+def cublas_library() -> str:
+    """Path of the cuBLAS shared library to link the cuBLAS plans against: the toolkit's, or the
+    one the torch wheel ships (nvidia-cublas: only libcublas.so.N, no unversioned link). At run
+    time the process reuses the libcublas that torch has already loaded (same soname)."""
+    dirs = [os.path.join(CUDA_HOME, "lib64"), os.path.join(CUDA_HOME, "lib")]
+    dirs += glob.glob(os.path.join(CUDA_HOME, "targets", "*", "lib"))
+    try:
+        import nvidia
+
+        for root in nvidia.__path__:
+            dirs += glob.glob(os.path.join(root, "*", "lib")) + glob.glob(os.path.join(root, "cublas", "lib"))
+    except ImportError:
+        pass
+    for d in dirs:
+        found = sorted(glob.glob(os.path.join(d, "libcublas.so*")))
+        if found:
+            return found[0]
+    raise RuntimeError(f"ks_ops: libcublas not found (looked in {dirs}); set KS_OPS_NO_CUDA=1 for a CPU-only build")
+
+
 def extension():
     with_cuda = want_cuda()
     write_build_info(with_cuda)
@@ -45,6 +65,7 @@ def extension():
         include_dirs=[os.path.join(HERE, "csrc")],
         define_macros=[("KS_OPS_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=[cublas_library()],
     )
 
 

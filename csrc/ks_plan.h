@@ -49,9 +49,10 @@ inline bool plan_serves(Plan p, const Problem& q) {
     case Plan::Fused: return q.sm > 0 && q.precision != Precision::F64;
     case Plan::Bmm:
     case Plan::Dense: return true;
-    case Plan::Strided: return q.sm > 0 && (q.batch_last || q.d == 1);
+    // cuBLAS plans: fp32 (strict or TF32), fp16, bf16.
+    case Plan::Strided: return q.sm > 0 && q.precision != Precision::F64 && (q.batch_last || q.d == 1);
     case Plan::BlockDense:
-    case Plan::Transposed: return q.sm > 0 && !q.batch_last;
+    case Plan::Transposed: return q.sm > 0 && q.precision != Precision::F64 && !q.batch_last;
   }
   return false;
 }

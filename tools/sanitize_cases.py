@@ -24,7 +24,7 @@ CASES = [  # pattern, batch
 WGRAD_CASES = [((3, 50, 24, 8), 70), ((2, 70, 34, 4), 130), ((1, 192, 48, 4), 40), ((1, 16, 16, 64), 3000),
                ((40, 72, 24, 16), 33), ((2, 33, 136, 24), 17)]
 # The transposed plan's batched transposition (ks_transpose.cu): whole matrices per tile, and
-# matrices split into TP x TQ tiles with tails in both dimensions (x and y sides), 2/4/8-byte data.
+# matrices split into TP x TQ tiles with tails in both dimensions (x and y sides), 2/4-byte data.
 TRANSPOSE_CASES = [((3, 13, 11, 3), 29), ((1, 130, 100, 48), 7), ((2, 70, 90, 70), 5), ((1, 5, 9, 64), 3)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
@@ -60,7 +60,7 @@ def main(groups=("matmul", "weight_grad", "transposed")):
                 print(f"MISMATCH weight_grad {pattern} B={batch} {dtype}: {err:.3g}")
     for (pattern, batch) in TRANSPOSE_CASES if "transposed" in groups else []:
         p = KSPattern.of(pattern)
-        for dtype in (torch.bfloat16, torch.float32, torch.float64):
+        for dtype in (torch.bfloat16, torch.float32):
             w = p.random_weights(dtype=dtype, device="cuda")
             x = torch.randn(batch, p.in_features, dtype=dtype, device="cuda")
             y = torch.ops.ks._matmul_plan(x, w, "transposed")
@@ -71,7 +71,7 @@ def main(groups=("matmul", "weight_grad", "transposed")):
                 print(f"MISMATCH transposed {pattern} B={batch} {dtype}: {err:.3g}")
     torch.cuda.synchronize()
     n = (len(CASES) * len(DTYPES) * 2 * ("matmul" in groups) + len(WGRAD_CASES) * 2 * ("weight_grad" in groups)
-         + len(TRANSPOSE_CASES) * 3 * ("transposed" in groups))
+         + len(TRANSPOSE_CASES) * 2 * ("transposed" in groups))
     print(f"sanitize cases: {n} launches, {bad} mismatches")
     sys.exit(1 if bad else 0)
 

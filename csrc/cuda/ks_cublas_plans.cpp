@@ -6,8 +6,9 @@
 // Column-major cuBLAS terms throughout: a row-major (r x s) matrix with row stride ld is the
 // column-major (s x r) matrix with leading dimension ld.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDABlas.h>
+#include <ATen/Context.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <cublas_v2.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "ks_aten.h"
@@ -17,18 +18,38 @@
 namespace ks {
 namespace {
 
-// C = op(A) op(B) over `batches` planes: at::cuda::blas::bgemm with alpha 1, beta 0.
-template <typename T>
+// C = op(A) op(B) over `batches` planes, alpha 1, beta 0, fp32 accumulation (TF32 inputs where
+// allowed for float32), on torch's cuBLAS handle (current stream, torch's workspace). cuBLAS is
+// called directly: ATen's bgemm wrappers are not exported from libtorch_cuda.
 void bgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const at::Tensor& A, int64_t a_off,
            int64_t lda, int64_t sa, const at::Tensor& B, int64_t b_off, int64_t ldb, int64_t sb,
            at::Tensor& C, int64_t c_off, int64_t ldc, int64_t sc, int64_t batches) {
-  at::cuda::blas::bgemm<T>(ta, tb, m, n, k, at::opmath_type<T>(1), A.const_data_ptr<T>() + a_off,
-                           lda, sa, B.const_data_ptr<T>() + b_off, ldb, sb, at::opmath_type<T>(0),
-                           C.mutable_data_ptr<T>() + c_off, ldc, sc, batches);
+  for (const int64_t v : {m, n, k, lda, ldb, ldc, batches})
+    TORCH_CHECK(v <= INT32_MAX, "ks::matmul (cuBLAS plan): a GEMM dimension exceeds 2^31 - 1");
+  cudaDataType_t t;
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  switch (C.scalar_type()) {
+    case at::kFloat:
+      t = CUDA_R_32F;
+      if (at::globalContext().allowTF32CuBLAS()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+      break;
+    case at::kHalf: t = CUDA_R_16F; break;
+    case at::kBFloat16: t = CUDA_R_16BF; break;
+    default: TORCH_CHECK(false, "ks::matmul (cuBLAS plan): no plan for dtype ", C.scalar_type());
+  }
+  const int64_t esz = C.element_size();
+  const float alpha = 1.f, beta = 0.f;
+  cublasHandle_t h = at::cuda::getCurrentCUDABlasHandle();
+  const cublasStatus_t st = cublasGemmStridedBatchedEx(
+      h, ta == 't' ? CUBLAS_OP_T : CUBLAS_OP_N, tb == 't' ? CUBLAS_OP_T : CUBLAS_OP_N,
+      static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), &alpha,
+      static_cast<const char*>(A.const_data_ptr()) + a_off * esz, t, static_cast<int>(lda), sa,
+      static_cast<const char*>(B.const_data_ptr()) + b_off * esz, t, static_cast<int>(ldb), sb, &beta,
+      static_cast<char*>(C.mutable_data_ptr()) + c_off * esz, t, static_cast<int>(ldc), sc,
+      static_cast<int>(batches), compute, CUBLAS_GEMM_DEFAULT);
+  TORCH_CHECK(st == CUBLAS_STATUS_SUCCESS, "ks::matmul (cuBLAS plan): cublasGemmStridedBatchedEx failed (status ",
+              static_cast<int>(st), ") for m=", m, " n=", n, " k=", k, " batches=", batches);
 }
-
-#define KS_DISPATCH_FLOATS(dtype, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ks_cublas_plan", __VA_ARGS__)
 
 // (a, d, b, c): plane (i, l) of w as a contiguous row-major (b x c) matrix.
 at::Tensor planes_of(const at::Tensor& w) { return w.permute({0, 3, 1, 2}).contiguous(); }
@@ -48,17 +69,15 @@ void strided_batch_last(const at::Tensor& x, int64_t ldx, const at::Tensor& w, a
                         int64_t B) {
   const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
   const at::Tensor wp = planes_of(w);
-  KS_DISPATCH_FLOATS(x.scalar_type(), [&] {
-    if (a <= d) {
-      for (int64_t i = 0; i < a; ++i)
-        bgemm<scalar_t>('n', 'n', B, b, c, x, i * c * d * ldx, d * ldx, ldx, wp, i * d * b * c, c,
-                        b * c, y, i * b * d * B, d * B, B, d);
-    } else {
-      for (int64_t l = 0; l < d; ++l)
-        bgemm<scalar_t>('n', 'n', B, b, c, x, l * ldx, d * ldx, c * d * ldx, wp, l * b * c, c,
-                        d * b * c, y, l * B, d * B, b * d * B, a);
-    }
-  });
+  if (a <= d) {
+    for (int64_t i = 0; i < a; ++i)
+      bgemm('n', 'n', B, b, c, x, i * c * d * ldx, d * ldx, ldx, wp, i * d * b * c, c,
+            b * c, y, i * b * d * B, d * B, B, d);
+  } else {
+    for (int64_t l = 0; l < d; ++l)
+      bgemm('n', 'n', B, b, c, x, l * ldx, d * ldx, c * d * ldx, wp, l * b * c, c, d * b * c, y,
+            l * B, d * B, b * d * B, a);
+  }
 }
 
 // Batch-first with block matrices Wb (a, rows, cols), row-major: y[:, i*rows:(i+1)*rows] =
@@ -67,10 +86,7 @@ void strided_batch_last(const at::Tensor& x, int64_t ldx, const at::Tensor& w, a
 static void blocks_batch_first(const at::Tensor& x, int64_t ldx, const at::Tensor& wb, at::Tensor& y,
                                int64_t B) {
   const int64_t a = wb.size(0), rows = wb.size(1), cols = wb.size(2);
-  KS_DISPATCH_FLOATS(x.scalar_type(), [&] {
-    bgemm<scalar_t>('t', 'n', rows, B, cols, wb, 0, cols, rows * cols, x, 0, ldx, cols, y, 0,
-                    a * rows, rows, a);
-  });
+  bgemm('t', 'n', rows, B, cols, wb, 0, cols, rows * cols, x, 0, ldx, cols, y, 0, a * rows, rows, a);
 }
 
 void strided_batch_first_d1(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y,
@@ -100,10 +116,7 @@ void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor
                   "x");
   const at::Tensor wp = planes_of(w);
   at::Tensor yt = at::empty({B, a, d, b}, x.options());
-  KS_DISPATCH_FLOATS(x.scalar_type(), [&] {
-    bgemm<scalar_t>('t', 'n', b, B, c, wp, 0, c, b * c, xt, 0, a * d * c, c, yt, 0, a * d * b, b,
-                    a * d);
-  });
+  bgemm('t', 'n', b, B, c, wp, 0, c, b * c, xt, 0, a * d * c, c, yt, 0, a * d * b, b, a * d);
   check_transpose(detail::transpose_batched(yt.const_data_ptr(), y.mutable_data_ptr(), B * a,
                                             static_cast<int>(d), static_cast<int>(b), esz, s),
                   "y");

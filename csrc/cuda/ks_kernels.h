@@ -54,7 +54,7 @@ int64_t weight_grad_workspace(WgradArgs& args);
 cudaError_t weight_grad(const WgradArgs& args, cudaStream_t stream);
 
 // out[r][q][p] = in[r][p][q] for r < R, p < P, q < Q, both contiguous, elements of elem_size
-// bytes (2, 4 or 8): the layout change of the Transposed plan (ks_transpose.cu).
+// bytes (2 or 4): the layout change of the Transposed plan (ks_transpose.cu).
 namespace detail {
 cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q, int elem_size,
                               cudaStream_t stream);

@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) ks_transpose_kernel(const T* __restr
 
 cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q, int elem_size,
                               cudaStream_t stream) {
-  if (R < 0 || P <= 0 || Q <= 0 || !(elem_size == 2 || elem_size == 4 || elem_size == 8))
+  if (R < 0 || P <= 0 || Q <= 0 || !(elem_size == 2 || elem_size == 4))
     return cudaErrorInvalidValue;
   if (R == 0) return cudaSuccess;
   TransposeTile g{};
@@ -115,13 +115,9 @@ cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q
       ks_transpose_kernel<uint16_t><<<grid, kThreads, smem, stream>>>(
           static_cast<const uint16_t*>(in), static_cast<uint16_t*>(out), g);
       break;
-    case 4:
+    default:
       ks_transpose_kernel<uint32_t><<<grid, kThreads, smem, stream>>>(
           static_cast<const uint32_t*>(in), static_cast<uint32_t*>(out), g);
-      break;
-    default:
-      ks_transpose_kernel<uint64_t><<<grid, kThreads, smem, stream>>>(
-          static_cast<const uint64_t*>(in), static_cast<uint64_t*>(out), g);
   }
   return cudaGetLastError();
 }
