@@ -3,6 +3,7 @@
 // no environment: the CPU build compiles it too, so CI tests its decisions, and experiments pick a
 // plan explicitly through the private op ks::_matmul_plan instead of switches.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -16,10 +17,10 @@ enum class Plan : int {
   Dense = 2,       // K materialized (abd x acd), one GEMM
   Strided = 3,     // cuBLAS batched GEMM on the planes where they lie (batch-last any d,
                    // batch-first d == 1): no copy of x or y
-  BlockDense = 4,  // batch-first: per block i, K's (bd x cd) diagonal block densified in l;
-                   // one strided-batched GEMM over i on x and y in place, d times the flops
+  BlockDense = 4,  // per block i, K's (bd x cd) diagonal block densified in l (one kernel); one
+                   // strided-batched GEMM over i on x and y in place, d times the flops
   Transposed = 5,  // batch-first: x's rows transposed to (a, d, c), one strided-batched GEMM over
-                   // the a*d planes, y's rows transposed back (ks_transpose.cu)
+                   // the a*d planes, y's rows transposed back (ks_layout.cu)
 };
 constexpr int kNumPlans = 6;
 constexpr const char* kPlanNames[kNumPlans] = {"fused", "bmm", "dense", "strided", "blockdense", "transposed"};
@@ -51,25 +52,69 @@ inline bool plan_serves(Plan p, const Problem& q) {
     case Plan::Dense: return true;
     // cuBLAS plans: fp32 (strict or TF32), fp16, bf16.
     case Plan::Strided: return q.sm > 0 && q.precision != Precision::F64 && (q.batch_last || q.d == 1);
-    case Plan::BlockDense:
+    case Plan::BlockDense: return q.sm > 0 && q.precision != Precision::F64;
     case Plan::Transposed: return q.sm > 0 && q.precision != Precision::F64 && !q.batch_last;
   }
   return false;
 }
 
-// The rule. On the CPU and for float64 the ATen permute + bmm method (the CPU kernel).
-// Otherwise, until the plan sweep of benchmarks/NOTES.md (issue hopper-kernels) replaces it: the
-// round-10 rule -- fused kernels, with ATen bmm for the large 16-bit batch-first planes where it
-// measured faster on the H200.
+// Flops per byte of copy bandwidth at which an sm_90 GEMM turns compute-bound: bf16/fp16
+// ~760-780 TFLOP/s against 3.0 (H100) - 4.2 (H200) TB/s, TF32 ~400, strict fp32 (FFMA) ~51. One
+// value between the two cards: the rule cannot tell them apart by compute capability.
+inline double ridge_flops_per_byte(Precision p) {
+  switch (p) {
+    case Precision::BF16:
+    case Precision::F16: return 220.0;
+    case Precision::TF32: return 115.0;
+    default: return 14.0;
+  }
+}
+
+// Estimated cost of the BlockDense plan in bytes at copy bandwidth (flops / ridge): it reads x
+// and writes y once, does d times the pattern's flops, and writes then reads the densified blocks.
+inline double block_dense_cost(const Problem& q, double esz, double ridge) {
+  const double B = static_cast<double>(q.batch), a = q.a, b = q.b, c = q.c, d = static_cast<double>(q.d);
+  const double flops = 2.0 * B * a * b * c * d;
+  const double blocks = esz * a * b * c * d * d;
+  return std::max(d * flops / ridge, esz * B * a * (b + c) * d + blocks) + 2.0 * blocks;
+}
+
+// The rule (benchmarks/NOTES.md, "Plans"; measured on an H100 over the seeded 48-pattern sample
+// of the paper's grid at B = 256, 4096 and 25088 with every plan timed, bf16 / fp32 / tf32):
+// - the CPU and float64: the ATen permute + bmm method;
+// - B <= 16: the fused kernels (weight-streaming gemv; decode sizes are issue decode's);
+// - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
+//   the floor -- or BlockDense where its d-fold flops stay cheap (small d * b * c / (b + c), few
+//   planes: one GEMM per block instead of one per plane);
+// - batch-first d > 1: the fused kernels where they measured best -- 16-bit with their
+//   chunk-shaped d (2, 4, 8k) at B <= 512 or d % 8 == 0 with planes of at most 256 x 256; strict
+//   fp32 with planes of at most 128 x 128, d = 2 or 4 | d, d <= 64 (else Transposed);
+// - otherwise BlockDense or Transposed by their cost in bytes at copy bandwidth: Transposed moves
+//   x and y three times at the pattern's own flops; BlockDense unless it costs more than 1.5x that
+//   (its single GEMM runs closer to its estimate than the three passes of Transposed).
 inline Plan choose_plan(const Problem& q) {
   if (q.sm == 0 || q.precision == Precision::F64) return Plan::Bmm;
+  if (q.batch <= 16) return Plan::Fused;
   const bool half = q.precision == Precision::F16 || q.precision == Precision::BF16;
-  if (!half || q.batch_last || q.batch <= 16) return Plan::Fused;
-  const int64_t bc = q.b * q.c;
-  if (q.d == 4) return bc >= 768 * 768 ? Plan::Bmm : Plan::Fused;
-  if (q.d % 8 != 0 || q.batch < 2048) return Plan::Fused;
-  if (q.d < 64) return (q.b >= 384 && bc >= 384 * 384) ? Plan::Bmm : Plan::Fused;
-  return bc >= 1024 * 1024 ? Plan::Bmm : Plan::Fused;
+  const double esz = half ? 2.0 : 4.0;
+  const double ridge = ridge_flops_per_byte(q.precision);
+  const double B = static_cast<double>(q.batch), a = q.a, b = q.b, c = q.c, d = static_cast<double>(q.d);
+  const double flops = 2.0 * B * a * b * c * d;
+  const double xy = esz * B * a * (b + c) * d;  // x read + y written
+  const double block_dense = block_dense_cost(q, esz, ridge);
+  if (q.batch_last || q.d == 1) {
+    const double strided = 1.3 * std::max(flops / ridge, xy);
+    return q.d > 1 && block_dense <= strided ? Plan::BlockDense : Plan::Strided;
+  }
+  const int64_t dq = q.d;
+  const bool chunk_d = dq == 2 || dq == 4 || dq % 8 == 0;
+  if (half && chunk_d && (q.batch <= 512 || (dq % 8 == 0 && q.b * q.c <= 256 * 256))) return Plan::Fused;
+  if (q.precision == Precision::F32) {  // FFMA: d-fold flops are never cheap, BlockDense never won
+    const bool small_planes = (dq == 2 || dq % 4 == 0) && dq <= 64 && q.b * q.c <= 128 * 128;
+    return small_planes ? Plan::Fused : Plan::Transposed;
+  }
+  const double transposed = 3.0 * xy + flops / ridge;
+  return block_dense <= 1.5 * transposed ? Plan::BlockDense : Plan::Transposed;
 }
 
 }  // namespace ks

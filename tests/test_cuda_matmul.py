@@ -262,7 +262,7 @@ def serves(plan, pattern, batch_last):
     d = pattern[3]
     if plan == "strided":
         return batch_last or d == 1
-    if plan in ("blockdense", "transposed"):
+    if plan == "transposed":
         return not batch_last
     return True
 
@@ -281,7 +281,8 @@ def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_la
 
 @pytest.mark.parametrize("plan", ["strided", "blockdense", "transposed"])
 def test_cublas_plans_strided_and_leading_dims(plan):
-    """Leading dims, rows wider than the features and a batch-last x with ldx > B."""
+    """Leading dims, rows wider than the features, misaligned rows; batch-last x with ldx > B and
+    a misaligned start (the strided plan's pointer-array call needs 16-byte planes, else it loops)."""
     pattern = (2, 48, 24, 1) if plan == "strided" else (3, 20, 12, 6)
     p = KSPattern.of(pattern)
     w = p.random_weights(dtype=torch.bfloat16, device=DEV)
@@ -290,10 +291,17 @@ def test_cublas_plans_strided_and_leading_dims(plan):
     base = torch.randn(301, p.in_features + 24, dtype=torch.bfloat16, device=DEV)
     check(base[:, : p.in_features], w, False, "bf16", plan)
     check(base[:, 1 : p.in_features + 1], w, False, "bf16", plan)
-    if plan == "strided":
-        xl = torch.randn(p.in_features, 300 + 5, dtype=torch.bfloat16, device=DEV)[:, 1:301]
-        check(xl, w, True, "bf16", plan)
-        check(torch.randn(301, p.in_features, dtype=torch.bfloat16, device=DEV).T, w, True, "bf16", plan)
+    if plan == "transposed":
+        return
+    q = KSPattern(3, 20, 12, 6)  # a, d > 1: the pointer-array path of the strided plan
+    wq = q.random_weights(dtype=torch.bfloat16, device=DEV)
+    for dtype_name in ("bf16", "fp32"):
+        dt = DTYPES[dtype_name][0]
+        wq = wq.to(dt)
+        check(torch.randn(q.in_features, 304, dtype=dt, device=DEV), wq, True, dtype_name, plan)
+        xl = torch.randn(q.in_features, 300 + 5, dtype=dt, device=DEV)[:, 1:301]
+        check(xl, wq, True, dtype_name, plan)
+        check(torch.randn(301, q.in_features, dtype=dt, device=DEV).T, wq, True, dtype_name, plan)
 
 
 def test_plan_errors():

@@ -27,7 +27,7 @@ def serves(plan, pattern, batch_last, sm, dtype):
         return plan in ("bmm", "dense")
     if plan == "strided":
         return batch_last or d == 1
-    if plan in ("blockdense", "transposed"):
+    if plan == "transposed":
         return not batch_last
     return True
 

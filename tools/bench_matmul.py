@@ -144,7 +144,7 @@ def plan_serves(name, pattern, x, w, bl, args) -> bool:
         return False
     if name == "strided" and not (bl or d == 1):
         return False
-    if name in ("blockdense", "transposed") and bl:
+    if name == "transposed" and bl:
         return False
     return True
 

@@ -3,7 +3,7 @@
 kernel family (small-batch vector/scalar, tiled fast batch-first, fast batch-last, scalar loads),
 every dtype, tails in every dimension. Small sizes: the tools slow each launch down a lot.
 Checks each result against the float64 reference too, and exits non-zero on a mismatch.
-Arguments name the groups to run (matmul, weight_grad, transposed; default all)."""
+Arguments name the groups to run (matmul, weight_grad, transposed, cublas; default all)."""
 import sys
 
 import torch
@@ -23,13 +23,16 @@ CASES = [  # pattern, batch
 # orientations, several splits of the batch, more tiles than SMs.
 WGRAD_CASES = [((3, 50, 24, 8), 70), ((2, 70, 34, 4), 130), ((1, 192, 48, 4), 40), ((1, 16, 16, 64), 3000),
                ((40, 72, 24, 16), 33), ((2, 33, 136, 24), 17)]
-# The transposed plan's batched transposition (ks_transpose.cu): whole matrices per tile, and
+# The transposed plan's batched transposition (ks_layout.cu): whole matrices per tile, and
 # matrices split into TP x TQ tiles with tails in both dimensions (x and y sides), 2/4-byte data.
 TRANSPOSE_CASES = [((3, 13, 11, 3), 29), ((1, 130, 100, 48), 7), ((2, 70, 90, 70), 5), ((1, 5, 9, 64), 3)]
+# The cuBLAS plans' own kernels: the strided plan's pointer kernel (batch-last, a and d > 1) and
+# the blockdense plan's densification (both layouts).
+CUBLAS_CASES = [((3, 20, 12, 6), 40), ((2, 13, 11, 3), 24), ((1, 5, 9, 64), 8)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
-def main(groups=("matmul", "weight_grad", "transposed")):
+def main(groups=("matmul", "weight_grad", "transposed", "cublas")):
     bad = 0
     for (pattern, batch) in CASES if "matmul" in groups else []:
         p = KSPattern.of(pattern)
@@ -69,12 +72,25 @@ def main(groups=("matmul", "weight_grad", "transposed")):
             if not (err <= 3e-2):
                 bad += 1
                 print(f"MISMATCH transposed {pattern} B={batch} {dtype}: {err:.3g}")
+    for (pattern, batch) in CUBLAS_CASES if "cublas" in groups else []:
+        p = KSPattern.of(pattern)
+        for dtype in (torch.bfloat16, torch.float32):
+            w = p.random_weights(dtype=dtype, device="cuda")
+            for plan, bl in (("strided", True), ("blockdense", True), ("blockdense", False)):
+                shape = (p.in_features, batch) if bl else (batch, p.in_features)
+                x = torch.randn(shape, dtype=dtype, device="cuda")
+                y = torch.ops.ks._matmul_plan(x, w, plan, batch_last=bl)
+                ref = ks_matmul_reference(x.cpu(), w.cpu(), batch_last=bl)
+                err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
+                if not (err <= 3e-2):
+                    bad += 1
+                    print(f"MISMATCH {plan} {pattern} B={batch} {dtype} bl={bl}: {err:.3g}")
     torch.cuda.synchronize()
-    n = (len(CASES) * len(DTYPES) * 2 * ("matmul" in groups) + len(WGRAD_CASES) * 2 * ("weight_grad" in groups)
+    n = (len(CUBLAS_CASES) * 6 * ("cublas" in groups) + len(CASES) * len(DTYPES) * 2 * ("matmul" in groups) + len(WGRAD_CASES) * 2 * ("weight_grad" in groups)
          + len(TRANSPOSE_CASES) * 2 * ("transposed" in groups))
     print(f"sanitize cases: {n} launches, {bad} mismatches")
     sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":
-    main(tuple(sys.argv[1:]) or ("matmul", "weight_grad", "transposed"))
+    main(tuple(sys.argv[1:]) or ("matmul", "weight_grad", "transposed", "cublas"))

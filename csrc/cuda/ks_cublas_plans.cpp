@@ -9,6 +9,9 @@
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <cublas_v2.h>
+
+#include <cstdint>
+#include <utility>
 #include <c10/cuda/CUDAStream.h>
 
 #include "ks_aten.h"
@@ -18,6 +21,18 @@
 namespace ks {
 namespace {
 
+// cuBLAS data and compute types of a dtype: fp32 accumulation, TF32 inputs for float32 where
+// torch allows them.
+std::pair<cudaDataType_t, cublasComputeType_t> cublas_types(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat:
+      return {CUDA_R_32F, at::globalContext().allowTF32CuBLAS() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F};
+    case at::kHalf: return {CUDA_R_16F, CUBLAS_COMPUTE_32F};
+    case at::kBFloat16: return {CUDA_R_16BF, CUBLAS_COMPUTE_32F};
+    default: TORCH_CHECK(false, "ks::matmul (cuBLAS plan): no plan for dtype ", st);
+  }
+}
+
 // C = op(A) op(B) over `batches` planes, alpha 1, beta 0, fp32 accumulation (TF32 inputs where
 // allowed for float32), on torch's cuBLAS handle (current stream, torch's workspace). cuBLAS is
 // called directly: ATen's bgemm wrappers are not exported from libtorch_cuda.
@@ -26,17 +41,7 @@ void bgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const at::Tensor& 
            at::Tensor& C, int64_t c_off, int64_t ldc, int64_t sc, int64_t batches) {
   for (const int64_t v : {m, n, k, lda, ldb, ldc, batches})
     TORCH_CHECK(v <= INT32_MAX, "ks::matmul (cuBLAS plan): a GEMM dimension exceeds 2^31 - 1");
-  cudaDataType_t t;
-  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
-  switch (C.scalar_type()) {
-    case at::kFloat:
-      t = CUDA_R_32F;
-      if (at::globalContext().allowTF32CuBLAS()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-      break;
-    case at::kHalf: t = CUDA_R_16F; break;
-    case at::kBFloat16: t = CUDA_R_16BF; break;
-    default: TORCH_CHECK(false, "ks::matmul (cuBLAS plan): no plan for dtype ", C.scalar_type());
-  }
+  const auto [t, compute] = cublas_types(C.scalar_type());
   const int64_t esz = C.element_size();
   const float alpha = 1.f, beta = 0.f;
   cublasHandle_t h = at::cuda::getCurrentCUDABlasHandle();
@@ -63,21 +68,57 @@ void check_transpose(cudaError_t e, const char* what) {
 
 // Batch-last, any d: Y_il (b x B) = W_il (b x c) X_il (c x B), X_il rows i*cd + k*d + l of x
 // (stride d*ldx), Y_il rows of y likewise. As column-major GEMMs: Y_il^T = X_il^T W_il^T with
-// lda = d*ldx, ldb = c, ldc = d*B. The planes are batched along the longer of a and d
-// (uniform strides), one call per index of the shorter.
+// lda = d*ldx, ldb = c, ldc = d*B. The a*d planes have no common stride (two levels, i and l):
+// one strided-batched call when a or d is 1, else one pointer-array batched call (the
+// pointers written by a small kernel: one launch instead of min(a, d) GEMM launches).
 void strided_batch_last(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y,
                         int64_t B) {
   const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
   const at::Tensor wp = planes_of(w);
-  if (a <= d) {
-    for (int64_t i = 0; i < a; ++i)
-      bgemm('n', 'n', B, b, c, x, i * c * d * ldx, d * ldx, ldx, wp, i * d * b * c, c,
-            b * c, y, i * b * d * B, d * B, B, d);
-  } else {
-    for (int64_t l = 0; l < d; ++l)
-      bgemm('n', 'n', B, b, c, x, l * ldx, d * ldx, c * d * ldx, wp, l * b * c, c, d * b * c, y,
-            l * B, d * B, b * d * B, a);
+  if (a == 1) {
+    bgemm('n', 'n', B, b, c, x, 0, d * ldx, ldx, wp, 0, c, b * c, y, 0, d * B, B, d);
+    return;
   }
+  if (d == 1) {
+    bgemm('n', 'n', B, b, c, x, 0, ldx, c * ldx, wp, 0, c, b * c, y, 0, B, b * B, a);
+    return;
+  }
+  // cuBLAS cannot see the alignment of pointers it reads from device memory: the pointer-array
+  // call needs every plane 16-byte aligned, else one strided call per index of the shorter of a, d.
+  const int64_t esz = x.element_size();
+  const bool aligned = reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0 && (ldx * esz) % 16 == 0 &&
+                       (B * esz) % 16 == 0 && (b * c * esz) % 16 == 0;
+  if (!aligned) {
+    if (a <= d) {
+      for (int64_t i = 0; i < a; ++i)
+        bgemm('n', 'n', B, b, c, x, i * c * d * ldx, d * ldx, ldx, wp, i * d * b * c, c, b * c, y,
+              i * b * d * B, d * B, B, d);
+    } else {
+      for (int64_t l = 0; l < d; ++l)
+        bgemm('n', 'n', B, b, c, x, l * ldx, d * ldx, c * d * ldx, wp, l * b * c, c, d * b * c, y,
+              l * B, d * B, b * d * B, a);
+    }
+    return;
+  }
+  for (const int64_t v : {B, b, c, d * ldx, d * B, a * d})
+    TORCH_CHECK(v <= INT32_MAX, "ks::matmul (cuBLAS plan): a GEMM dimension exceeds 2^31 - 1");
+  const int64_t n = a * d;
+  at::Tensor ptrs = at::empty({3 * n}, x.options().dtype(at::kLong));
+  const cudaStream_t s = c10::cuda::getCurrentCUDAStream();
+  const detail::PlanePointers g{a, b, c, d, ldx, B, esz};
+  void** p = reinterpret_cast<void**>(ptrs.mutable_data_ptr<int64_t>());
+  const cudaError_t e = detail::plane_pointers(x.const_data_ptr(), wp.const_data_ptr(), y.mutable_data_ptr(), g,
+                                               const_cast<const void**>(p), s);
+  TORCH_CHECK(e == cudaSuccess, "ks::matmul (strided plan): pointer kernel failed: ", cudaGetErrorString(e));
+  const auto [t, compute] = cublas_types(y.scalar_type());
+  const float alpha = 1.f, beta = 0.f;
+  const cublasStatus_t st = cublasGemmBatchedEx(
+      at::cuda::getCurrentCUDABlasHandle(), CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(B), static_cast<int>(b),
+      static_cast<int>(c), &alpha, const_cast<const void* const*>(p), t, static_cast<int>(d * ldx), const_cast<const void* const*>(p + n), t, static_cast<int>(c), &beta,
+      p + 2 * n, t, static_cast<int>(d * B),
+      static_cast<int>(n), compute, CUBLAS_GEMM_DEFAULT);
+  TORCH_CHECK(st == CUBLAS_STATUS_SUCCESS, "ks::matmul (strided plan): cublasGemmBatchedEx failed (status ",
+              static_cast<int>(st), ")");
 }
 
 // Batch-first with block matrices Wb (a, rows, cols), row-major: y[:, i*rows:(i+1)*rows] =
@@ -96,9 +137,28 @@ void strided_batch_first_d1(const at::Tensor& x, int64_t ldx, const at::Tensor& 
   blocks_batch_first(x, ldx, wc.view({w.size(0), w.size(1), w.size(2)}), y, B);
 }
 
-void block_dense_batch_first(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y,
-                             int64_t B) {
-  blocks_batch_first(x, ldx, densify_blocks(w), y, B);
+// K's diagonal blocks densified in l (a, b*d, c*d), in one launch.
+static at::Tensor densified(const at::Tensor& w) {
+  const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
+  const at::Tensor wc = w.contiguous();
+  at::Tensor out = at::empty({a, b * d, c * d}, w.options());
+  const cudaError_t e = detail::densify_blocks(wc.const_data_ptr(), out.mutable_data_ptr(), a, b, c, d,
+                                               static_cast<int>(w.element_size()), c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, "ks::matmul (blockdense plan): densifying w failed: ", cudaGetErrorString(e));
+  return out;
+}
+
+void block_dense(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B,
+                 bool batch_last) {
+  const at::Tensor wb = densified(w);
+  if (!batch_last) {
+    blocks_batch_first(x, ldx, wb, y, B);
+    return;
+  }
+  // Y_i (bd x B) = Wb_i (bd x cd) X_i (cd x B), rows of x and y in place; column-major
+  // Y_i^T = X_i^T Wb_i^T with lda = ldx, ldb = cd, ldc = B, batched over i.
+  const int64_t a = wb.size(0), rows = wb.size(1), cols = wb.size(2);
+  bgemm('n', 'n', B, rows, cols, x, 0, ldx, cols * ldx, wb, 0, cols, rows * cols, y, 0, B, rows * B, a);
 }
 
 // Batch-first, any d: x (B, a, c, d) -> xt (B, a, d, c), so that plane (i, l) is a K-major

@@ -9,8 +9,8 @@ namespace ks {
 void strided_batch_last(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B);
 // Plan::Strided, batch-first, d == 1.
 void strided_batch_first_d1(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B);
-// Plan::BlockDense, batch-first.
-void block_dense_batch_first(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B);
+// Plan::BlockDense, either layout.
+void block_dense(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B, bool batch_last);
 // Plan::Transposed, batch-first (x is made contiguous first).
 void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B);
 }  // namespace ks

@@ -137,7 +137,7 @@ at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
   }
   if (plan == Plan::Strided && batch_last) strided_batch_last(xk, ldx, w, y, B);
   else if (plan == Plan::Strided) strided_batch_first_d1(xk, ldx, w, y, B);
-  else block_dense_batch_first(xk, ldx, w, y, B);
+  else block_dense(xk, ldx, w, y, B, batch_last);
   return y;
 }
 

@@ -54,10 +54,23 @@ int64_t weight_grad_workspace(WgradArgs& args);
 cudaError_t weight_grad(const WgradArgs& args, cudaStream_t stream);
 
 // out[r][q][p] = in[r][p][q] for r < R, p < P, q < Q, both contiguous, elements of elem_size
-// bytes (2 or 4): the layout change of the Transposed plan (ks_transpose.cu).
+// bytes (2 or 4): the layout change of the Transposed plan (ks_layout.cu).
 namespace detail {
 cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q, int elem_size,
                               cudaStream_t stream);
+
+// K's diagonal blocks densified in l, (a, b*d, c*d) contiguous, from contiguous w (a,b,c,d):
+// the BlockDense plan's weights in one launch (ks_layout.cu); 2- or 4-byte elements.
+cudaError_t densify_blocks(const void* w, void* out, int64_t a, int64_t b, int64_t c, int64_t d,
+                           int elem_size, cudaStream_t stream);
+
+// Pointer arrays (3 * a * d: A, then B, then C) of the batch-last Strided plan's batched GEMM,
+// written on the device so that the plan stays capturable in a CUDA graph (ks_layout.cu).
+struct PlanePointers {
+  int64_t a, b, c, d, ldx, batch, esz;
+};
+cudaError_t plane_pointers(const void* x, const void* wp, void* y, const PlanePointers& g,
+                           const void** ptrs, cudaStream_t stream);
 }  // namespace detail
 
 }  // namespace ks

@@ -1,3 +1,5 @@
+// Layout helpers of the cuBLAS plans (ks_cublas_plans.cpp).
+//
 // Batched transposition out[r][q][p] = in[r][p][q] (r < R, p < P, q < Q; both contiguous): the
 // layout change of the Transposed plan (x rows (a, c, d) -> (a, d, c), y rows (a, d, b) -> (a, b, d)).
 // A block moves one tile through shared memory: M whole matrices when a matrix has at most
@@ -119,6 +121,64 @@ cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q
       ks_transpose_kernel<uint32_t><<<grid, kThreads, smem, stream>>>(
           static_cast<const uint32_t*>(in), static_cast<uint32_t*>(out), g);
   }
+  return cudaGetLastError();
+}
+
+namespace {
+// out[i, j*d + l, k*d + l'] = (l == l') ? w[i, j, k, l] : 0, one thread per output element
+// (written once, coalesced; w is small and cached).
+template <typename T>
+__global__ void __launch_bounds__(256) ks_densify_kernel(const T* __restrict__ w, T* __restrict__ out,
+                                                         int64_t total, int64_t b, int64_t c, int64_t d) {
+  const int64_t cd = c * d, blk = b * d * cd;
+  for (int64_t f = (int64_t)blockIdx.x * 256 + threadIdx.x; f < total; f += (int64_t)gridDim.x * 256) {
+    const int64_t i = f / blk, r = f - i * blk;
+    const int64_t row = r / cd, col = r - row * cd;
+    const int64_t j = row / d, l = row - j * d;
+    const int64_t k = col / d, l2 = col - k * d;
+    out[f] = l == l2 ? w[((i * b + j) * c + k) * d + l] : T(0);
+  }
+}
+
+// Batch-last planes (i, l), index i*d + l, in cuBLAS column-major terms: A = x rows
+// i*c*d + l (stride d*ldx), B = w planes (a, d, b, c), C = y rows i*b*d + l (stride d*B).
+__global__ void ks_plane_pointers_kernel(const char* x, const char* wp, char* y, PlanePointers g,
+                                         const void** ptrs) {
+  const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t n = (int64_t)g.a * g.d;
+  if (idx >= n) return;
+  const int64_t i = idx / g.d, l = idx - i * g.d;
+  ptrs[idx] = x + ((i * g.c * g.d + l) * g.ldx) * g.esz;
+  ptrs[n + idx] = wp + (idx * g.b * g.c) * g.esz;
+  ptrs[2 * n + idx] = y + ((i * g.b * g.d + l) * g.batch) * g.esz;
+}
+}  // namespace
+
+cudaError_t densify_blocks(const void* w, void* out, int64_t a, int64_t b, int64_t c, int64_t d,
+                           int elem_size, cudaStream_t stream) {
+  const int64_t total = a * b * c * d * d;
+  if (total <= 0) return cudaSuccess;
+  const unsigned grid = (unsigned)std::min<int64_t>((total + 255) / 256, 132 * 16);
+  if (elem_size == 2) {
+    ks_densify_kernel<uint16_t><<<grid, 256, 0, stream>>>(static_cast<const uint16_t*>(w),
+                                                          static_cast<uint16_t*>(out), total, b, c, d);
+  } else if (elem_size == 4) {
+    ks_densify_kernel<uint32_t><<<grid, 256, 0, stream>>>(static_cast<const uint32_t*>(w),
+                                                          static_cast<uint32_t*>(out), total, b, c, d);
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t plane_pointers(const void* x, const void* wp, void* y, const PlanePointers& g,
+                           const void** ptrs, cudaStream_t stream) {
+  const int64_t n = (int64_t)g.a * g.d;
+  if (n <= 0) return cudaSuccess;
+  const int64_t blocks = (n + 255) / 256;
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  ks_plane_pointers_kernel<<<(unsigned)blocks, 256, 0, stream>>>(
+      static_cast<const char*>(x), static_cast<const char*>(wp), static_cast<char*>(y), g, ptrs);
   return cudaGetLastError();
 }
 
