@@ -55,8 +55,13 @@ def extension():
     write_build_info(with_cuda)
     sources = sorted(glob.glob("csrc/*.cpp"))
     cxx = ["-O3", "-std=c++17"]
+    # libstdc++ linked dynamically, explicitly: a toolchain that links it statically by default
+    # (seen on the GPU machine: _C had no NEEDED libstdc++) gives _C a private copy whose locale
+    # facets clash with the process's (unique-symbol data shared, functions not), and formatting a
+    # number in an error message then crashes the process.
+    link = ["-lstdc++"]
     if not with_cuda:
-        return CppExtension("ks_ops._C", sources, extra_compile_args={"cxx": cxx})
+        return CppExtension("ks_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
     nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
     return CUDAExtension(
@@ -65,7 +70,7 @@ def extension():
         include_dirs=[os.path.join(HERE, "csrc")],
         define_macros=[("KS_OPS_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-        extra_link_args=[cublas_library()],
+        extra_link_args=[cublas_library()] + link,
     )
 
 

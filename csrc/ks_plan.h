@@ -84,8 +84,7 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 // - the CPU and float64: the ATen permute + bmm method;
 // - B <= 16: the fused kernels (weight-streaming gemv; decode sizes are issue decode's);
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
-//   the floor -- or BlockDense where its d-fold flops stay cheap (small d * b * c / (b + c), few
-//   planes: one GEMM per block instead of one per plane);
+//   the floor -- or BlockDense where its d-fold flops and densified blocks cost nothing;
 // - batch-first d > 1: the fused kernels where they measured best -- 16-bit with their
 //   chunk-shaped d (2, 4, 8k) at B <= 512 or d % 8 == 0 with planes of at most 256 x 256; strict
 //   fp32 with planes of at most 128 x 128, d = 2 or 4 | d, d <= 64 (else Transposed);
@@ -103,8 +102,10 @@ inline Plan choose_plan(const Problem& q) {
   const double xy = esz * B * a * (b + c) * d;  // x read + y written
   const double block_dense = block_dense_cost(q, esz, ridge);
   if (q.batch_last || q.d == 1) {
-    const double strided = 1.3 * std::max(flops / ridge, xy);
-    return q.d > 1 && block_dense <= strided ? Plan::BlockDense : Plan::Strided;
+    // Strided runs at 1.2-1.6x the floor; BlockDense only where it costs no more than the floor
+    // estimate itself (the batch-last sweep: at 1.02-1.3x that estimate it measured 1.1-1.3x
+    // slower than Strided).
+    return q.d > 1 && block_dense <= std::max(flops / ridge, xy) ? Plan::BlockDense : Plan::Strided;
   }
   const int64_t dq = q.d;
   const bool chunk_d = dq == 2 || dq == 4 || dq % 8 == 0;

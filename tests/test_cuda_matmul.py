@@ -305,7 +305,11 @@ def test_cublas_plans_strided_and_leading_dims(plan):
 
 
 def test_plan_errors():
+    """Errors from the CUDA library are plain RuntimeErrors (formatting their numbers once
+    crashed the process: a statically linked libstdc++, see setup.py)."""
     x, w = inputs((2, 8, 8, 4), 5, torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"last dim is 63 but pattern \(a,b,c,d\)=\(2,8,8,4\) needs a\*c\*d=64"):
+        torch.ops.ks.matmul(x[:, :63], w)
     with pytest.raises(RuntimeError, match="plan 'strided' does not serve"):
         matmul_with_plan(x, w, "strided")
     with pytest.raises(RuntimeError, match="unknown plan 'nope'"):
