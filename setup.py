@@ -55,11 +55,12 @@ def extension():
     write_build_info(with_cuda)
     sources = sorted(glob.glob("csrc/*.cpp"))
     cxx = ["-O3", "-std=c++17"]
-    # libstdc++ linked dynamically, explicitly: a toolchain that links it statically by default
-    # (seen on the GPU machine: _C had no NEEDED libstdc++) gives _C a private copy whose locale
-    # facets clash with the process's (unique-symbol data shared, functions not), and formatting a
-    # number in an error message then crashes the process.
-    link = ["-lstdc++"]
+    # A toolchain that links libstdc++ statically (the GPU machine's /opt/gcc: _C had no NEEDED
+    # libstdc++) gives _C a private copy whose locale data clash with the process's libstdc++
+    # (unique-symbol data are shared, functions are bound inside _C), and formatting a number in
+    # an error message crashed the process. Keeping every static-archive symbol local makes such a
+    # copy self-contained; with a shared libstdc++ the flag changes nothing.
+    link = ["-Wl,--exclude-libs,ALL"]
     if not with_cuda:
         return CppExtension("ks_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
