@@ -255,7 +255,7 @@ def fused_kernel_ran(fn) -> bool:
 # Every plan of the op (csrc/ks_plan.h), forced through ks::_matmul_plan, on odd sizes, both
 # layouts where it serves, every dtype: the rule may send any product to any of them.
 PLAN_PATTERNS = [(1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2), (3, 100, 36, 6), (2, 33, 136, 24),
-                 (1, 130, 36, 2), (4, 40, 72, 1), (5, 24, 20, 12)]
+                 (1, 130, 36, 2), (4, 40, 72, 1), (5, 24, 20, 12), (1, 700, 20, 12)]
 
 
 def serves(plan, pattern, batch_last):

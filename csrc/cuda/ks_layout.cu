@@ -4,7 +4,7 @@
 // layout change of the Transposed plan (x rows (a, c, d) -> (a, d, c), y rows (a, d, b) -> (a, b, d)).
 // A block moves one tile through shared memory: M whole matrices when a matrix has at most
 // kTileBytes bytes (then both its reads and its writes are one contiguous run), else a
-// TP x TQ piece of one matrix whose rows are >= 64 elements wherever the matrix allows. Index
+// TP x TQ piece of one matrix that spans the whole short side where it is <= 64. Index
 // arithmetic is incremental (one division per thread, none per element): a bandwidth-bound copy.
 #include <algorithm>
 #include <cstdint>
@@ -100,9 +100,19 @@ cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q
     g.tiles_p = g.tiles_q = 1;
     tiles = (R + g.M - 1) / g.M;
   } else {
+    // Whole rows of the short side, so that one side of the tile stays one contiguous run:
+    // Q <= 64 -> all of q (the reads are contiguous), else P <= 64 -> all of p (the writes are),
+    // else 64 x 64.
     g.M = 1;
-    g.TQ = Q <= 64 ? Q : 64;
-    g.TP = std::min(P, Q <= 64 ? elems / g.TQ : 64);
+    if (Q <= 64) {
+      g.TQ = Q;
+      g.TP = std::min(P, elems / Q);
+    } else if (P <= 64) {
+      g.TP = P;
+      g.TQ = std::min(Q, std::max(64, elems / P / 32 * 32));
+    } else {
+      g.TP = g.TQ = 64;
+    }
     g.tiles_p = (P + g.TP - 1) / g.TP;
     g.tiles_q = (Q + g.TQ - 1) / g.TQ;
     tiles = R * g.tiles_p * g.tiles_q;
