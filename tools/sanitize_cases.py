@@ -33,62 +33,61 @@ CUBLAS_CASES = [((3, 20, 12, 6), 40), ((2, 13, 11, 3), 24), ((1, 5, 9, 64), 8)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
+def mismatch(y, ref, tol, label) -> int:
+    """1 (and a MISMATCH line) when y is off the float64 reference by more than tol, else 0."""
+    err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
+    if err <= tol:
+        return 0
+    print(f"MISMATCH {label}: {err:.3g}")
+    return 1
+
+
+def operand(p, batch, dtype, bl):
+    shape = (p.in_features, batch) if bl else (batch, p.in_features)
+    return torch.randn(shape, dtype=dtype, device="cuda")
+
+
 def main(groups=("matmul", "weight_grad", "transposed", "cublas")):
-    bad = 0
+    bad = n = 0
+    # References on the CPU: keep cuBLAS out of the tools' view of the kernels under test.
     for (pattern, batch) in CASES if "matmul" in groups else []:
         p = KSPattern.of(pattern)
         for dtype, tf32 in DTYPES:
             torch.backends.cuda.matmul.allow_tf32 = tf32
             w = p.random_weights(dtype=dtype, device="cuda")
             for bl in (False, True):
-                shape = (p.in_features, batch) if bl else (batch, p.in_features)
-                x = torch.randn(shape, dtype=dtype, device="cuda")
+                x = operand(p, batch, dtype, bl)
                 y = torch.ops.ks.matmul(x, w, batch_last=bl)
-                ref = ks_matmul_reference(x.cpu(), w.cpu(), batch_last=bl)  # CPU: keep cuBLAS out of the tools
-                err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
                 tol = 1e-5 if dtype == torch.float32 and not tf32 else 3e-2
-                if not (err <= tol):
-                    bad += 1
-                    print(f"MISMATCH {pattern} B={batch} {dtype} tf32={tf32} bl={bl}: {err:.3g}")
+                bad += mismatch(y, ks_matmul_reference(x.cpu(), w.cpu(), batch_last=bl), tol,
+                                f"{pattern} B={batch} {dtype} tf32={tf32} bl={bl}")
+                n += 1
     torch.backends.cuda.matmul.allow_tf32 = False
     for (pattern, batch) in WGRAD_CASES if "weight_grad" in groups else []:
         p = KSPattern.of(pattern)
         for dtype in (torch.bfloat16, torch.float16):
             gy = torch.randn(batch, p.out_features, dtype=dtype, device="cuda")
-            x = torch.randn(batch, p.in_features, dtype=dtype, device="cuda")
+            x = operand(p, batch, dtype, False)
             gw = torch.ops.ks.weight_grad(gy, x, list(pattern))
-            ref = ks_weight_grad_reference(gy.cpu(), x.cpu(), pattern)
-            err = ((gw.cpu().double() - ref).norm() / ref.norm()).item()
-            if not (err <= 3e-2):
-                bad += 1
-                print(f"MISMATCH weight_grad {pattern} B={batch} {dtype}: {err:.3g}")
-    for (pattern, batch) in TRANSPOSE_CASES if "transposed" in groups else []:
+            bad += mismatch(gw, ks_weight_grad_reference(gy.cpu(), x.cpu(), pattern), 3e-2,
+                            f"weight_grad {pattern} B={batch} {dtype}")
+            n += 1
+    plan_cases = []
+    if "transposed" in groups:
+        plan_cases += [(c, "transposed", False) for c in TRANSPOSE_CASES]
+    if "cublas" in groups:
+        plan_cases += [(c, plan, bl) for c in CUBLAS_CASES
+                       for plan, bl in (("strided", True), ("blockdense", True), ("blockdense", False))]
+    for (pattern, batch), plan, bl in plan_cases:
         p = KSPattern.of(pattern)
         for dtype in (torch.bfloat16, torch.float32):
             w = p.random_weights(dtype=dtype, device="cuda")
-            x = torch.randn(batch, p.in_features, dtype=dtype, device="cuda")
-            y = torch.ops.ks._matmul_plan(x, w, "transposed")
-            ref = ks_matmul_reference(x.cpu(), w.cpu())
-            err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
-            if not (err <= 3e-2):
-                bad += 1
-                print(f"MISMATCH transposed {pattern} B={batch} {dtype}: {err:.3g}")
-    for (pattern, batch) in CUBLAS_CASES if "cublas" in groups else []:
-        p = KSPattern.of(pattern)
-        for dtype in (torch.bfloat16, torch.float32):
-            w = p.random_weights(dtype=dtype, device="cuda")
-            for plan, bl in (("strided", True), ("blockdense", True), ("blockdense", False)):
-                shape = (p.in_features, batch) if bl else (batch, p.in_features)
-                x = torch.randn(shape, dtype=dtype, device="cuda")
-                y = torch.ops.ks._matmul_plan(x, w, plan, batch_last=bl)
-                ref = ks_matmul_reference(x.cpu(), w.cpu(), batch_last=bl)
-                err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
-                if not (err <= 3e-2):
-                    bad += 1
-                    print(f"MISMATCH {plan} {pattern} B={batch} {dtype} bl={bl}: {err:.3g}")
+            x = operand(p, batch, dtype, bl)
+            y = torch.ops.ks._matmul_plan(x, w, plan, batch_last=bl)
+            bad += mismatch(y, ks_matmul_reference(x.cpu(), w.cpu(), batch_last=bl), 3e-2,
+                            f"{plan} {pattern} B={batch} {dtype} bl={bl}")
+            n += 1
     torch.cuda.synchronize()
-    n = (len(CUBLAS_CASES) * 6 * ("cublas" in groups) + len(CASES) * len(DTYPES) * 2 * ("matmul" in groups) + len(WGRAD_CASES) * 2 * ("weight_grad" in groups)
-         + len(TRANSPOSE_CASES) * 2 * ("transposed" in groups))
     print(f"sanitize cases: {n} launches, {bad} mismatches")
     sys.exit(1 if bad else 0)
 
