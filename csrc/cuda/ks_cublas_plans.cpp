@@ -69,26 +69,19 @@ void check_transpose(cudaError_t e, const char* what) {
 // Batch-last, any d: Y_il (b x B) = W_il (b x c) X_il (c x B), X_il rows i*cd + k*d + l of x
 // (stride d*ldx), Y_il rows of y likewise. As column-major GEMMs: Y_il^T = X_il^T W_il^T with
 // lda = d*ldx, ldb = c, ldc = d*B. The a*d planes have no common stride (two levels, i and l):
-// one strided-batched call when a or d is 1, else one pointer-array batched call (the
-// pointers written by a small kernel: one launch instead of min(a, d) GEMM launches).
+// one pointer-array batched call (the pointers written by a small kernel: one launch instead of
+// min(a, d) GEMM launches).
 void strided_batch_last(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y,
                         int64_t B) {
   const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
   const at::Tensor wp = planes_of(w);
-  if (a == 1) {
-    bgemm('n', 'n', B, b, c, x, 0, d * ldx, ldx, wp, 0, c, b * c, y, 0, d * B, B, d);
-    return;
-  }
-  if (d == 1) {
-    bgemm('n', 'n', B, b, c, x, 0, ldx, c * ldx, wp, 0, c, b * c, y, 0, B, b * B, a);
-    return;
-  }
   // cuBLAS cannot see the alignment of pointers it reads from device memory: the pointer-array
-  // call needs every plane 16-byte aligned, else one strided call per index of the shorter of a, d.
+  // call needs every plane 16-byte aligned. Otherwise, and when a or d is 1 (the planes then have
+  // one stride), one strided-batched call per index of the shorter of a and d.
   const int64_t esz = x.element_size();
   const bool aligned = reinterpret_cast<uintptr_t>(x.const_data_ptr()) % 16 == 0 && (ldx * esz) % 16 == 0 &&
                        (B * esz) % 16 == 0 && (b * c * esz) % 16 == 0;
-  if (!aligned) {
+  if (a == 1 || d == 1 || !aligned) {
     if (a <= d) {
       for (int64_t i = 0; i < a; ++i)
         bgemm('n', 'n', B, b, c, x, i * c * d * ldx, d * ldx, ldx, wp, i * d * b * c, c, b * c, y,

@@ -142,8 +142,7 @@ at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
 }
 
 at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& w, bool batch_last) {
-  if (x.scalar_type() == at::kDouble) return matmul_aten(x, w, batch_last);  // no fp64 kernel
-  return run_matmul(x, w, batch_last, std::nullopt);
+  return run_matmul(x, w, batch_last, std::nullopt);  // float64: the rule's bmm plan
 }
 
 at::Tensor matmul_plan_cuda(const at::Tensor& x, const at::Tensor& w, c10::string_view plan,
