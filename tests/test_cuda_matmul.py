@@ -252,6 +252,16 @@ def fused_kernel_ran(fn) -> bool:
     return cuda_kernel_ran(fn, ("ks_plane", "ks_tile", "ks_gemv"))
 
 
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("plan", PLANS)
+def test_plan_runs_its_own_kernels(plan, batch_last):
+    """A plan is what it says: the fused kernels run for 'fused' and for no other plan."""
+    if not serves(plan, (3, 20, 12, 6), batch_last):
+        pytest.skip("plan does not serve this layout / d")
+    x, w = inputs((3, 20, 12, 6), 300, torch.bfloat16, batch_last)
+    assert fused_kernel_ran(lambda: matmul_with_plan(x, w, plan, batch_last=batch_last)) == (plan == "fused")
+
+
 # Every plan of the op (csrc/ks_plan.h), forced through ks::_matmul_plan, on odd sizes, both
 # layouts where it serves, every dtype: the rule may send any product to any of them.
 PLAN_PATTERNS = [(1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2), (3, 100, 36, 6), (2, 33, 136, 24),

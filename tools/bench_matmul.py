@@ -9,7 +9,7 @@ Rows are appended to the JSONL as they finish; a rerun skips rows already there 
 At the end an atomic JSON (rows + ceilings + GPU, torch, date) is written next to the JSONL and a
 summary table is printed: median time/floor per backend, speedups vs bmm and dense, win rates.
 --op weight_grad times ks::weight_grad instead (16-bit batch-first: the fused kernel) against the
-bmm path of the same op (KS_WGRAD=0) and the dense weight gradient grad_yᵀ·x; its floor is the
+bmm path of the same op (ks::_weight_grad_plan "bmm") and the dense weight gradient grad_yᵀ·x; its floor is the
 forward's (the same bytes move: x and grad_y read, w-sized output written).
 Sets: paper = the paper's full grid (a and d in {1,2,3,...,128}, b,c in {48,...,1024} with b = c,
 4c or c/4; 2402 patterns at B = 25088), sample = a fixed, seeded sample of it (--sample N, default

@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(256) ks_densify_kernel(const T* __restrict__ w
 
 // Batch-last planes (i, l), index i*d + l, in cuBLAS column-major terms: A = x rows
 // i*c*d + l (stride d*ldx), B = w planes (a, d, b, c), C = y rows i*b*d + l (stride d*B).
-__global__ void ks_plane_pointers_kernel(const char* x, const char* wp, char* y, PlanePointers g,
+__global__ void ks_gemm_pointers_kernel(const char* x, const char* wp, char* y, PlanePointers g,
                                          const void** ptrs) {
   const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t n = (int64_t)g.a * g.d;
@@ -187,7 +187,7 @@ cudaError_t plane_pointers(const void* x, const void* wp, void* y, const PlanePo
   if (n <= 0) return cudaSuccess;
   const int64_t blocks = (n + 255) / 256;
   if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
-  ks_plane_pointers_kernel<<<(unsigned)blocks, 256, 0, stream>>>(
+  ks_gemm_pointers_kernel<<<(unsigned)blocks, 256, 0, stream>>>(
       static_cast<const char*>(x), static_cast<const char*>(wp), static_cast<char*>(y), g, ptrs);
   return cudaGetLastError();
 }
