@@ -1,0 +1,41 @@
+"""The benchmark's pattern sets (tools/bench_matmul.py): the paper's full grid, its seeded sample,
+the batch filter, and --patterns parsing. Pure CPU: no timing here."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import bench_matmul as bm  # noqa: E402
+
+
+def test_paper_grid_is_the_2402_patterns():
+    grid = bm.paper_patterns()
+    assert len(grid) == len(set(grid)) == 2402
+    for a, b, c, d in grid:
+        assert a in bm.GRID_A and d in bm.GRID_A and b in bm.GRID_BC and c in bm.GRID_BC
+        assert b == c or b == 4 * c or c == 4 * b
+        assert bm.fits((a, b, c, d), 25088)
+    # d ranges like a (the old grid had only d in {4, 16, 64})
+    assert {p[3] for p in grid} == set(bm.GRID_A)
+
+
+def test_sample_is_fixed_and_seeded():
+    s1, s2 = bm.sample_patterns(48), bm.sample_patterns(48)
+    assert s1 == s2 and len(set(s1)) == 48
+    assert set(s1) <= set(bm.paper_patterns())
+    assert bm.sample_patterns(48, seed=1) != s1
+    assert len({p[3] for p in s1}) >= 8  # odd d (3, 6, 12, ...) are in it
+
+
+def test_batch_filter_drops_patterns_too_large_for_the_batch():
+    big = (128, 1024, 1024, 128)
+    assert not bm.fits(big, 25088) and bm.fits(big, 1)
+    assert all(bm.fits(p, 2**20) for p in bm.patterns_of("paper", 2**20))
+    assert len(bm.patterns_of("paper", 2**20)) < 2402
+
+
+def test_parse_patterns():
+    assert bm.parse_patterns("1,2,3,4; 5,6,7,8/2,2,2,2") == [(1, 2, 3, 4), (5, 6, 7, 8), (2, 2, 2, 2)]
+    with pytest.raises(SystemExit, match="--patterns"):
+        bm.parse_patterns("1,2,x,4")
