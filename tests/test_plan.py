@@ -85,3 +85,32 @@ def test_opcheck_private_ops():
     gy = torch.randn(6, KSPattern(3, 5, 7, 2).out_features)
     torch.library.opcheck(torch.ops.ks._weight_grad_plan.default, (gy, x, [3, 5, 7, 2], "bmm"),
                           {"batch_last": False})
+
+
+def test_rule_close_to_the_best_plan_on_recorded_sweeps():
+    """The rule against the H100 sweeps it was fitted on (every plan timed per row,
+    benchmarks/results/plans{1,2,3}_*): per (dtype, layout, batch) group the rule's plan is at most
+    6 % slower than the best timed plan at the geometric mean, and within 5 % on >= 75 % of rows.
+    Guards the rule against edits that undo what was measured."""
+    import json
+    import math
+    import os
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
+    groups = {}
+    for name in ("plans1_h100_bf16.jsonl", "plans2_h100_fp32_tf32.jsonl", "plans3_h100_op.jsonl"):
+        for line in open(os.path.join(root, name)):
+            r = json.loads(line)
+            times = {k[5:-3]: v for k, v in r.items() if k.startswith("plan_") and k.endswith("_us") and v}
+            if not times or r["dtype"] not in dtypes:
+                continue
+            plan = plan_for(r["pattern"], r["batch"], dtypes[r["dtype"]], batch_last=r["layout"] == "bl",
+                            allow_tf32=r["dtype"] == "tf32", sm=90)
+            if plan in times:
+                groups.setdefault((r["dtype"], r["layout"], r["batch"]), []).append(times[plan] / min(times.values()))
+    assert len(groups) >= 10
+    for key, ratios in groups.items():
+        geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        close = sum(x <= 1.05 for x in ratios) / len(ratios)
+        assert geo <= 1.06 and close >= 0.75, (key, round(geo, 3), round(close, 2))
