@@ -34,19 +34,34 @@ class KSLinear(nn.Module):
         self.in_features = chain[0].in_features
         self.out_features = chain[-1].out_features
         self.factors = nn.ParameterList(
-            nn.Parameter(p.random_weights(device=device, dtype=dtype)) for p in chain
+            nn.Parameter(torch.empty(p.shape, device=device, dtype=dtype)) for p in chain
         )
         if bias:
-            bound = 1.0 / math.sqrt(self.in_features)
-            self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype).uniform_(-bound, bound))
+            self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's init for every factor (U[-1/c, 1/c]) and nn.Linear's for the bias
+        (U[-1/sqrt(in_features), 1/sqrt(in_features)]), in place: after ``to_empty`` of a model
+        built on the meta device, this gives the layer its values (a no-op on meta tensors)."""
+        with torch.no_grad():
+            for w in self.factors:
+                c = w.shape[2]
+                w.uniform_(-1.0 / c, 1.0 / c)
+            if self.bias is not None:
+                bound = 1.0 / math.sqrt(self.in_features)
+                self.bias.uniform_(-bound, bound)
 
     @property
     def patterns(self) -> list[KSPattern]:
         return [KSPattern.of_weights(w) for w in self.factors]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0:
+            raise ValueError(f"KSLinear: input must have at least 1 dim (..., in_features={self.in_features}), "
+                             f"got a 0-d tensor")
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"KSLinear: input last dim is {x.shape[-1]} but the chain "

@@ -64,6 +64,9 @@ def _matmul_fake(x, w, *, batch_last=False):
     torch._check(w.dim() == 4, lambda: f"ks: w must be 4-D (a,b,c,d), got shape {tuple(w.shape)}")
     _check_pair(x, w, "x", "w")
     a, b, c, d = w.shape
+    # The same rule as the real kernels (csrc/ks_checks.h check_weights).
+    torch._check(a > 0 and b > 0 and c > 0 and d > 0,
+                 lambda: f"ks: w's dims (a,b,c,d) must be positive, got pattern (a,b,c,d)=({a},{b},{c},{d})")
     _check_operand(x, a * c * d, batch_last, "x", "a*c*d", tuple(w.shape))
     if batch_last:
         return x.new_empty((a * b * d, x.shape[1]))

@@ -4,6 +4,7 @@ The nonzeros are a tensor w of shape (a,b,c,d) with K[i·bd + j·d + l, i·cd + 
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,6 +21,14 @@ class KSPattern:
     def __post_init__(self):
         for name in "abcd":
             v = getattr(self, name)
+            # Any exact integer (numpy / torch integer scalars too) is taken as a plain int.
+            if not isinstance(v, (bool, int)) and hasattr(v, "__index__") and not isinstance(v, float):
+                try:
+                    v = operator.index(v)
+                except TypeError:
+                    pass
+                else:
+                    object.__setattr__(self, name, v)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(
                     f"KSPattern: {name} must be a positive int, got {v!r} in "

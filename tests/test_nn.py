@@ -58,6 +58,29 @@ def test_to_dtype():
     assert half(torch.randn(2, 384, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_meta_init_then_to_empty_and_reset_parameters():
+    """The usual deferred-init loop: build on meta, to_empty, reset_parameters -> the paper's init
+    (U[-1/c, 1/c] per factor) and nn.Linear's bias init, finite everywhere."""
+    torch.manual_seed(0)
+    chain = [(6, 64, 64, 1), (1, 768, 192, 2)]
+    m = KSLinear(chain, device="meta")
+    assert all(p.is_meta for p in m.parameters())
+    m.to_empty(device="cpu")
+    m.reset_parameters()
+    for p, w in zip(m.patterns, m.factors):
+        assert torch.isfinite(w).all() and w.abs().max() <= 1.0 / p.c and w.std() > 0.4 / p.c
+    bound = 1.0 / m.in_features ** 0.5
+    assert torch.isfinite(m.bias).all() and m.bias.abs().max() <= bound and m.bias.std() > 0.4 * bound
+    x = torch.randn(5, m.in_features)
+    torch.testing.assert_close(m(x), x @ m.to_dense().T + m.bias)
+
+
+def test_zero_dim_input_error():
+    m = KSLinear([(2, 3, 4, 1)])
+    with pytest.raises(ValueError, match="at least 1 dim"):
+        m(torch.tensor(1.0))
+
+
 def test_input_size_error():
     with pytest.raises(ValueError, match=r"input last dim is 100 but the chain .* takes in_features=384"):
         KSLinear(VIT_UP)(torch.randn(2, 100))

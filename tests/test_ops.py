@@ -156,3 +156,6 @@ def test_bad_input_message_under_fake_tensors():
             torch.ops.ks.matmul(x, w)
         y = torch.ops.ks.matmul(torch.randn(7, 3, 40), w)
         assert y.shape == (7, 3, 30) and y.is_contiguous()
+        # a zero-size w: the fake kernel rejects it as the real one does (it used to return (3, 0))
+        with pytest.raises(RuntimeError, match=r"w's dims \(a,b,c,d\) must be positive"):
+            torch.ops.ks.matmul(torch.randn(3, 0), torch.randn(2, 3, 0, 5))

@@ -10,6 +10,17 @@ def test_invalid_entries_are_named(bad):
         KSPattern(*bad)
 
 
+def test_integer_scalars_of_other_libraries_are_ints():
+    np = pytest.importorskip("numpy")
+    p = KSPattern(np.int64(2), np.int32(3), torch.tensor(4).item(), np.uint8(5))
+    assert p.shape == (2, 3, 4, 5) and all(type(v) is int for v in p.shape)
+    assert KSPattern.of(np.array([1, 2, 3, 4])).shape == (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="must be a positive int"):
+        KSPattern(np.float64(2.0), 3, 4, 5)
+    with pytest.raises(ValueError, match="must be a positive int"):
+        KSPattern(np.int64(0), 3, 4, 5)
+
+
 def test_of_rejects_wrong_length():
     with pytest.raises(ValueError, match="expected 4 ints"):
         KSPattern.of((1, 2, 3))
