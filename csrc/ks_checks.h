@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 
@@ -79,6 +80,16 @@ inline Pattern check_matmul(const at::Tensor& x, const at::Tensor& w, bool batch
   return p;
 }
 
+// The product of `factors`, or an error naming the pattern when it overflows int64 (a pattern
+// given as a list of ints, not carried by a tensor, can hold any values).
+inline int64_t checked_product(const Pattern& p, std::initializer_list<int64_t> factors, const char* what) {
+  int64_t prod = 1;
+  for (const int64_t f : factors)
+    TORCH_CHECK(!__builtin_mul_overflow(prod, f, &prod), "ks: ", pattern_str(p), " is too large: ", what,
+                " overflows a 64-bit integer");
+  return prod;
+}
+
 // ks::weight_grad(grad_y, x, pattern, batch_last): returns the pattern and B.
 inline Pattern check_weight_grad(const at::Tensor& grad_y, const at::Tensor& x,
                                  at::IntArrayRef pattern, bool batch_last, int64_t* batch) {
@@ -90,8 +101,11 @@ inline Pattern check_weight_grad(const at::Tensor& grad_y, const at::Tensor& x,
   check_float_dtype(x, "x");
   check_float_dtype(grad_y, "grad_y");
   check_same(grad_y, x, "grad_y", "x");
-  const int64_t bx = check_operand(x, p, p[0] * p[2] * p[3], batch_last, "x", "a*c*d");
-  const int64_t by = check_operand(grad_y, p, p[0] * p[1] * p[3], batch_last, "grad_y", "a*b*d");
+  checked_product(p, {p[0], p[1], p[2], p[3]}, "a*b*c*d (the size of the weight gradient)");
+  const int64_t in_f = checked_product(p, {p[0], p[2], p[3]}, "a*c*d");
+  const int64_t out_f = checked_product(p, {p[0], p[1], p[3]}, "a*b*d");
+  const int64_t bx = check_operand(x, p, in_f, batch_last, "x", "a*c*d");
+  const int64_t by = check_operand(grad_y, p, out_f, batch_last, "grad_y", "a*b*d");
   TORCH_CHECK(bx == by && (batch_last || x.sizes().slice(0, x.dim() - 1).equals(
                                              grad_y.sizes().slice(0, grad_y.dim() - 1))),
               "ks: x ", shape_str(x), " and grad_y ", shape_str(grad_y),

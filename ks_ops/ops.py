@@ -87,6 +87,9 @@ def _weight_grad_plan_fake(grad_y, x, pattern, plan, *, batch_last=False):
 def _weight_grad_fake(grad_y, x, pattern, *, batch_last=False):
     torch._check(len(pattern) == 4, lambda: f"ks: pattern must have 4 entries, got {pattern}")
     a, b, c, d = pattern
+    # The same rule as the real kernels (csrc/ks_checks.h checked_product).
+    torch._check(a * b * c * d <= 2**63 - 1, lambda: f"ks: pattern (a,b,c,d)=({a},{b},{c},{d}) is too large: "
+                 f"a*b*c*d (the size of the weight gradient) overflows a 64-bit integer")
     _check_pair(grad_y, x, "grad_y", "x")
     _check_operand(x, a * c * d, batch_last, "x", "a*c*d", tuple(pattern))
     _check_operand(grad_y, a * b * d, batch_last, "grad_y", "a*b*d", tuple(pattern))

@@ -136,6 +136,8 @@ BAD_INPUTS = [
     (lambda: torch.ops.ks.matmul(torch.tensor(1.0), W), "at least 1 dim"),
     (lambda: torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 40), [2, 3, 4, 0]), "pattern entries must be positive"),
     (lambda: torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 40), [2, 3, 4]), "pattern must have 4 entries"),
+    (lambda: torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 40), [2**40, 2**40, 2**40, 1]),
+     r"is too large: a\*b\*c\*d .* overflows a 64-bit integer"),
     (lambda: torch.ops.ks.weight_grad(torch.randn(4, 30), torch.randn(3, 40), [2, 3, 4, 5]), "same batch dims"),
     (lambda: torch.ops.ks.weight_grad(torch.randn(3, 31), torch.randn(3, 40), [2, 3, 4, 5]), r"grad_y last dim is 31 .* needs a\*b\*d=30"),
 ]
@@ -159,3 +161,5 @@ def test_bad_input_message_under_fake_tensors():
         # a zero-size w: the fake kernel rejects it as the real one does (it used to return (3, 0))
         with pytest.raises(RuntimeError, match=r"w's dims \(a,b,c,d\) must be positive"):
             torch.ops.ks.matmul(torch.randn(3, 0), torch.randn(2, 3, 0, 5))
+        with pytest.raises(RuntimeError, match="overflows a 64-bit integer"):
+            torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 40), [2**40, 2**40, 2**40, 1])
