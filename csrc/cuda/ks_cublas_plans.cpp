@@ -14,7 +14,6 @@
 #include <utility>
 #include <c10/cuda/CUDAStream.h>
 
-#include "ks_aten.h"
 #include "ks_cublas_plans.h"
 #include "ks_kernels.h"
 
@@ -159,7 +158,6 @@ void block_dense(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tens
 // yt (B, a, d, b); yt -> y (B, a, b, d).
 void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B) {
   const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
-  TORCH_CHECK(c <= INT32_MAX && d <= INT32_MAX && b <= INT32_MAX, "ks: pattern dims too large");
   const at::Tensor xc = x.contiguous();
   const int esz = static_cast<int>(x.element_size());
   const cudaStream_t s = c10::cuda::getCurrentCUDAStream();
