@@ -22,8 +22,8 @@ class KSPattern:
         for name in "abcd":
             v = getattr(self, name)
             # Any exact integer (numpy / torch integer scalars too) is taken as a plain int.
-            if not isinstance(v, (bool, int)) and hasattr(v, "__index__") and not isinstance(v, float):
-                try:
+            if not isinstance(v, (bool, int)) and hasattr(v, "__index__"):
+                try:  # numpy's bool has __index__ but refuses it: left to the check below
                     v = operator.index(v)
                 except TypeError:
                     pass

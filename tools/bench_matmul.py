@@ -76,18 +76,10 @@ def sample_patterns(n: int, seed: int = 0) -> list[tuple[int, int, int, int]]:
 
 
 def grid_patterns(batch: int) -> list[tuple[int, int, int, int]]:
+    """The earlier rounds' 376-pattern grid: d in {4, 16, 64}, the paper code's skipped (b, c)."""
     skip = GRID_SKIP | {(c, b) for b, c in GRID_SKIP}
-    out = []
-    for a in GRID_A:
-        for b in GRID_BC:
-            for c in GRID_BC:
-                if not (b == c or b == 4 * c or c == 4 * b) or (b, c) in skip:
-                    continue
-                for d in (4, 16, 64):
-                    if batch * a * c * d >= 2**31 or batch * a * b * d >= 2**31:
-                        continue
-                    out.append((a, b, c, d))
-    return out
+    return [(a, b, c, d) for a in GRID_A for b in GRID_BC for c in GRID_BC for d in (4, 16, 64)
+            if (b == c or b == 4 * c or c == 4 * b) and (b, c) not in skip and fits((a, b, c, d), batch)]
 
 
 def parse_patterns(text: str) -> list[tuple[int, int, int, int]]:
