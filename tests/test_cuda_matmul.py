@@ -289,6 +289,22 @@ def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_la
     check(x, w, batch_last, dtype_name, plan)
 
 
+# The transposition kernel's tile shapes (ks_layout.cu), each with 16-byte vectors on both sides
+# and tails: x rows of (c, d) = (1032, 12) in slabs of whole d; y rows of (d, b) = (12, 1032) in
+# slabs of whole d; (136, 72) and (72, 136) in 64-row pieces; whole small matrices elsewhere.
+TRANSPOSE_TILE_PATTERNS = [(1, 24, 1032, 12), (1, 1032, 16, 12), (1, 16, 136, 72), (1, 72, 16, 136)]
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("pattern", TRANSPOSE_TILE_PATTERNS, ids=str)
+def test_transposed_plan_tile_shapes(pattern, dtype_name):
+    x, w = inputs(pattern, 37, DTYPES[dtype_name][0])
+    check(x, w, False, dtype_name, "transposed")
+    # a contiguous x that starts 2 bytes past a 16-byte boundary: single-element loads
+    flat = torch.randn(37 * x.shape[1] + 1, dtype=x.dtype, device=DEV)[1:].view(37, -1)
+    check(flat, w, False, dtype_name, "transposed")
+
+
 @pytest.mark.parametrize("plan", ["strided", "blockdense", "transposed"])
 def test_cublas_plans_strided_and_leading_dims(plan):
     """Leading dims, rows wider than the features, misaligned rows; batch-last x with ldx > B and

@@ -24,9 +24,11 @@ CASES = [  # pattern, batch
 WGRAD_CASES = [((3, 50, 24, 8), 70), ((2, 70, 34, 4), 130), ((1, 192, 48, 4), 40), ((1, 16, 16, 64), 3000),
                ((40, 72, 24, 16), 33), ((2, 33, 136, 24), 17)]
 # The transposed plan's batched transposition (ks_layout.cu): whole matrices per tile, and
-# matrices split into TP x TQ tiles with tails in both dimensions (x and y sides), 2/4-byte data.
+# matrices split into TP x TQ tiles with tails in both dimensions (x and y sides), 2/4-byte data,
+# single elements and 16-byte vectors.
 TRANSPOSE_CASES = [((3, 13, 11, 3), 29), ((1, 130, 100, 48), 7), ((2, 70, 90, 70), 5), ((1, 5, 9, 64), 3),
-                   ((1, 700, 20, 12), 6)]
+                   ((1, 700, 20, 12), 6), ((1, 24, 1032, 12), 5), ((1, 1032, 16, 12), 5),
+                   ((1, 16, 136, 72), 3), ((1, 72, 16, 136), 3)]
 # The cuBLAS plans' own kernels: the strided plan's pointer kernel (batch-last, a and d > 1) and
 # the blockdense plan's densification (both layouts).
 CUBLAS_CASES = [((3, 20, 12, 6), 40), ((2, 13, 11, 3), 24), ((1, 5, 9, 64), 8)]

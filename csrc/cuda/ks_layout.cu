@@ -2,12 +2,16 @@
 //
 // Batched transposition out[r][q][p] = in[r][p][q] (r < R, p < P, q < Q; both contiguous): the
 // layout change of the Transposed plan (x rows (a, c, d) -> (a, d, c), y rows (a, d, b) -> (a, b, d)).
-// A block moves one tile through shared memory: M whole matrices when a matrix has at most
-// kTileBytes bytes (then both its reads and its writes are one contiguous run), else a
-// TP x TQ piece of one matrix that spans the whole short side where it is <= 64. Index
-// arithmetic is incremental (one division per thread, none per element): a bandwidth-bound copy.
+// A block moves one tile through shared memory: M whole matrices when a matrix is small (then its
+// reads and its writes are each one contiguous run), else a TP x TQ piece of one matrix that spans
+// the whole short side where it is <= 64. A bandwidth-bound copy, so what matters is bytes in
+// flight: each thread issues up to kUnroll 16-byte loads before it writes any to shared memory
+// (the first version moved one 2-byte element at a time and ran at ~27 % of copy bandwidth,
+// benchmarks/NOTES.md); 16-byte stores on the way out. A side whose runs are not whole 16-byte
+// vectors (odd sizes, unaligned pointers) moves single elements, in the same kernel.
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "ks_kernels.h"
 
@@ -16,67 +20,110 @@ namespace detail {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTileBytes = 8192;  // per tile, before the odd-stride padding
+constexpr int kUnroll = 4;           // vectors in flight per thread and pass
+constexpr int kTileBytes = 16384;    // per tile, before the shared-memory row padding
 
 struct TransposeTile {
   int64_t R;
   int P, Q;
-  int M, TP, TQ;  // matrices per tile, tile rows (p), tile columns (q)
+  int M, TP, TQ;  // matrices per tile, tile rows (p), tile columns (q); M > 1 only with TP == P, TQ == Q
   int tiles_p, tiles_q;
-  int S;          // shared-memory row stride (TQ rounded up to odd: conflict-free column reads)
+  int S;          // shared-memory row stride (>= TQ, odd: the column reads spread over the banks)
 };
 
+// Elements per 16-byte vector.
 template <typename T>
+constexpr int kVec = 16 / sizeof(T);
+
+// VIN / VOUT: elements per global load / store (kVec<T>, or 1 where the runs do not allow vectors).
+template <typename T, int VIN, int VOUT>
 __global__ void __launch_bounds__(kThreads) ks_transpose_kernel(const T* __restrict__ in,
                                                                 T* __restrict__ out,
                                                                 const TransposeTile g) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* tile = reinterpret_cast<T*>(smem_raw);
-  const int64_t t_idx = blockIdx.x;
+  using VecIn = std::conditional_t<VIN == 1, T, uint4>;
+  using VecOut = std::conditional_t<VOUT == 1, T, uint4>;
+  // The tile: matrices r0 .. r0 + mats - 1, rows p0 .. p0 + tp - 1, columns q0 .. q0 + tq - 1.
   int64_t r0;
   int p0 = 0, q0 = 0;
   if (g.M > 1) {
-    r0 = t_idx * g.M;
+    r0 = (int64_t)blockIdx.x * g.M;
   } else {
     const int64_t per = (int64_t)g.tiles_p * g.tiles_q;
-    r0 = t_idx / per;
-    const int rem = (int)(t_idx - r0 * per);
+    r0 = blockIdx.x / per;
+    const int rem = (int)(blockIdx.x - r0 * per);
     p0 = (rem / g.tiles_q) * g.TP;
     q0 = (rem % g.tiles_q) * g.TQ;
   }
-  const int64_t PQ = (int64_t)g.P * g.Q;
   const int mats = g.M > 1 ? (int)min((int64_t)g.M, g.R - r0) : 1;
-  // Rows of the tile: rho = mm * TP + p (with TP == P when M > 1).
-  const int rows_in = g.M > 1 ? mats * g.P : min(g.TP, g.P - p0);
-  const int cols_in = min(g.TQ, g.Q - q0);
+  const int tp = min(g.TP, g.P - p0), tq = min(g.TQ, g.Q - q0);
+  const int n = mats * tp * tq;  // elements of the tile
+  const int64_t PQ = (int64_t)g.P * g.Q;
+
+  // In: tile-linear t = row * tq + col (row = m * tp + p, col = q), at global
+  // (p0 + row) * Q + q0 + col past matrix r0 (contiguous across rows where tq == Q), shared
+  // memory row * S + col. A vector never crosses a run (the host picks VIN so).
   const T* src = in + r0 * PQ + (int64_t)p0 * g.Q + q0;
-  {
-    int rho = threadIdx.x / g.TQ, q = threadIdx.x % g.TQ;
-    const int step_r = kThreads / g.TQ, step_q = kThreads % g.TQ;
-    for (; rho < rows_in; rho += step_r, q += step_q) {
-      if (q >= g.TQ) { q -= g.TQ; ++rho; if (rho >= rows_in) break; }
-      if (q < cols_in) tile[rho * g.S + q] = src[(int64_t)rho * g.Q + q];
+  constexpr int U = VIN == 1 ? 4 * kUnroll : kUnroll;  // single elements: more of them in flight
+  for (int base = 0; base < n; base += kThreads * U * VIN) {
+    VecIn v[U];
+    int t0[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int t = base + (u * kThreads + threadIdx.x) * VIN;
+      t0[u] = t;
+      if (t < n) {
+        const int row = t / tq, col = t - row * tq;
+        v[u] = *reinterpret_cast<const VecIn*>(src + (int64_t)row * g.Q + col);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (t0[u] >= n) continue;
+      int row = t0[u] / tq, col = t0[u] - row * tq;
+      const T* e = reinterpret_cast<const T*>(&v[u]);
+#pragma unroll
+      for (int k = 0; k < VIN; ++k) {
+        tile[row * g.S + col] = e[k];
+        if (++col == tq) { col = 0; ++row; }
+      }
     }
   }
   __syncthreads();
-  // Output rows sigma = mm * TQ + q (TQ == Q when M > 1), each a run over p.
-  const int rows_out = g.M > 1 ? mats * g.Q : cols_in;
-  const int cols_out = g.M > 1 ? g.P : min(g.TP, g.P - p0);
+  // Out: tile-linear o = row * tp + col (row = m * tq + q, col = p), at global
+  // (q0 + row) * P + p0 + col past matrix r0, from shared memory (m * tp + p) * S + q.
   T* dst = out + r0 * PQ + (int64_t)q0 * g.P + p0;
-  int sigma = threadIdx.x / g.TP, p = threadIdx.x % g.TP;
-  const int step_s = kThreads / g.TP, step_p = kThreads % g.TP;
-  // (mm, q) of sigma, advanced with sigma.
-  int mm = sigma / g.TQ, q = sigma % g.TQ;
-  const int dmm = step_s / g.TQ, dq = step_s % g.TQ;
-  for (; sigma < rows_out;) {
-    if (p < cols_out) dst[(int64_t)sigma * g.P + p] = tile[(mm * g.TP + p) * g.S + q];
-    sigma += step_s; p += step_p; mm += dmm; q += dq;
-    if (q >= g.TQ) { q -= g.TQ; ++mm; }
-    if (p >= g.TP) {
-      p -= g.TP; ++sigma; ++q;
-      if (q >= g.TQ) { q -= g.TQ; ++mm; }
+  for (int base = 0; base < n; base += kThreads * VOUT) {
+    const int o = base + threadIdx.x * VOUT;
+    if (o >= n) break;
+    int row = o / tp, p = o - row * tp;
+    int m = row / tq, q = row - m * tq;
+    VecOut v;
+    T* e = reinterpret_cast<T*>(&v);
+#pragma unroll
+    for (int k = 0; k < VOUT; ++k) {
+      e[k] = tile[(m * tp + p) * g.S + q];
+      if (++p == tp) {
+        p = 0;
+        if (++q == tq) { q = 0; ++m; }
+      }
     }
+    *reinterpret_cast<VecOut*>(dst + (int64_t)row * g.P + (o - row * tp)) = v;
   }
+}
+
+template <typename T>
+cudaError_t launch_transpose(const void* in, void* out, const TransposeTile& g, bool vin, bool vout,
+                             unsigned grid, size_t smem, cudaStream_t stream) {
+  const T* i = static_cast<const T*>(in);
+  T* o = static_cast<T*>(out);
+  constexpr int V = kVec<T>;
+  if (vin && vout) ks_transpose_kernel<T, V, V><<<grid, kThreads, smem, stream>>>(i, o, g);
+  else if (vin) ks_transpose_kernel<T, V, 1><<<grid, kThreads, smem, stream>>>(i, o, g);
+  else if (vout) ks_transpose_kernel<T, 1, V><<<grid, kThreads, smem, stream>>>(i, o, g);
+  else ks_transpose_kernel<T, 1, 1><<<grid, kThreads, smem, stream>>>(i, o, g);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -91,47 +138,50 @@ cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q
   g.P = P;
   g.Q = Q;
   const int64_t PQ = (int64_t)P * Q;
+  const int V = 16 / elem_size;
   const int elems = kTileBytes / elem_size;
+  const auto down = [V](int v) { return v >= V ? v / V * V : v; };  // to whole vectors
+  const bool aligned = ((reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out)) & 15) == 0;
+  bool vin, vout;  // whole, aligned 16-byte vectors on the read / write side
   int64_t tiles;
-  if (PQ <= elems) {
+  if (PQ <= elems) {  // whole matrices: reads and writes are each one contiguous run
     g.M = (int)std::min<int64_t>(R, elems / PQ);
     g.TP = P;
     g.TQ = Q;
-    g.tiles_p = g.tiles_q = 1;
-    tiles = (R + g.M - 1) / g.M;
+    vin = vout = PQ % V == 0;
   } else {
     // Whole rows of the short side, so that one side of the tile stays one contiguous run:
     // Q <= 64 -> all of q (the reads are contiguous), else P <= 64 -> all of p (the writes are),
-    // else 64 x 64.
+    // else 64 x (elems / 64).
     g.M = 1;
     if (Q <= 64) {
       g.TQ = Q;
-      g.TP = std::min(P, elems / Q);
+      g.TP = down(std::min(P, elems / Q));
+      vin = PQ % V == 0 && g.TP % V == 0;
+      vout = P % V == 0 && g.TP % V == 0;
     } else if (P <= 64) {
       g.TP = P;
-      g.TQ = std::min(Q, std::max(64, elems / P / 32 * 32));
+      g.TQ = down(std::min(Q, std::max(64, elems / P)));
+      vin = Q % V == 0 && g.TQ % V == 0;
+      vout = PQ % V == 0 && g.TQ % V == 0;
     } else {
-      g.TP = g.TQ = 64;
+      g.TP = 64;
+      g.TQ = std::min(Q, elems / 64);
+      vin = Q % V == 0;
+      vout = P % V == 0;
     }
-    g.tiles_p = (P + g.TP - 1) / g.TP;
-    g.tiles_q = (Q + g.TQ - 1) / g.TQ;
-    tiles = R * g.tiles_p * g.tiles_q;
   }
-  // M > 1 keeps TP == P, TQ == Q, so the kernel's incremental (mm, q) walk stays exact.
+  g.tiles_p = (P + g.TP - 1) / g.TP;
+  g.tiles_q = (Q + g.TQ - 1) / g.TQ;
+  tiles = g.M > 1 ? (R + g.M - 1) / g.M : R * g.tiles_p * g.tiles_q;
   g.S = g.TQ | 1;
   if (tiles > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
   const size_t smem = (size_t)g.M * g.TP * g.S * elem_size;
   const unsigned grid = (unsigned)tiles;
-  switch (elem_size) {
-    case 2:
-      ks_transpose_kernel<uint16_t><<<grid, kThreads, smem, stream>>>(
-          static_cast<const uint16_t*>(in), static_cast<uint16_t*>(out), g);
-      break;
-    default:
-      ks_transpose_kernel<uint32_t><<<grid, kThreads, smem, stream>>>(
-          static_cast<const uint32_t*>(in), static_cast<uint32_t*>(out), g);
-  }
-  return cudaGetLastError();
+  vin = vin && aligned;
+  vout = vout && aligned;
+  if (elem_size == 2) return launch_transpose<uint16_t>(in, out, g, vin, vout, grid, smem, stream);
+  return launch_transpose<uint32_t>(in, out, g, vin, vout, grid, smem, stream);
 }
 
 namespace {
