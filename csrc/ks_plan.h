@@ -79,18 +79,20 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
   return std::max(d * flops / ridge, esz * B * a * (b + c) * d + blocks) + 2.0 * blocks;
 }
 
-// The rule (benchmarks/NOTES.md, "Plans"; measured on an H100 over the seeded 48-pattern sample
-// of the paper's grid at B = 256, 4096 and 25088 with every plan timed, bf16 / fp32 / tf32):
+// The rule (benchmarks/NOTES.md, "Plans"; fitted on H100 sweeps with every plan timed: the
+// seeded 48-pattern sample of the paper's grid at B = 256, 4096 and 25088 and half of the
+// 376-pattern grid at 25088, bf16; fp32 / tf32 on the sample):
 // - the CPU and float64: the ATen permute + bmm method;
 // - B <= 16: the fused kernels (weight-streaming gemv; decode sizes are issue decode's);
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
 //   the floor;
 // - batch-first d > 1: the fused kernels where they measured best -- 16-bit with their
-//   chunk-shaped d (2, 4, 8k) at B <= 512 or d % 8 == 0 with planes of at most 256 x 256; strict
-//   fp32 with planes of at most 128 x 128, d = 2 or 4 | d, d <= 64 (else Transposed);
-// - otherwise BlockDense or Transposed by their cost in bytes at copy bandwidth: Transposed moves
-//   x and y three times at the pattern's own flops; BlockDense unless it costs more than 1.5x that
-//   (its single GEMM runs closer to its estimate than the three passes of Transposed).
+//   chunk-shaped d (2, 4, 8k) and small planes: b*c*d <= 2^20 at B <= 512, b*c*d <= 2^19 with
+//   d % 8 == 0 at any B (beyond, their accumulators of 4-8 planes per block cap the tile and the
+//   flops per L2 byte); strict fp32 with planes of at most 128 x 128, d = 2 or 4 | d, d <= 64
+//   (else Transposed);
+// - otherwise BlockDense or Transposed, whichever costs fewer bytes at copy bandwidth: Transposed
+//   moves x and y three times at the pattern's own flops, BlockDense once at d times the flops.
 inline Plan choose_plan(const Problem& q) {
   if (q.sm == 0 || q.precision == Precision::F64) return Plan::Bmm;
   if (q.batch <= 16) return Plan::Fused;
@@ -100,9 +102,12 @@ inline Plan choose_plan(const Problem& q) {
   const bool half = q.precision == Precision::F16 || q.precision == Precision::BF16;
   const int64_t dq = q.d;
   const bool chunk_d = dq == 2 || dq == 4 || dq % 8 == 0;
-  if (half && chunk_d && (q.batch <= 512 || (dq % 8 == 0 && q.b * q.c <= 256 * 256))) return Plan::Fused;
+  const double bcd = static_cast<double>(q.b) * static_cast<double>(q.c) * static_cast<double>(dq);
+  if (half && chunk_d && ((q.batch <= 512 && bcd <= 1048576.0) || (dq % 8 == 0 && bcd <= 524288.0)))
+    return Plan::Fused;
   if (q.precision == Precision::F32) {  // FFMA: d-fold flops are never cheap, BlockDense never won
-    const bool small_planes = (dq == 2 || dq % 4 == 0) && dq <= 64 && q.b * q.c <= 128 * 128;
+    const int64_t bc = q.b * q.c;
+    const bool small_planes = (dq == 2 || dq % 4 == 0) && dq <= 64 && (bc <= 96 * 96 || (dq <= 4 && bc <= 128 * 128));
     return small_planes ? Plan::Fused : Plan::Transposed;
   }
   const double esz = half ? 2.0 : 4.0;
@@ -111,7 +116,7 @@ inline Plan choose_plan(const Problem& q) {
   const double flops = 2.0 * B * a * b * c * d;
   const double xy = esz * B * a * (b + c) * d;  // x read + y written
   const double transposed = 3.0 * xy + flops / ridge;
-  return block_dense_cost(q, esz, ridge) <= 1.5 * transposed ? Plan::BlockDense : Plan::Transposed;
+  return block_dense_cost(q, esz, ridge) <= transposed ? Plan::BlockDense : Plan::Transposed;
 }
 
 }  // namespace ks
