@@ -60,6 +60,29 @@ at::Tensor weight_grad_aten(const at::Tensor& grad_y, const at::Tensor& x,
   return g.view({a, d, b, c}).permute({0, 2, 3, 1}).contiguous();
 }
 
+void bias_activation_aten(at::Tensor& z, const std::optional<at::Tensor>& bias, int activation) {
+  if (bias) z.add_(*bias);
+  switch (static_cast<Activation>(activation)) {
+    case Activation::None: break;
+    case Activation::Relu: z.relu_(); break;
+    case Activation::Gelu: at::gelu_(z, "none"); break;
+    case Activation::GeluTanh: at::gelu_(z, "tanh"); break;
+    case Activation::Silu: at::silu_(z); break;
+  }
+}
+
+// ks::chain on the CPU: the factors one after another (the permute + bmm kernel), each output a
+// new tensor, then the epilogue in place on the last.
+at::Tensor chain_cpu(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                     c10::string_view activation) {
+  const Activation act = parse_activation(std::string(activation));
+  check_chain(x, factors, bias);
+  at::Tensor h = x;
+  for (const at::Tensor& w : factors) h = matmul_aten(h, w, false);
+  bias_activation_aten(h, bias, static_cast<int>(act));
+  return h;
+}
+
 // ks::_matmul_plan on the CPU: the plans that need no GPU (bmm is the CPU kernel).
 at::Tensor matmul_plan_cpu(const at::Tensor& x, const at::Tensor& w, c10::string_view plan,
                            bool batch_last) {
@@ -96,6 +119,9 @@ int64_t plan_for(at::IntArrayRef pattern, int64_t batch, int64_t precision, bool
 TORCH_LIBRARY(ks, m) {
   m.def("matmul(Tensor x, Tensor w, *, bool batch_last=False) -> Tensor");
   m.def("weight_grad(Tensor grad_y, Tensor x, int[] pattern, *, bool batch_last=False) -> Tensor");
+  // A KSLinear in one op: batch-first x (..., in) through the factors (the first listed applied
+  // first), then the bias, then the activation (none, relu, gelu, gelu_tanh, silu).
+  m.def("chain(Tensor x, Tensor[] factors, Tensor? bias=None, str activation=\"none\") -> Tensor");
   // Private: ks::matmul run by the named plan (benchmarks, tests); and the rule's choice.
   m.def("_matmul_plan(Tensor x, Tensor w, str plan, *, bool batch_last=False) -> Tensor");
   m.def("_weight_grad_plan(Tensor grad_y, Tensor x, int[] pattern, str plan, *, bool batch_last=False) -> Tensor");
@@ -106,6 +132,7 @@ TORCH_LIBRARY(ks, m) {
 TORCH_LIBRARY_IMPL(ks, CPU, m) {
   m.impl("matmul", &ks::matmul_aten);
   m.impl("weight_grad", &ks::weight_grad_aten);
+  m.impl("chain", &ks::chain_cpu);
   m.impl("_matmul_plan", &ks::matmul_plan_cpu);
   m.impl("_weight_grad_plan", &ks::weight_grad_plan_cpu);
 }

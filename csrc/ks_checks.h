@@ -1,4 +1,4 @@
-// Input validation shared by every ks::matmul / ks::weight_grad kernel (CPU and CUDA), so that
+// Input validation shared by every ks::matmul / ks::weight_grad / ks::chain kernel (CPU and CUDA), so that
 // bad input gets the same plain-words error whatever the device.
 #pragma once
 #include <ATen/core/Tensor.h>
@@ -7,8 +7,10 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace ks {
 
@@ -112,6 +114,47 @@ inline Pattern check_weight_grad(const at::Tensor& grad_y, const at::Tensor& x,
               " must have the same batch dims for ", pattern_str(p));
   *batch = bx;
   return p;
+}
+
+// The epilogue of ks::chain, applied after the bias (ks::chain's `activation` names, in order).
+enum class Activation : int { None = 0, Relu = 1, Gelu = 2, GeluTanh = 3, Silu = 4 };
+constexpr const char* kActivationNames[] = {"none", "relu", "gelu", "gelu_tanh", "silu"};
+
+inline Activation parse_activation(const std::string& name) {
+  for (int i = 0; i < 5; ++i)
+    if (name == kActivationNames[i]) return static_cast<Activation>(i);
+  TORCH_CHECK(false, "ks::chain: activation must be one of none, relu, gelu, gelu_tanh, silu, got '", name, "'");
+}
+
+// ks::chain(x, factors, bias, activation): batch-first x (..., in) through the factors in order
+// (the first listed applied first), then the bias (out,), then the activation. Returns the
+// patterns; every factor, the bias and x share x's dtype and device.
+inline std::vector<Pattern> check_chain(const at::Tensor& x, at::TensorList factors,
+                                        const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(!factors.empty(), "ks::chain: factors is empty; give at least one (a,b,c,d) weight tensor");
+  check_float_dtype(x, "x");
+  std::vector<Pattern> ps;
+  for (size_t i = 0; i < factors.size(); ++i) {
+    const Pattern p = check_weights(factors[i]);
+    const std::string name = "factors[" + std::to_string(i) + "]";
+    check_same(x, factors[i], "x", name.c_str());
+    if (i > 0) {
+      const Pattern& q = ps.back();
+      TORCH_CHECK(q[0] * q[1] * q[3] == p[0] * p[2] * p[3], "ks::chain: factors[", i - 1, "] (",
+                  pattern_str(q), ") gives ", q[0] * q[1] * q[3], " features but factors[", i, "] (",
+                  pattern_str(p), ") takes ", p[0] * p[2] * p[3]);
+    }
+    ps.push_back(p);
+  }
+  check_operand(x, ps.front(), ps.front()[0] * ps.front()[2] * ps.front()[3], false, "x", "a*c*d of factors[0]");
+  if (bias) {
+    const Pattern& q = ps.back();
+    const int64_t out_f = q[0] * q[1] * q[3];
+    check_same(x, *bias, "x", "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_f, "ks::chain: bias must have shape (", out_f,
+                ",) (a*b*d of the last factor, ", pattern_str(q), "), got ", shape_str(*bias));
+  }
+  return ps;
 }
 
 }  // namespace ks

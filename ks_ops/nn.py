@@ -8,14 +8,25 @@ import torch
 from torch import nn
 
 from . import backends
+from .ops import ACTIVATIONS, chain
 from .pattern import KSPattern, check_chain
 
 
+_F = nn.functional
+# The activations of ks::chain as torch.nn.functional computes them (the non-op backends).
+_ACTIVATIONS = {"none": lambda t: t, "relu": _F.relu, "gelu": _F.gelu,
+                "gelu_tanh": lambda t: _F.gelu(t, approximate="tanh"), "silu": _F.silu}
+
+
 class KSLinear(nn.Module):
-    """y = x · (K_n ⋯ K_1)ᵀ + bias, with K_1 (the first pattern listed) applied first.
+    """y = act(x · (K_n ⋯ K_1)ᵀ + bias), with K_1 (the first pattern listed) applied first.
 
     Weights are a ParameterList of (a,b,c,d) tensors with the paper's init U[-1/c, 1/c]; the bias
-    is initialized like nn.Linear's. ``backend`` names how the product runs (``ks_ops.backends``).
+    is initialized like nn.Linear's. ``backend`` names how the product runs (``ks_ops.backends``);
+    with the op (``auto`` / ``kernel``) the whole layer is one ``ks::chain`` call, bias and
+    activation included. ``activation`` (``ks_ops.ops.ACTIVATIONS``, default ``none``) is applied
+    after the bias: surgery folds a model's activation into it where the model applies one right
+    after the linear layer.
     """
 
     def __init__(
@@ -24,6 +35,7 @@ class KSLinear(nn.Module):
         bias: bool = True,
         *,
         backend: str = "auto",
+        activation: str = "none",
         device=None,
         dtype=None,
     ):
@@ -31,6 +43,9 @@ class KSLinear(nn.Module):
         chain = check_chain(patterns)
         backends.resolve(backend, "cpu", torch.float32)  # fail on unknown names now, not at forward
         self.backend = backend
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"KSLinear: activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
         self.in_features = chain[0].in_features
         self.out_features = chain[-1].out_features
         self.factors = nn.ParameterList(
@@ -68,10 +83,12 @@ class KSLinear(nn.Module):
                 f"{[str(p) for p in self.patterns]} takes in_features={self.in_features} "
                 f"(input shape {tuple(x.shape)})"
             )
+        if backends.resolve(self.backend, x.device, x.dtype) == "kernel":
+            return chain(x, list(self.factors), self.bias, self.activation)
         product = backends.get_backend(self.backend, x.device, x.dtype)
         for w in self.factors:
             x = product(x, w)
-        return x if self.bias is None else x + self.bias
+        return _ACTIVATIONS[self.activation](x if self.bias is None else x + self.bias)
 
     def to_dense(self) -> torch.Tensor:
         """The dense (out_features x in_features) matrix K_n ⋯ K_1."""
@@ -90,6 +107,7 @@ class KSLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"chain=[{chain}], bias={self.bias is not None}, backend={self.backend}"
+            + (f", activation={self.activation}" if self.activation != "none" else "")
         )
 
 

@@ -17,6 +17,17 @@ def matmul(x: torch.Tensor, w: torch.Tensor, *, batch_last: bool = False) -> tor
     return torch.ops.ks.matmul(x, w, batch_last=batch_last)
 
 
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
+
+
+def chain(x: torch.Tensor, factors, bias: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:
+    """A KSLinear in one op: batch-first x (..., in) through ``factors`` (each (a,b,c,d); the first
+    listed applied first), then ``bias`` (out,), then ``activation`` (one of ACTIVATIONS, as
+    torch.nn.functional defines them: gelu is the erf form, gelu_tanh its tanh approximation).
+    On CUDA the factors run by the dispatch rule's plans and the bias and activation in one pass."""
+    return torch.ops.ks.chain(x, list(factors), bias, activation)
+
+
 # The plans of ks::matmul, in the order of csrc/ks_plan.h's enum (ks::_plan_for returns an index).
 PLANS = ("fused", "bmm", "dense", "strided", "blockdense", "transposed")
 _PRECISIONS = {torch.float64: 0, torch.float32: 1, torch.float16: 3, torch.bfloat16: 4}
@@ -71,6 +82,29 @@ def _matmul_fake(x, w, *, batch_last=False):
     if batch_last:
         return x.new_empty((a * b * d, x.shape[1]))
     return x.new_empty((*x.shape[:-1], a * b * d))
+
+
+@torch.library.register_fake("ks::chain")
+def _chain_fake(x, factors, bias=None, activation="none"):
+    torch._check(activation in ACTIVATIONS, lambda: f"ks::chain: activation must be one of none, relu, gelu, "
+                 f"gelu_tanh, silu, got '{activation}'")
+    torch._check(len(factors) > 0, lambda: "ks::chain: factors is empty; give at least one (a,b,c,d) weight tensor")
+    out = x
+    for i, w in enumerate(factors):
+        if i > 0:
+            q, p = factors[i - 1].shape, w.shape
+            torch._check(q[0] * q[1] * q[3] == p[0] * p[2] * p[3], lambda: f"ks::chain: factors[{i - 1}] "
+                         f"(pattern {tuple(q)}) gives {q[0] * q[1] * q[3]} features but factors[{i}] "
+                         f"(pattern {tuple(p)}) takes {p[0] * p[2] * p[3]}")
+        torch._check(w.dtype == x.dtype, lambda: f"ks: x and factors[{i}] must have the same dtype, got x "
+                     f"{x.dtype} and factors[{i}] {w.dtype}")
+        out = _matmul_fake(out, w)
+    if bias is not None:
+        torch._check(bias.dtype == x.dtype and bias.device == x.device,
+                     lambda: f"ks: x and bias must have the same dtype and device, got {bias.dtype} on {bias.device}")
+        torch._check(bias.dim() == 1 and bias.shape[0] == out.shape[-1],
+                     lambda: f"ks::chain: bias must have shape ({out.shape[-1]},), got {tuple(bias.shape)}")
+    return out
 
 
 @torch.library.register_fake("ks::_matmul_plan")
@@ -135,5 +169,54 @@ def _weight_grad_backward(ctx, grad_w):
     return d_grad_y, d_x, None
 
 
+# ks::chain: z = h_n + bias with h_0 = x, h_i = matmul(h_{i-1}, w_i); y = act(z). The backward
+# recomputes the h_i it needs (the forward keeps nothing but its inputs: a fused chain kernel never
+# writes them), then walks the chain back with the ks ops.
+def _chain_setup(ctx, inputs, output):
+    x, factors, bias, activation = inputs
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    ctx.n = len(factors)
+    ctx.save_for_backward(x, *factors, *([bias] if bias is not None else []))
+
+
+def _activation_backward(grad, z, activation):
+    if activation == "relu":
+        return torch.ops.aten.threshold_backward(grad, z, 0)
+    if activation in ("gelu", "gelu_tanh"):
+        return torch.ops.aten.gelu_backward(grad, z, approximate="none" if activation == "gelu" else "tanh")
+    if activation == "silu":
+        return torch.ops.aten.silu_backward(grad, z)
+    return grad
+
+
+def _chain_backward(ctx, grad_y):
+    x, *rest = ctx.saved_tensors
+    factors, bias = rest[: ctx.n], (rest[ctx.n] if ctx.has_bias else None)
+    # The dispatcher drops trailing arguments left at their defaults (bias=None, activation="none"),
+    # and the backward must return one entry per argument it was given.
+    given = len(ctx.needs_input_grad)
+    need_x, need_w, need_b = (*ctx.needs_input_grad, False, False)[:3]
+    need_w = list(need_w) if isinstance(need_w, (list, tuple)) else [bool(need_w)] * ctx.n
+    hs = [x]
+    for w in factors[:-1]:
+        hs.append(torch.ops.ks.matmul(hs[-1], w))
+    g = grad_y
+    if ctx.activation != "none":
+        z = torch.ops.ks.matmul(hs[-1], factors[-1])
+        g = _activation_backward(grad_y, z + bias if bias is not None else z, ctx.activation)
+    grad_b = g.reshape(-1, g.shape[-1]).sum(0) if ctx.has_bias and need_b else None
+    grad_ws = [None] * ctx.n
+    for i in range(ctx.n - 1, -1, -1):
+        if need_w[i]:
+            grad_ws[i] = torch.ops.ks.weight_grad(g, hs[i], list(factors[i].shape))
+        if i > 0 or need_x:
+            g = torch.ops.ks.matmul(g, factors[i].transpose(1, 2))
+        else:
+            break
+    return ((g if need_x else None), grad_ws, grad_b, None)[:given]
+
+
 torch.library.register_autograd("ks::matmul", _matmul_backward, setup_context=_matmul_setup)
+torch.library.register_autograd("ks::chain", _chain_backward, setup_context=_chain_setup)
 torch.library.register_autograd("ks::weight_grad", _weight_grad_backward, setup_context=_weight_grad_setup)

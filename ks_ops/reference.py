@@ -1,6 +1,8 @@
-"""The one reference implementation of the KS product: float64, dense, built from the definition
+"""The one reference implementation of the KS product (and of a chain of them): float64, dense, built from the definition
 (KSPattern.to_dense). Tests and benchmark correctness checks compare against it, never against the
 code under test."""
+from __future__ import annotations
+
 import torch
 
 from .pattern import KSPattern
@@ -27,3 +29,22 @@ def ks_weight_grad_reference(grad_y: torch.Tensor, x: torch.Tensor, pattern, *, 
         y = ks_matmul_reference(x.detach(), w0, batch_last=batch_last)
         (gw,) = torch.autograd.grad(y, w0, grad_y.detach().to(torch.float64))
     return gw
+
+
+def ks_chain_reference(x: torch.Tensor, factors, bias: torch.Tensor | None = None,
+                       activation: str = "none") -> torch.Tensor:
+    """ks::chain in float64 on x's device: x·(K_n ⋯ K_1)ᵀ + bias, then the activation as
+    torch.nn.functional defines it (gelu: the erf form; gelu_tanh: its tanh approximation)."""
+    dense = None
+    for w in factors:
+        k = KSPattern.of_weights(w).to_dense(w.to(torch.float64))
+        dense = k if dense is None else k @ dense
+    z = x.to(torch.float64) @ dense.T
+    if bias is not None:
+        z = z + bias.to(torch.float64)
+    f = torch.nn.functional
+    acts = {"none": lambda t: t, "relu": f.relu, "gelu": f.gelu, "gelu_tanh": lambda t: f.gelu(t, approximate="tanh"),
+            "silu": f.silu}
+    if activation not in acts:
+        raise ValueError(f"ks_chain_reference: unknown activation {activation!r}")
+    return acts[activation](z)

@@ -3,13 +3,14 @@
 kernel family (small-batch vector/scalar, tiled fast batch-first, fast batch-last, scalar loads),
 every dtype, tails in every dimension. Small sizes: the tools slow each launch down a lot.
 Checks each result against the float64 reference too, and exits non-zero on a mismatch.
-Arguments name the groups to run (matmul, weight_grad, transposed, cublas; default all)."""
+Arguments name the groups to run (matmul, weight_grad, transposed, cublas, chain; default all)."""
 import sys
 
 import torch
 
 import ks_ops  # noqa: F401
-from ks_ops import KSPattern, ks_matmul_reference, ks_weight_grad_reference
+from ks_ops import KSPattern, ks_chain_reference, ks_matmul_reference, ks_weight_grad_reference
+from ks_ops.ops import ACTIVATIONS
 
 CASES = [  # pattern, batch
     ((2, 48, 192, 1), 37), ((1, 192, 48, 2), 40), ((4, 64, 64, 4), 33), ((1, 64, 64, 16), 19),
@@ -32,6 +33,9 @@ TRANSPOSE_CASES = [((3, 13, 11, 3), 29), ((1, 130, 100, 48), 7), ((2, 70, 90, 70
 # The cuBLAS plans' own kernels: the strided plan's pointer kernel (batch-last, a and d > 1) and
 # the blockdense plan's densification (both layouts).
 CUBLAS_CASES = [((3, 20, 12, 6), 40), ((2, 13, 11, 3), 24), ((1, 5, 9, 64), 8)]
+# ks::chain's epilogue (ks_epilogue.cu): rows of whole 16-byte vectors (8 and 40 output features)
+# and ragged ones (7), every activation, with and without bias.
+CHAIN_CASES = [([(3, 5, 7, 2), (1, 4, 15, 2)], 37), ([(6, 8, 8, 1), (1, 10, 12, 4)], 29), ([(1, 7, 5, 1)], 300)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
@@ -49,7 +53,7 @@ def operand(p, batch, dtype, bl):
     return torch.randn(shape, dtype=dtype, device="cuda")
 
 
-def main(groups=("matmul", "weight_grad", "transposed", "cublas")):
+def main(groups=("matmul", "weight_grad", "transposed", "cublas", "chain")):
     bad = n = 0
     # References on the CPU: keep cuBLAS out of the tools' view of the kernels under test.
     for (pattern, batch) in CASES if "matmul" in groups else []:
@@ -89,10 +93,22 @@ def main(groups=("matmul", "weight_grad", "transposed", "cublas")):
             bad += mismatch(y, ks_matmul_reference(x.cpu(), w.cpu(), batch_last=bl), 3e-2,
                             f"{plan} {pattern} B={batch} {dtype} bl={bl}")
             n += 1
+    for chain, batch in CHAIN_CASES if "chain" in groups else []:
+        ps = [KSPattern.of(q) for q in chain]
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            factors = [q.random_weights(dtype=dtype, device="cuda") for q in ps]
+            x = torch.randn(batch, ps[0].in_features, dtype=dtype, device="cuda")
+            for bias in (None, torch.randn(ps[-1].out_features, dtype=dtype, device="cuda")):
+                for act in ACTIVATIONS:
+                    y = torch.ops.ks.chain(x, factors, bias, act)
+                    ref = ks_chain_reference(x.cpu(), [f.cpu() for f in factors],
+                                             None if bias is None else bias.cpu(), act)
+                    bad += mismatch(y, ref, 3e-2, f"chain {chain} B={batch} {dtype} {act} bias={bias is not None}")
+                    n += 1
     torch.cuda.synchronize()
     print(f"sanitize cases: {n} launches, {bad} mismatches")
     sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":
-    main(tuple(sys.argv[1:]) or ("matmul", "weight_grad", "transposed", "cublas"))
+    main(tuple(sys.argv[1:]) or ("matmul", "weight_grad", "transposed", "cublas", "chain"))

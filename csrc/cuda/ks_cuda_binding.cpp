@@ -152,6 +152,31 @@ at::Tensor matmul_plan_cuda(const at::Tensor& x, const at::Tensor& w, c10::strin
   return run_matmul(x, w, batch_last, static_cast<Plan>(idx));
 }
 
+// ks::chain: every factor by the rule's plan (a fused chain kernel is issue fused-chain's next
+// step), then the bias and the activation in one pass (ks_epilogue.cu; float64 through ATen).
+at::Tensor chain_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                      c10::string_view activation) {
+  const Activation act = parse_activation(std::string(activation));
+  check_chain(x, factors, bias);
+  TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor h = x;
+  for (const at::Tensor& w : factors) h = run_matmul(h, w, false, std::nullopt);  // a new tensor each
+  if (!bias && act == Activation::None) return h;
+  if (h.scalar_type() == at::kDouble) {
+    bias_activation_aten(h, bias, static_cast<int>(act));
+    return h;
+  }
+  const int64_t out_f = h.size(-1);
+  const at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
+  const cudaError_t err = detail::bias_activation(h.data_ptr(), bias ? bc.const_data_ptr() : nullptr,
+                                                  h.numel() / out_f, out_f,  // out_f > 0: patterns are positive
+                                                  static_cast<int>(act), to_dtype(h.scalar_type()),
+                                                  c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "ks::chain: CUDA epilogue launch failed: ", cudaGetErrorString(err));
+  return h;
+}
+
 // Fused kernel (ks_wgrad.cu) for 16-bit batch-first inputs it serves; the ATen permute + bmm path
 // otherwise (fp32, batch-last, d not 4 or a multiple of 8, unaligned rows; benchmarks/NOTES.md).
 // fused: nullopt = where the fused kernel serves; true = the fused kernel or an error; false = bmm.
@@ -218,6 +243,7 @@ at::Tensor weight_grad_plan_cuda(const at::Tensor& grad_y, const at::Tensor& x, 
 TORCH_LIBRARY_IMPL(ks, CUDA, m) {
   m.impl("matmul", &ks::matmul_cuda);
   m.impl("weight_grad", &ks::weight_grad_cuda);
+  m.impl("chain", &ks::chain_cuda);
   m.impl("_matmul_plan", &ks::matmul_plan_cuda);
   m.impl("_weight_grad_plan", &ks::weight_grad_plan_cuda);
 }

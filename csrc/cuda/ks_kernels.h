@@ -64,6 +64,11 @@ cudaError_t transpose_batched(const void* in, void* out, int64_t R, int P, int Q
 cudaError_t densify_blocks(const void* w, void* out, int64_t a, int64_t b, int64_t c, int64_t d,
                            int elem_size, cudaStream_t stream);
 
+// ks::chain's epilogue: z = act(z + bias) in place, z contiguous (rows, features), bias
+// (features,) or null, act a ks::Activation value (ks_epilogue.cu).
+cudaError_t bias_activation(void* z, const void* bias, int64_t rows, int64_t features, int activation,
+                            DType dtype, cudaStream_t stream);
+
 // Pointer arrays (3 * a * d: A, then B, then C) of the batch-last Strided plan's batched GEMM,
 // written on the device so that the plan stays capturable in a CUDA graph (ks_layout.cu).
 struct PlanePointers {
