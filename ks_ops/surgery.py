@@ -82,11 +82,13 @@ class Replacement:
     chain: tuple[KSPattern, ...]
     params_before: int
     params_after: int
+    activation: str = "none"  # the model's activation folded into the layer (ks::chain's epilogue)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "glob": self.glob, "in": self.in_features, "out": self.out_features,
                 "chain": [list(p.shape) for p in self.chain],
-                "params_before": self.params_before, "params_after": self.params_after}
+                "params_before": self.params_before, "params_after": self.params_after,
+                "activation": self.activation}
 
 
 @dataclass
@@ -110,10 +112,59 @@ class SurgeryReport:
     def __str__(self) -> str:
         lines = [f"{r.name}: {r.in_features}->{r.out_features} chain "
                  f"[{', '.join(str(p) for p in r.chain)}] params {r.params_before} -> {r.params_after}"
+                 + (f", {r.activation} folded in" if r.activation != "none" else "")
                  for r in self.replacements]
         lines.append(f"replaced {len(self.replacements)} modules: params {self.params_before} -> "
                      f"{self.params_after} in them")
         return "\n".join(lines)
+
+
+# MLP modules known to apply their activation module right after a linear layer, and nothing in
+# between (their forward is fc -> act -> ...): (package, class name) -> (linear attr, act attr).
+_FOLDABLE = {
+    ("timm", "Mlp"): ("fc1", "act"),
+    ("transformers", "GPT2MLP"): ("c_fc", "act"),
+    ("transformers", "ViTMLP"): ("fc1", "activation_fn"),
+    ("transformers", "CLIPMLP"): ("fc1", "activation_fn"),
+    ("transformers", "SiglipMLP"): ("fc1", "activation_fn"),
+    ("transformers", "ViTIntermediate"): ("dense", "intermediate_act_fn"),  # transformers < 5
+    ("transformers", "BertIntermediate"): ("dense", "intermediate_act_fn"),
+}
+# Activation modules of transformers that compute exactly one of ks::chain's activations.
+_TRANSFORMERS_ACTS = {"GELUActivation": "gelu", "NewGELUActivation": "gelu_tanh", "FastGELUActivation": "gelu_tanh",
+                      "GELUTanh": "gelu_tanh", "PytorchGELUTanh": "gelu_tanh", "SiLUActivation": "silu",
+                      "ReLUActivation": "relu"}
+
+
+def _activation_of(module: nn.Module) -> str | None:
+    """ks::chain's name for an activation module, None when it is not one of them."""
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, nn.SiLU):
+        return "silu"
+    if isinstance(module, nn.GELU):
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    if type(module).__module__.startswith("transformers."):
+        return _TRANSFORMERS_ACTS.get(type(module).__name__)  # GELUActivation: erf form, either code path
+    return None
+
+
+def _fold_activation(model: nn.Module, name: str, layer: "KSLinear") -> str:
+    """Moves the activation that the module holding `name` applies right after it into `layer`
+    (replacing the model's activation module with nn.Identity); returns its name, or "none"."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    key = (type(parent).__module__.split(".")[0], type(parent).__name__)
+    attrs = _FOLDABLE.get(key)
+    if attrs is None or attrs[0] != child:
+        return "none"
+    act_module = getattr(parent, attrs[1], None)
+    act = _activation_of(act_module) if isinstance(act_module, nn.Module) else None
+    if act is None:
+        return "none"
+    layer.activation = act
+    setattr(parent, attrs[1], nn.Identity())
+    return act
 
 
 def _conv1d_type():
@@ -134,8 +185,16 @@ def _dense_shape(module: nn.Module, conv1d) -> tuple[int, int] | None:
     return None
 
 
-def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend: str = "auto") -> SurgeryReport:
+def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend: str = "auto",
+               fold_activations: bool = True) -> SurgeryReport:
     """Replaces every nn.Linear / Conv1D whose name matches a glob of ``rules`` with a KSLinear.
+
+    With ``fold_activations`` (default), a replaced layer that is the first linear of a known MLP
+    module (timm ``Mlp``; transformers ``GPT2MLP``, ``ViTMLP``, ``CLIPMLP``, ``SiglipMLP``,
+    ``BertIntermediate``) also
+    takes that module's activation (GELU, its tanh form, SiLU, ReLU) into its ``ks::chain``
+    epilogue, and the module's activation becomes ``nn.Identity``: one pass over the layer's
+    output instead of two. The report says which were folded.
 
     All matches and chains are checked before the model is touched: a glob that matches no
     replaceable module, a module matched by two globs, or a chain that does not fit raises
@@ -181,8 +240,9 @@ def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend:
                 ks.bias.copy_(dense.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, ks)
+        act = _fold_activation(model, name, ks) if fold_activations else "none"
         report.replacements.append(Replacement(
             name, glob, *shapes[name], tuple(patterns),
-            sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in ks.parameters()),
+            sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in ks.parameters()), act,
         ))
     return report

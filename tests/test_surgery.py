@@ -76,6 +76,9 @@ def test_surgery_keeps_shapes_and_leaves_other_modules_untouched():
             continue
         if any(r.startswith(name + ".") or name == "" for r in replaced):
             continue  # a parent of a replaced module
+        if name.endswith(".mlp.act"):  # folded into c_fc's KSLinear
+            assert isinstance(now, torch.nn.Identity)
+            continue
         assert now is module
         for k, p in now.named_parameters(recurse=False):
             assert torch.equal(p, params[k])
@@ -149,3 +152,28 @@ def test_surgery_keeps_device_and_dtype():
     ks_surgery(model, {"0": "auto"})
     assert all(p.dtype == torch.float64 for p in model.parameters())
     assert KSPattern.of_weights(model[0].factors[0]) == KSPattern(2, 8, 32, 1)
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_vit], ids=["gpt2", "vit"])
+def test_folded_activation_leaves_the_output_unchanged(make):
+    """Surgery folds the MLP's activation into the first KSLinear's ks::chain epilogue; the model
+    computes the same function as with the activation left in place (float32 round-off)."""
+    torch.manual_seed(1)
+    base = make()
+    plain, folded = copy.deepcopy(base), copy.deepcopy(base)
+    rules = {"*mlp.c_fc": "auto"} if make is tiny_gpt2 else {"*mlp.fc1": "auto"}
+    torch.manual_seed(2)
+    ks_surgery(plain, rules, fold_activations=False)
+    torch.manual_seed(2)
+    report = ks_surgery(folded, rules)
+    acts = {r.activation for r in report.replacements}
+    assert len(report.replacements) == 2 and acts == {"gelu_tanh" if make is tiny_gpt2 else "gelu"}
+    assert "folded in" in str(report) and report.as_dicts()[0]["activation"] in acts
+    layers = [m for m in folded.modules() if isinstance(m, KSLinear)]
+    assert all(m.activation in acts for m in layers)
+    assert sum(isinstance(m, nn.Identity) for m in folded.modules()) >= 2
+    x = torch.randint(0, 128, (3, 11)) if make is tiny_gpt2 else torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        y_plain, y_folded = plain(x).logits, folded(x).logits
+    err = ((y_folded - y_plain).norm() / y_plain.norm()).item()
+    assert err <= 1e-5, err
