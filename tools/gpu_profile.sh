@@ -10,7 +10,8 @@
 # Stages (default: all four, in this order), with times estimated from their window counts
 # (windows of 2.1 s = 20 updates of the H200's 100 ms energy counter plus 5%):
 #   check  Zeus measures the GPU (one idle window)                       ~10 s
-#   vit    profiles/vit_s16.yaml: 4 variants x {bf16, fp32}, 3 trials     ~1.6 min
+#   vit    profiles/vit_s16.yaml: 6 variants (2 compiled) x {bf16, fp32}, 3 trials  ~3-4 min
+#   gpt2c  profiles/gpt2_medium_compiled.yaml: dense and KS compiled x {fp32, bf16}  ~3-4 min
 #   gpt2   profiles/gpt2_medium.yaml: 2 variants x {forward, generate} x {fp32, bf16}, 3 trials  ~2.5 min
 #   bench  tools/bench_energy.py: the 6 ViT-S/16 factors in fp32 and bf16 and 2 grid patterns in
 #          bf16, B = 25088, backends kernel/bmm/dense interleaved, 2 trials  ~3.3 min
@@ -74,12 +75,16 @@ print(f"idle window: {r.energy_j:.1f} J in {r.time_s:.2f} s = {r.power_w:.0f} W"
 PY
         ;;
       vit)
-        timeout -s INT -k 30 200 python3 -m ks_ops.profile profiles/vit_s16.yaml --out-dir "$OUT" --no-progress || status=1
+        timeout -s INT -k 30 330 python3 -m ks_ops.profile profiles/vit_s16.yaml --out-dir "$OUT" --no-progress || status=1
         meter_was_zeus "$OUT/vit_s16.json" || status=1
         ;;
       gpt2)
         timeout -s INT -k 30 260 python3 -m ks_ops.profile profiles/gpt2_medium.yaml --out-dir "$OUT" --no-progress || status=1
         meter_was_zeus "$OUT/gpt2_medium.json" || status=1
+        ;;
+      gpt2c)
+        timeout -s INT -k 30 300 python3 -m ks_ops.profile profiles/gpt2_medium_compiled.yaml --out-dir "$OUT" --no-progress || status=1
+        meter_was_zeus "$OUT/gpt2_medium_compiled.json" || status=1
         ;;
       bench)  # rows go straight to $OUT (kept if the call is cut short) and back to $WORK to resume
         [ -f "$WORK/bench_energy.jsonl" ] && cp "$WORK/bench_energy.jsonl" "$OUT/"
@@ -88,7 +93,7 @@ PY
         timeout -s INT -k 30 60 python3 tools/bench_energy.py --patterns "4,64,64,4;1,256,256,4" --dtypes bfloat16 "${common[@]}" || status=1
         cp "$OUT/bench_energy.jsonl" "$WORK/" 2>/dev/null
         ;;
-      *) echo "unknown stage $stage (check, vit, gpt2, bench)"; status=2 ;;
+      *) echo "unknown stage $stage (check, vit, gpt2, gpt2c, bench)"; status=2 ;;
     esac
   done
   rm -f "$OUT"/.*.tmp
