@@ -119,4 +119,20 @@ inline Plan choose_plan(const Problem& q) {
   return block_dense_cost(q, esz, ridge) <= transposed ? Plan::BlockDense : Plan::Transposed;
 }
 
+// The weight gradient's rule (ks::weight_grad; the plans are Fused, the kernel of ks_wgrad.cu, and
+// Bmm, ATen's permute + bmm): the fused kernel for 16-bit batch-first products with d = 4 or
+// d % 8 == 0 on sm_90+, except large planes. There the per-plane GEMMs are big enough for bmm's
+// one-plane-per-block tiles to pay for its permutations, while the fused kernel's 8 planes of
+// 64 x 64 per block re-read grad_y and x from L2 c/64 and b/64 times (half-sector chunks for
+// d > 8). Measured (H200, bf16, B = 25088, benchmarks/NOTES.md round 9): bmm 1.05-1.4x faster at
+// b = c >= 768 with d = 16 and at b = c = 1024 with d = 64; fused 1.33x faster at b = c = 768 with
+// d = 64. (The kernel adds alignment preconditions of its own: ks_wgrad.cu, fused_serves.)
+inline Plan choose_weight_grad_plan(const Problem& q) {
+  const bool half = q.precision == Precision::F16 || q.precision == Precision::BF16;
+  if (q.sm < 90 || !half || q.batch_last || q.batch < 1 || !(q.d == 4 || q.d % 8 == 0)) return Plan::Bmm;
+  const int64_t bc = q.b * q.c;
+  if (q.d % 8 == 0 && (bc >= 1024 * 1024 || (q.d < 64 && bc >= 768 * 768))) return Plan::Bmm;
+  return Plan::Fused;
+}
+
 }  // namespace ks

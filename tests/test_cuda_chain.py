@@ -5,6 +5,8 @@ against the reference's; torch.compile and CUDA-graph capture.
 
 Tolerances: strict fp32 and float64 fixed relative bounds; tf32/fp16/bf16 against the error
 PyTorch's own dense layer (linear + activation) makes in the same arithmetic, times a small factor."""
+import contextlib
+
 import pytest
 import torch
 
@@ -26,6 +28,16 @@ _ACT = {"none": lambda t: t, "relu": _F.relu, "gelu": _F.gelu, "gelu_tanh": lamb
         "silu": _F.silu}
 
 
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def make(chain, batch, dtype, bias=True):
     ps = [KSPattern.of(p) for p in chain]
     factors = [p.random_weights(dtype=dtype, device=DEV) for p in ps]
@@ -43,7 +55,7 @@ def tolerance(x, factors, b, activation, name):
     for w in factors:
         k = KSPattern.of_weights(w).to_dense(w)
         dense = k if dense is None else k @ dense
-    with torch.backends.cuda.matmul.flags(allow_tf32=name == "tf32"):
+    with tf32(name == "tf32"):
         same = _ACT[activation](_F.linear(x, dense, b))
     return 3 * rel_err(same, ks_chain_reference(x, factors, b, activation)) + 1e-6
 
@@ -53,9 +65,9 @@ def tolerance(x, factors, b, activation, name):
 @pytest.mark.parametrize("name", list(DTYPES))
 @pytest.mark.parametrize("chain", CHAINS, ids=str)
 def test_matches_reference(chain, name, bias, activation):
-    dtype, tf32 = DTYPES[name]
+    dtype, use_tf32 = DTYPES[name]
     x, factors, b = make(chain, 301, dtype, bias)
-    with torch.backends.cuda.matmul.flags(allow_tf32=tf32):
+    with tf32(use_tf32):
         y = ks_ops.chain(x, factors, b, activation)
     ref = ks_chain_reference(x, factors, b, activation)
     assert y.shape == ref.shape and y.dtype == dtype and torch.isfinite(y).all()

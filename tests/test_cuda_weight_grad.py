@@ -144,3 +144,13 @@ def test_autograd_through_matmul(pattern):
     (gw,) = torch.autograd.grad(y, w, gy)
     ref = ks_weight_grad_reference(gy, x, pattern)
     assert rel_err(gw, ref) <= 4 * max(same_dtype_dense_wgrad_err(gy, x, pattern, ref), 8e-3)
+
+
+def test_rule_sends_large_planes_to_bmm_and_forced_fused_runs_them():
+    """Where the fused kernel is worth running is the rule's call (ks_plan.h,
+    choose_weight_grad_plan): large planes go to bmm, yet the fused plan still serves them."""
+    gy, x = grads((1, 768, 768, 16), 33, torch.bfloat16)
+    assert not fused_kernel_ran(lambda: torch.ops.ks.weight_grad(gy, x, [1, 768, 768, 16]))
+    assert fused_kernel_ran(lambda: torch.ops.ks._weight_grad_plan(gy, x, [1, 768, 768, 16], "fused"))
+    torch.testing.assert_close(torch.ops.ks._weight_grad_plan(gy, x, [1, 768, 768, 16], "fused"),
+                               torch.ops.ks.weight_grad(gy, x, [1, 768, 768, 16]), rtol=2e-2, atol=2e-2)

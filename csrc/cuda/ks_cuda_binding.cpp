@@ -177,8 +177,8 @@ at::Tensor chain_cuda(const at::Tensor& x, at::TensorList factors, const std::op
   return h;
 }
 
-// Fused kernel (ks_wgrad.cu) for 16-bit batch-first inputs it serves; the ATen permute + bmm path
-// otherwise (fp32, batch-last, d not 4 or a multiple of 8, unaligned rows; benchmarks/NOTES.md).
+// The fused kernel (ks_wgrad.cu) where the rule (ks_plan.h, choose_weight_grad_plan) picks it and
+// the kernel serves the arguments (alignment); the ATen permute + bmm path otherwise.
 // fused: nullopt = where the fused kernel serves; true = the fused kernel or an error; false = bmm.
 at::Tensor run_weight_grad(const at::Tensor& grad_y, const at::Tensor& x, at::IntArrayRef pattern,
                            bool batch_last, std::optional<bool> fused) {
@@ -195,6 +195,8 @@ at::Tensor run_weight_grad(const at::Tensor& grad_y, const at::Tensor& x, at::In
   TORCH_CHECK(b <= INT32_MAX && c <= INT32_MAX && d <= INT32_MAX && a <= INT32_MAX,
               "ks: pattern dims must fit in 32 bits, got ", pattern_str(p));
   c10::cuda::CUDAGuard guard(x.device());
+  const Problem q{a, b, c, d, B, precision_of(st), batch_last, device_sm(x)};
+  if (!fused && choose_weight_grad_plan(q) == Plan::Bmm) return weight_grad_aten(grad_y, x, pattern, batch_last);
   at::Tensor gk, xk;
   WgradArgs args{};
   args.ldg = rows_of(grad_y, B, a * b * d, gk);
@@ -213,7 +215,7 @@ at::Tensor run_weight_grad(const at::Tensor& grad_y, const at::Tensor& x, at::In
   const int64_t ws_floats = weight_grad_workspace(args);
   TORCH_CHECK(ws_floats >= 0 || !fused, "ks::weight_grad: the fused plan does not serve ",
               pattern_str(p), " (d must be 4 or a multiple of 8, b*d and c*d multiples of 8, rows "
-              "16-byte aligned, sm_90, and not the large planes that go to bmm)");
+              "16-byte aligned, sm_90)");
   if (ws_floats < 0) return weight_grad_aten(grad_y, x, pattern, batch_last);
   at::Tensor ws = at::empty({ws_floats}, x.options().dtype(at::kFloat));
   args.ws = ws.data_ptr<float>();

@@ -285,18 +285,12 @@ WgradParams params_of(const WgradArgs& g) {
   return p;
 }
 
-// The fused kernel's preconditions.
+// The fused kernel's preconditions: what it can run at all (where it is worth running is the rule's
+// call: csrc/ks_plan.h, choose_weight_grad_plan).
 bool fused_serves(const WgradArgs& g) {
   if (g.dtype == DType::F32 || g.batch < 1 || !(g.d == 4 || g.d % 8 == 0)) return false;
   if ((int64_t)g.b * g.d % 8 != 0 || (int64_t)g.c * g.d % 8 != 0) return false;
   if (!aligned16(g.gy) || !aligned16(g.x) || !aligned16(g.dw) || g.ldg % 8 != 0 || g.ldx % 8 != 0) return false;
-  // Large planes: the per-plane GEMMs are big enough for bmm's one-plane-per-block tiles to pay for
-  // its permutations, while the fused kernel's 8 planes of 64 x 64 per block re-read gy and x from
-  // L2 c/64 and b/64 times (half-sector chunks for d > 8). Measured (H200, bf16, B = 25088,
-  // benchmarks/NOTES.md round 9): bmm 1.05-1.4x faster at b = c >= 768 with d = 16 and at
-  // b = c = 1024 with d = 64; the fused kernel still 1.33x faster at b = c = 768 with d = 64.
-  const int64_t bc = (int64_t)g.b * g.c;
-  if (g.d % 8 == 0 && (bc >= 1024 * 1024 || (g.d < 64 && bc >= 768 * 768))) return false;
   if (g.ldg < (int64_t)g.a * g.b * g.d || g.ldx < (int64_t)g.a * g.c * g.d) return false;
   return has_sm90();
 }
