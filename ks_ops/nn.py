@@ -69,6 +69,25 @@ class KSLinear(nn.Module):
                 bound = 1.0 / math.sqrt(self.in_features)
                 self.bias.uniform_(-bound, bound)
 
+    # No dense `weight`: code that reads or assigns one (nn.init on m.weight, weight norm, weight
+    # tying) would act on a matrix the layer never uses. Reading it is an AttributeError (so
+    # hasattr(m, "weight") is False and libraries that probe for it skip the layer); assigning one,
+    # as transformers' tie_weights() does, is an AttributeError that says what to do instead.
+    _NO_WEIGHT = ("KSLinear has no dense `weight`: its parameters are `factors` (one (a,b,c,d) tensor "
+                  "per KS factor) and `bias`; `to_dense()` gives the dense matrix K_n...K_1. Weight "
+                  "tying, weight norm and nn.init on a dense weight do not apply to it (leave tied "
+                  "layers such as an lm_head out of ks_surgery)")
+
+    def __getattr__(self, name):  # only reached when normal lookup fails
+        if name == "weight":
+            raise AttributeError(self._NO_WEIGHT)
+        return super().__getattr__(name)
+
+    def __setattr__(self, name, value):
+        if name == "weight":
+            raise AttributeError(self._NO_WEIGHT)
+        super().__setattr__(name, value)
+
     @property
     def patterns(self) -> list[KSPattern]:
         return [KSPattern.of_weights(w) for w in self.factors]

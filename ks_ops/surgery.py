@@ -205,6 +205,11 @@ def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend:
     conv1d = _conv1d_type()
     # The root module is never replaced: there is no parent to hold the KSLinear.
     shapes = {name: s for name, mod in model.named_modules() if name and (s := _dense_shape(mod, conv1d))}
+    # Modules holding each parameter (a tied weight is held by two or more).
+    holders: dict[int, list[str]] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for p in mod.parameters(recurse=False):
+            holders.setdefault(id(p), []).append(mod_name)
     plan: dict[str, tuple[str, list[KSPattern]]] = {}
     for glob, chain in rules.items():
         names = [name for name in shapes if fnmatchcase(name, glob)]
@@ -218,6 +223,12 @@ def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend:
         for name in names:
             if name in plan:
                 raise ValueError(f"ks_surgery: module {name!r} is matched by globs {plan[name][0]!r} and {glob!r}")
+            tied = [h for h in holders.get(id(model.get_submodule(name).weight), []) if h != name]
+            if tied:
+                raise ValueError(
+                    f"ks_surgery: glob {glob!r}, module {name!r} shares its weight with {tied} (tied "
+                    f"weights): replacing it would untie them and add parameters; leave it out of the "
+                    f"rules, or untie the weights first (e.g. config.tie_word_embeddings=False)")
             n_in, n_out = shapes[name]
             try:
                 patterns = auto_chain(n_in, n_out) if chain == AUTO else check_chain(chain)

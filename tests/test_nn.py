@@ -124,3 +124,16 @@ def test_training_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
+
+
+def test_no_dense_weight_says_what_to_use():
+    """KSLinear has no dense weight (issue drop-in): reading or assigning one raises an
+    AttributeError that names factors / to_dense (nn.init on m.weight and weight tying would act
+    on a matrix the layer never uses); hasattr is False so libraries that probe for it skip it."""
+    layer = KSLinear([(3, 5, 7, 2), (1, 4, 15, 2)])
+    assert not hasattr(layer, "weight")
+    with pytest.raises(AttributeError, match="factors.*to_dense"):
+        torch.nn.init.xavier_uniform_(layer.weight)
+    with pytest.raises(AttributeError, match="no dense `weight`"):
+        layer.weight = torch.nn.Parameter(torch.randn(8, 42))
+    assert sorted(n for n, _ in layer.named_parameters()) == ["bias", "factors.0", "factors.1"]

@@ -177,3 +177,17 @@ def test_folded_activation_leaves_the_output_unchanged(make):
         y_plain, y_folded = plain(x).logits, folded(x).logits
     err = ((y_folded - y_plain).norm() / y_plain.norm()).item()
     assert err <= 1e-5, err
+
+
+def test_surgery_refuses_tied_weights_and_leaves_tying_intact():
+    """A tied lm_head (it shares its weight with the token embedding) is refused before the model
+    is touched -- replacing it used to untie it and add parameters while the report said some were
+    removed; with other layers replaced, transformers' tie_weights() still works."""
+    model = tiny_gpt2()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    with pytest.raises(ValueError, match=r"'lm_head' shares its weight with \['transformer.wte'\]"):
+        ks_surgery(model, {"*.mlp.c_fc": "auto", "lm_head": [(1, 128, 64, 1)]})
+    assert not any(isinstance(m, KSLinear) for m in model.modules())
+    ks_surgery(model, {"*.mlp.c_fc": "auto"})
+    model.tie_weights()
+    assert model.lm_head.weight is model.transformer.wte.weight
