@@ -50,11 +50,27 @@ def cublas_library() -> str:
     raise RuntimeError(f"ks_ops: libcublas not found (looked in {dirs}); set KS_OPS_NO_CUDA=1 for a CPU-only build")
 
 
+# The kernels' target: Hopper (sm_90a: wgmma, stmatrix; the fused kernels check the device's
+# capability at run time). Used when no GPU is visible to detect one from.
+DEFAULT_ARCH_LIST = "9.0a"
+
+
+def default_arch_list(env, visible_gpus: int) -> str | None:
+    """TORCH_CUDA_ARCH_LIST to set for the CUDA build, or None to leave torch's choice: the user's
+    list when set, torch's detection when a GPU is visible; otherwise DEFAULT_ARCH_LIST (torch's
+    detection fails with an IndexError on a machine with nvcc and no GPU)."""
+    if env.get("TORCH_CUDA_ARCH_LIST") or visible_gpus > 0:
+        return None
+    return DEFAULT_ARCH_LIST
+
+
 def extension():
     with_cuda = want_cuda()
     write_build_info(with_cuda)
     sources = sorted(glob.glob("csrc/*.cpp"))
-    cxx = ["-O3", "-std=c++17"]
+    # No -std flag: torch's BuildExtension adds the standard the installed torch's headers need
+    # (C++17 up to torch 2.12, C++20 from 2.13/2.14); forcing one broke builds against newer torch.
+    cxx = ["-O3"]
     # A toolchain that links libstdc++ statically (the GPU machine's /opt/gcc: _C had no NEEDED
     # libstdc++) gives _C a private copy whose locale data clash with the process's libstdc++
     # (unique-symbol data are shared, functions are bound inside _C), and formatting a number in
@@ -64,7 +80,11 @@ def extension():
     if not with_cuda:
         return CppExtension("ks_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    archs = default_arch_list(os.environ, torch.cuda.device_count())
+    if archs:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        print(f"ks_ops: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building the CUDA kernels for {archs}")
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     return CUDAExtension(
         "ks_ops._C",
         sources,
@@ -75,4 +95,5 @@ def extension():
     )
 
 
-setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import its helpers
+    setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})

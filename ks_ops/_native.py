@@ -1,8 +1,21 @@
 """Loads the compiled extension (which registers torch.ops.ks.*), or explains in plain words why
 it cannot: not built, or built for another torch."""
+import os
+
 import torch
 
-REBUILD = 'pip install --no-build-isolation -e ".[dev]"'
+
+def _rebuild_command() -> str:
+    """How to rebuild, as the package was installed: from a source checkout (an editable install:
+    setup.py beside the package), or from an sdist / wheel into site-packages."""
+    source = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(source, "setup.py")):
+        return f'pip install --no-build-isolation -e "{source}[dev]"'
+    return ("pip install --no-build-isolation --force-reinstall --no-deps --no-binary ks_ops ks_ops "
+            "(or the sdist you installed from)")
+
+
+REBUILD = _rebuild_command()
 
 
 def _load():

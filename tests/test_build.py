@@ -37,3 +37,29 @@ def test_version_mismatch_message(monkeypatch):
         importlib.reload(_native)
     monkeypatch.undo()
     importlib.reload(_native)
+
+
+def _setup_module():
+    """setup.py's helpers (it only calls setup() when run as a script)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ks_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_arch_default_without_a_visible_gpu():
+    """torch's arch detection raised an IndexError on a machine with nvcc and no GPU: the build
+    then targets the kernels' Hopper arch, and leaves a user's list or a visible GPU alone."""
+    setup = _setup_module()
+    assert setup.default_arch_list({}, 0) == "9.0a"
+    assert setup.default_arch_list({"TORCH_CUDA_ARCH_LIST": "8.0"}, 0) is None
+    assert setup.default_arch_list({}, 1) is None
+
+
+def test_no_forced_cxx_standard():
+    """The C++ standard is the one the installed torch's BuildExtension adds (torch 2.14's headers
+    need C++20; a forced -std=c++17 broke the build)."""
+    text = open(os.path.join(ROOT, "setup.py")).read()
+    assert "-std=c++" not in text

@@ -8,5 +8,5 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" 2>/dev/null; then
   "$PY" -m pip install -q torch==2.13.0
 fi
-"$PY" -m pip install -q wheel
+"$PY" -m pip install -q wheel "setuptools>=77"  # 77: the SPDX license field of pyproject.toml
 "$PY" -m pip install -q --no-build-isolation -e ".[dev]"
