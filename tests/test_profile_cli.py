@@ -2,6 +2,7 @@
 with a fake energy meter (the energy columns, idle baseline and plot); the energy bench too."""
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -71,13 +72,56 @@ def test_default_profile_runs_without_a_config(tmp_path):
     assert {t["variant"] for t in doc["trials"]} == {"dense", "ks"}
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_runtime_failure_exits_1(tmp_path):
-    r = subprocess.run([*CMD, CPU_SMALL, "--out-dir", str(tmp_path), "--device", "cuda", "--no-progress"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1
-    assert "runtime failure: RuntimeError: device 'cuda' was asked for but torch sees no CUDA GPU" in r.stderr
-    assert json.loads((tmp_path / "cpu_small.json").read_text())["status"] == "failed"
+    """A failure only the run can find (the model's own forward raises) exits 1 and keeps a JSON
+    that says so."""
+    (tmp_path / "failing_model.py").write_text(
+        "import torch\n"
+        "class Broken(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(8, 8)\n"
+        "    def forward(self, x):\n"
+        "        raise RuntimeError('broken forward')\n"
+        "def build():\n"
+        "    return Broken()\n")
+    cfg = {"model": {"source": "python", "target": "failing_model:build"}, "input": {"batch_size": 2, "image_size": 8},
+           "device": "cpu", "variants": [{"name": "dense"}], "measure": {"warmup_s": 0, "window_s": 0.1, "trials": 1},
+           "output": {"json": "broken.json"}}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([*CMD, str(path), "--out-dir", str(tmp_path), "--no-progress"], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 1, r.stderr
+    assert "warm-up failed: RuntimeError: broken forward" in r.stderr
+    doc = json.loads((tmp_path / "broken.json").read_text())
+    assert any("broken forward" in e for e in doc["errors"]) and not doc["trials"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "foo"], "--device: must be auto, cpu, cuda or cuda:N, got 'foo'"),
+    (["--warmup-s", "inf"], "warmup_s: must be a finite non-negative number, got inf"),
+    (["--window-s", "nan"], "window_s: must be a finite positive number, got nan"),
+    (["--out-dir", "/proc/ks_ops_nowhere"], "output.json: cannot write"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "--device: 'cuda' was asked for but torch")]))
+def test_bad_settings_exit_2_before_measuring(tmp_path, args, message):
+    """Bad settings are config errors (exit 2, the field named, no traceback), found before any
+    window is measured: an unwritable output once surfaced after the whole run, .inf warm-up hung,
+    a device that does not exist gave a traceback."""
+    argv = [*CMD, CPU_SMALL, "--no-progress", "--trials", "1", "--window-s", "0.1"]
+    if "--out-dir" not in args:
+        argv += ["--out-dir", str(tmp_path)]
+    r = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_missing_extra_names_the_install_command(tmp_path):
+    code = ("import sys; sys.modules['tqdm'] = None; from ks_ops.profile import cli; "
+            f"sys.exit(cli.main([{CPU_SMALL!r}, '--out-dir', {str(tmp_path)!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "pip install 'ks_ops[profile]'" in r.stderr and "'tqdm'" in r.stderr
 
 
 def test_energy_bench_runs_and_resumes(tmp_path):

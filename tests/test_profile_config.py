@@ -81,7 +81,7 @@ DELETE = object()
     ("input.batch_size", 0, r"^input\.batch_size: must be an integer >= 1, got 0"),
     ("input.image_size", 224, r"^input: give exactly one of seq_len"),
     ("measure.trials", "five", r"^measure\.trials: must be an integer"),
-    ("measure.window_s", 0, r"^measure\.window_s: must be a positive number"),
+    ("measure.window_s", 0, r"^measure\.window_s: must be a finite positive number"),
     ("measure.windw_s", 2, r"^measure\.windw_s: unknown key"),
     ("measure.idle_baseline", "yes", r"^measure\.idle_baseline: must be true or false"),
     ("measure.meter", "rapl", r"^measure\.meter: must be one of"),

@@ -52,10 +52,13 @@ def main(argv=None) -> int:
     try:
         cfg = config_mod.load(args.config) if args.config else config_mod.default()
         cfg = _with_overrides(cfg, args)
+        outputs = _outputs(cfg, args.out_dir)
+        # Everything checked before the first window: a bad device or an unwritable output used to
+        # surface only after minutes of measuring, as a traceback.
+        config_mod.check_runnable(cfg, outputs, "--device" if args.device is not None else "device")
     except ConfigError as e:
         print(f"ks_ops.profile: config error: {e}", file=sys.stderr)
         return 2
-    outputs = _outputs(cfg, args.out_dir)
 
     def save(res):
         if "json" in outputs:

@@ -23,6 +23,8 @@ Lists of workloads and dtypes run as groups (every workload in every dtype), eac
 from __future__ import annotations
 
 import copy
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,8 +164,10 @@ def _int(value, path: str, minimum: int = 1) -> int:
 
 
 def _number(value, path: str, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
-        raise _fail(path, f"must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    # Finite only: warmup_s: .inf measured forever, .nan failed deep inside the run.
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            or (positive and value == 0)):
+        raise _fail(path, f"must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}")
     return float(value)
 
 
@@ -331,8 +335,7 @@ def parse(raw, source: str = "<dict>") -> Config:
         seed=_int(top.get("seed", 0), "seed", minimum=0),
         source=source,
     )
-    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
-        raise _fail("device", f"must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    check_device_name(cfg.device, "device")
     for i, w in enumerate(cfg.workloads):
         if w.kind == "generate" and cfg.input.kind != "tokens":
             raise _fail(f"workload[{i}]" if isinstance(top.get("workload"), list) else "workload",
@@ -340,8 +343,46 @@ def parse(raw, source: str = "<dict>") -> Config:
     return cfg
 
 
+def check_device_name(name: str, path: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise _fail(path, f"must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def check_runnable(cfg: Config, outputs: dict[str, Path], field: str = "device") -> None:
+    """What can only be checked on this machine, before anything is measured: the device exists,
+    the output files can be written (their folders are created), the extras the run imports are
+    installed. Raises ConfigError naming the field."""
+    check_device_name(cfg.device, field)
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise _fail(field, f"{cfg.device!r} was asked for but torch {torch.__version__} sees no CUDA GPU; "
+                        f"use auto or cpu")
+        index = int(cfg.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise _fail(field, f"{cfg.device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    for key, path in outputs.items():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            probe = path.parent / f".{path.name}.probe"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise _fail(f"output.{key}", f"cannot write {path} ({e.strerror})") from None
+    needed = ["tabulate", "tqdm"] + (["transformers"] if cfg.model.source == "transformers" else [])
+    for module in needed:
+        try:
+            __import__(module)
+        except ImportError:
+            raise ConfigError(f"the profiler needs {module!r}, which is not installed: "
+                              f"pip install 'ks_ops[profile]'") from None
+
+
 def load(path: str | Path) -> Config:
-    import yaml
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("reading a profile YAML needs pyyaml, which is not installed: "
+                          "pip install 'ks_ops[profile]'") from None
 
     try:
         text = Path(path).read_text()
