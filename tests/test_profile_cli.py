@@ -166,7 +166,7 @@ def test_energy_path_in_process(tmp_path, monkeypatch, capsys):
     for row in doc["summary"]:
         assert row["power_w"] == pytest.approx(100.0, rel=0.05)
         assert row["net_j_per_unit"] == pytest.approx(0.0, abs=0.05 * row["j_per_unit"])  # idle is 100 W too
-        assert row["ratio_j"] > 0 and row["j_per_unit_ci"] is not None
+        assert row["ratio_j"] > 0 and row["j_per_unit_lo"] is not None
     out = capsys.readouterr().out
     assert "J/unit ± CI" in out and "net J/unit ± CI" in out and "J ratio" in out
     try:

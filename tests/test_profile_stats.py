@@ -67,16 +67,21 @@ def test_j_per_unit_ci_and_paired_ratio_with_a_fake_meter():
     trials = trials_from(meter, rounds, units=10, idle_w=100.0)
     dense, ks = summarize(trials)
     # 40 steps of 10 units: dense 4 s x 300 W = 1200 J over 400 units = 3 J/unit in every trial.
-    assert dense.j_per_unit == pytest.approx(3.0) and dense.j_per_unit_ci == pytest.approx(0.0)
+    assert dense.j_per_unit == pytest.approx(3.0) and dense.j_per_unit_lo == pytest.approx(3.0)
+    assert dense.j_per_unit_hi == pytest.approx(3.0)
     assert dense.net_j_per_unit == pytest.approx((1200 - 100 * 4) / 400)
     assert dense.latency_s == pytest.approx(0.1) and dense.units_per_s == pytest.approx(100.0)
     assert dense.power_w == pytest.approx(300.0) and dense.ratio_j == pytest.approx(1.0)
-    # ks: 40 steps of 0.05 s = 2 s; J/unit = P x 2 / 400 = P / 200 -> 1.4, 1.6, 1.5.
-    assert ks.j_per_unit == pytest.approx(1.5)
-    assert ks.j_per_unit_ci == pytest.approx(t_critical(2) * 0.1 / math.sqrt(3))
-    assert ks.net_j_per_unit == pytest.approx((300 * 2 - 100 * 2) / 400)
-    assert ks.ratio_j == pytest.approx(0.5) and ks.ratio_j_ci == pytest.approx(t_critical(2) * (0.1 / 3) / math.sqrt(3))
-    assert ks.ratio_time == pytest.approx(0.5) and ks.ratio_time_ci == pytest.approx(0.0)
+    # ks: 40 steps of 0.05 s = 2 s; J/unit = P x 2 / 400 = P / 200 -> 1.4, 1.6, 1.5: their
+    # geometric mean, and the t interval of the logs exponentiated.
+    logs = [math.log(v) for v in (1.4, 1.6, 1.5)]
+    m = sum(logs) / 3
+    half = t_critical(2) * math.sqrt(sum((v - m) ** 2 for v in logs) / 2) / math.sqrt(3)
+    assert ks.j_per_unit == pytest.approx(math.exp(m))
+    assert (ks.j_per_unit_lo, ks.j_per_unit_hi) == (pytest.approx(math.exp(m - half)), pytest.approx(math.exp(m + half)))
+    assert ks.net_j_per_unit == pytest.approx((300 * 2 - 100 * 2) / 400)  # arithmetic: may be <= 0
+    assert ks.ratio_j == pytest.approx(math.exp(m) / 3) and ks.ratio_j_lo == pytest.approx(math.exp(m - half) / 3)
+    assert ks.ratio_time == pytest.approx(0.5) and ks.ratio_time_lo == ks.ratio_time_hi == pytest.approx(0.5)
     assert (ks.trials, ks.unit, ks.variant) == (3, "token", "ks")
 
 
@@ -100,3 +105,18 @@ def test_measure_lengthens_windows_under_half_the_target_for_any_meter():
     m.update_period_s = None  # time only: no minimum window, but a 1 s target
     got, iters = runner.measure(m, "a", m.step, 2, target_s=1.0)
     assert got.time_s >= 0.5 and iters >= 50
+
+
+def test_one_estimator_agrees_with_itself_and_stays_positive():
+    """Noisy windows: latency, units/s and the time ratio come from one estimator (geometric means
+    of per-trial values), so units/s = units / latency and the ratio = the latency ratio over
+    matched trials; intervals of positive figures never reach below zero."""
+    times = {"dense": [1.0, 3.0, 0.2], "ks": [0.5, 2.5, 0.3]}
+    trials = [Trial("g", "forward", v, k, 2, 8, "token", 2 * times[v][k], 0.01 * times[v][k] ** 2)
+              for k in range(3) for v in ("dense", "ks")]
+    dense, ks = summarize(trials)
+    for r in (dense, ks):
+        assert r.units_per_s == pytest.approx(8 / r.latency_s)
+        assert 0 < r.latency_lo <= r.latency_s <= r.latency_hi and 0 < r.j_per_unit_lo <= r.j_per_unit
+    assert ks.ratio_time == pytest.approx(ks.latency_s / dense.latency_s)
+    assert 0 < ks.ratio_time_lo <= ks.ratio_time <= ks.ratio_time_hi

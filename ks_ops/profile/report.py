@@ -21,23 +21,26 @@ def _scale(value: float) -> tuple[float, str]:
     return _PREFIXES[-1]
 
 
-def _pm(value, ci, unit: str) -> str:
-    """'2.39 ± 0.01 mJ' in the prefix that suits value."""
+def _fmt(value, unit: str, lo=None, hi=None, ci=None) -> str:
+    """'2.39 mJ [2.31, 2.47]' (or '± 0.01' for a symmetric half-width) in the prefix that suits value."""
     if value is None:
         return "n/a"
     factor, prefix = _scale(value)
     v = value / factor
     decimals = max(0, 2 - math.floor(math.log10(abs(v)))) if v else 2  # 3 significant digits
     text = f"{v:.{decimals}f}"
-    if ci is not None and not math.isnan(ci):
+    if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
+        text += f" [{lo / factor:.{decimals}f}, {hi / factor:.{decimals}f}]"
+    elif ci is not None and not math.isnan(ci):
         text += f" ± {ci / factor:.{decimals}f}"
-    return f"{text} {prefix}{unit}"
+    return f"{text} {prefix}{unit}".rstrip()
 
 
-def _ratio(value, ci) -> str:
+def _ratio(value, lo, hi) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.3f}" + ("" if ci is None or math.isnan(ci) else f" ± {ci:.3f}")
+    bounds = lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi))
+    return f"{value:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if bounds else "")
 
 
 def table(rows: list[Row]) -> str:
@@ -48,15 +51,15 @@ def table(rows: list[Row]) -> str:
     out = []
     for r in rows:
         line = {"group": r.group, "phase": r.phase, "variant": r.variant,
-                "latency/batch": _pm(r.latency_s, r.latency_ci, "s"),
+                "latency/batch [95% CI]": _fmt(r.latency_s, "s", r.latency_lo, r.latency_hi),
                 "units/s": f"{r.units_per_s:,.0f} {r.unit}/s"}
         if energy:  # a time-only meter gets no energy columns at all
-            line["J/unit ± CI"] = _pm(r.j_per_unit, r.j_per_unit_ci, f"J/{r.unit}")
+            line["J/unit [95% CI]"] = _fmt(r.j_per_unit, f"J/{r.unit}", r.j_per_unit_lo, r.j_per_unit_hi)
             if net:
-                line["net J/unit ± CI"] = _pm(r.net_j_per_unit, r.net_j_per_unit_ci, f"J/{r.unit}")
+                line["net J/unit ± CI"] = _fmt(r.net_j_per_unit, f"J/{r.unit}", ci=r.net_j_per_unit_ci)
             line["mean W"] = "n/a" if r.power_w is None else f"{r.power_w:.0f}"
-            line["J ratio"] = _ratio(r.ratio_j, r.ratio_j_ci)
-        line["time ratio"] = _ratio(r.ratio_time, r.ratio_time_ci)
+            line["J ratio"] = _ratio(r.ratio_j, r.ratio_j_lo, r.ratio_j_hi)
+        line["time ratio"] = _ratio(r.ratio_time, r.ratio_time_lo, r.ratio_time_hi)
         out.append(line)
     return tabulate(out, headers="keys", tablefmt="github")
 
@@ -102,8 +105,11 @@ def write_csv(path, results) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _ci(value) -> float:
-    return 0.0 if value is None or math.isnan(value) else value
+def _errors(values, los, his, scale: float = 1.0) -> list[list[float]]:
+    """matplotlib's asymmetric xerr from interval bounds (0 where a bound is missing)."""
+    def gap(a, b):
+        return 0.0 if a is None or b is None or math.isnan(a) or math.isnan(b) else abs(a - b) * scale
+    return [[gap(v, lo) for v, lo in zip(values, los)], [gap(hi, v) for v, hi in zip(values, his)]]
 
 
 def write_plot(path, results) -> str | None:
@@ -123,16 +129,20 @@ def write_plot(path, results) -> str | None:
     labels = [f"{r.variant} | {r.group} {r.phase}" for r in rows]
     fig, axes = plt.subplots(3, 1, figsize=(10, 4 + 0.5 * len(rows) * 2 + 3))
     if energy:
-        per_unit = [(r.j_per_unit, _ci(r.j_per_unit_ci)) for r in rows]
+        values = [r.j_per_unit for r in rows]
+        xerr = _errors(values, [r.j_per_unit_lo for r in rows], [r.j_per_unit_hi for r in rows])
         axes[0].set_xlabel(f"J per unit (gross), meter {results.meta.get('meter')}")
     else:
-        per_unit = [(1 / r.units_per_s, 0.0) for r in rows]
+        values = [1 / r.units_per_s for r in rows]  # latency / units: latency's relative interval
+        xerr = _errors(values, [v * r.latency_lo / r.latency_s for v, r in zip(values, rows)],
+                       [v * r.latency_hi / r.latency_s for v, r in zip(values, rows)])
         axes[0].set_xlabel("seconds per unit (time-only meter)")
-    axes[0].barh(labels, [v for v, _ in per_unit], xerr=[e for _, e in per_unit], color=color, capsize=3)
-    axes[1].barh(labels, [r.latency_s * 1e3 for r in rows], xerr=[_ci(r.latency_ci) * 1e3 for r in rows],
+    axes[0].barh(labels, values, xerr=xerr, color=color, capsize=3)
+    axes[1].barh(labels, [r.latency_s * 1e3 for r in rows],
+                 xerr=_errors([r.latency_s for r in rows], [r.latency_lo for r in rows], [r.latency_hi for r in rows], 1e3),
                  color=color, capsize=3)
     axes[1].set_xlabel("latency per batch (ms)")
-    for ax, values in ((axes[0], [v for v, _ in per_unit]), (axes[1], [r.latency_s for r in rows])):
+    for ax, values in ((axes[0], values), (axes[1], [r.latency_s for r in rows])):
         if values and max(values) > 20 * min(values) > 0:  # phases that differ by orders of magnitude
             ax.set_xscale("log")
         ax.invert_yaxis()

@@ -1,5 +1,11 @@
-"""Per-trial figures and their summary: mean and 95% CI (Student t) over trials, idle-subtracted
-energy beside gross, and each variant's paired ratio to the first variant of its group."""
+"""Per-trial figures and their summary over trials, and each variant's paired ratio to the first
+variant of its group.
+
+One estimator for every positive figure: the geometric mean of the per-trial values, with the 95 %
+Student-t interval of their logarithms, exponentiated. So the figures agree with each other (units/s
+is units per batch / latency; a time ratio is the ratio of the two latencies over matched trials)
+and no interval reaches below zero. Idle-subtracted ("net") energy can be zero or negative in a
+noisy window: it keeps the arithmetic mean and a symmetric t interval."""
 from __future__ import annotations
 
 import math
@@ -32,6 +38,17 @@ def t_critical(df: int, level: float = LEVEL) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if t_two_sided(mid, df) < level else (lo, mid)
     return (lo + hi) / 2
+
+
+def geo_ci(values: list[float], level: float = LEVEL) -> tuple[float, float, float]:
+    """(geometric mean, lower, upper bound of the level CI) of positive values: the t interval of
+    the logs, exponentiated. Bounds are nan with fewer than 2 values; all nan if a value is <= 0."""
+    if not values or any(not v > 0 for v in values):
+        return math.nan, math.nan, math.nan
+    mean, half = mean_ci([math.log(v) for v in values], level)
+    if math.isnan(half):
+        return math.exp(mean), math.nan, math.nan
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
 def mean_ci(values: list[float], level: float = LEVEL) -> tuple[float, float]:
@@ -94,47 +111,58 @@ class Trial:
 
 @dataclass
 class Row:
-    """Summary of one variant in one (group, phase): means and CI half-widths over trials."""
+    """Summary of one variant in one (group, phase): geometric means over trials with the bounds
+    of their 95 % intervals (*_lo, *_hi); net energy: arithmetic mean and CI half-width."""
     group: str
     phase: str
     variant: str
     unit: str
     trials: int
     latency_s: float
-    latency_ci: float
-    units_per_s: float
+    latency_lo: float
+    latency_hi: float
+    units_per_s: float  # units per batch / latency_s
     j_per_unit: float | None
-    j_per_unit_ci: float | None
+    j_per_unit_lo: float | None
+    j_per_unit_hi: float | None
     net_j_per_unit: float | None
     net_j_per_unit_ci: float | None
     power_w: float | None
-    ratio_j: float | None  # mean of per-trial J/unit ratios to the group's first variant
-    ratio_j_ci: float | None
-    ratio_net_j: float | None
-    ratio_net_j_ci: float | None
+    ratio_j: float | None  # paired per-trial J/unit ratios to the group's first variant
+    ratio_j_lo: float | None
+    ratio_j_hi: float | None
+    ratio_net_j: float | None  # None unless every paired net ratio is positive
+    ratio_net_j_lo: float | None
+    ratio_net_j_hi: float | None
     ratio_time: float
-    ratio_time_ci: float
+    ratio_time_lo: float
+    ratio_time_hi: float
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _stat(trials: list[Trial], key) -> tuple[float | None, float | None]:
+def _values(trials: list[Trial], key) -> list[float] | None:
     values = [key(t) for t in trials]
-    if not values or any(v is None for v in values):
-        return None, None
-    return mean_ci(values)
+    return None if not values or any(v is None for v in values) else values
 
 
-def _paired_ratio(trials: list[Trial], base: dict[int, Trial], key) -> tuple[float | None, float | None]:
-    """Mean and CI of key(trial) / key(baseline trial of the same round), over matched rounds."""
+def _geo(values: list[float] | None) -> tuple[float | None, float | None, float | None]:
+    if values is None:
+        return None, None, None
+    g = geo_ci(values)
+    return (None, None, None) if math.isnan(g[0]) else g
+
+
+def _paired_ratios(trials: list[Trial], base: dict[int, Trial], key) -> list[float] | None:
+    """key(trial) / key(baseline trial of the same round), over matched rounds."""
     ratios = []
     for t in trials:
         b = base.get(t.trial)
         if b is None or key(t) is None or not key(b):
             continue
         ratios.append(key(t) / key(b))
-    return mean_ci(ratios) if ratios else (None, None)
+    return ratios or None
 
 
 def summarize(trials: list[Trial]) -> list[Row]:
@@ -147,15 +175,20 @@ def summarize(trials: list[Trial]) -> list[Row]:
     for (group, phase), by_variant in cells.items():
         base = {t.trial: t for t in next(iter(by_variant.values()))}
         for variant, ts in by_variant.items():
-            lat, lat_ci = mean_ci([t.latency_s for t in ts])
+            lat = geo_ci([t.latency_s for t in ts])
+            net = _values(ts, lambda t: t.net_j_per_unit)
+            net_mean, net_ci = mean_ci(net) if net else (None, None)
             rows.append(Row(
-                group, phase, variant, ts[0].unit, len(ts), lat, lat_ci,
-                units_per_s=sum(t.total_units for t in ts) / sum(t.time_s for t in ts),
-                j_per_unit=(j := _stat(ts, lambda t: t.j_per_unit))[0], j_per_unit_ci=j[1],
-                net_j_per_unit=(n := _stat(ts, lambda t: t.net_j_per_unit))[0], net_j_per_unit_ci=n[1],
-                power_w=_stat(ts, lambda t: t.power_w)[0],
-                ratio_j=(rj := _paired_ratio(ts, base, lambda t: t.j_per_unit))[0], ratio_j_ci=rj[1],
-                ratio_net_j=(rn := _paired_ratio(ts, base, lambda t: t.net_j_per_unit))[0], ratio_net_j_ci=rn[1],
-                ratio_time=(rt := _paired_ratio(ts, base, lambda t: t.time_per_unit))[0], ratio_time_ci=rt[1],
+                group, phase, variant, ts[0].unit, len(ts), *lat,
+                units_per_s=ts[0].units / lat[0],
+                **dict(zip(("j_per_unit", "j_per_unit_lo", "j_per_unit_hi"), _geo(_values(ts, lambda t: t.j_per_unit)))),
+                net_j_per_unit=net_mean, net_j_per_unit_ci=net_ci,
+                power_w=_geo(_values(ts, lambda t: t.power_w))[0],
+                **dict(zip(("ratio_j", "ratio_j_lo", "ratio_j_hi"),
+                           _geo(_paired_ratios(ts, base, lambda t: t.j_per_unit)))),
+                **dict(zip(("ratio_net_j", "ratio_net_j_lo", "ratio_net_j_hi"),
+                           _geo(_paired_ratios(ts, base, lambda t: t.net_j_per_unit)))),
+                **dict(zip(("ratio_time", "ratio_time_lo", "ratio_time_hi"),
+                           _geo(_paired_ratios(ts, base, lambda t: t.time_per_unit)))),
             ))
     return rows
