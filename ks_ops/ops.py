@@ -217,6 +217,35 @@ def _chain_backward(ctx, grad_y):
     return ((g if need_x else None), grad_ws, grad_b, None)[:given]
 
 
+# vmap (torch.func.vmap): for a batch-first product with shared weights, a vmapped dim of x is one
+# more leading dim, so the whole vmap is one call; anything else (batched weights, batch-last x)
+# runs one call per sample. Without these rules vmap fell back to PyTorch's slow generic loop.
+def _select(t, dim, i):
+    return t if dim is None else t.select(dim, i)
+
+
+@torch.library.register_vmap("ks::matmul")
+def _matmul_vmap(info, in_dims, x, w, *, batch_last=False):
+    x_dim, w_dim = in_dims
+    if w_dim is None and not batch_last:
+        return torch.ops.ks.matmul(x.movedim(x_dim, 0), w), 0
+    out = [torch.ops.ks.matmul(_select(x, x_dim, i), _select(w, w_dim, i), batch_last=batch_last)
+           for i in range(info.batch_size)]
+    return torch.stack(out), 0
+
+
+@torch.library.register_vmap("ks::chain")
+def _chain_vmap(info, in_dims, x, factors, bias=None, activation="none"):
+    x_dim, f_dims, b_dim = in_dims[0], in_dims[1], in_dims[2] if len(in_dims) > 2 else None
+    f_dims = list(f_dims) if isinstance(f_dims, (list, tuple)) else [f_dims] * len(factors)
+    if all(d is None for d in f_dims) and b_dim is None:
+        return torch.ops.ks.chain(x.movedim(x_dim, 0), factors, bias, activation), 0
+    out = [torch.ops.ks.chain(_select(x, x_dim, i), [_select(f, d, i) for f, d in zip(factors, f_dims)],
+                              None if bias is None else _select(bias, b_dim, i), activation)
+           for i in range(info.batch_size)]
+    return torch.stack(out), 0
+
+
 torch.library.register_autograd("ks::matmul", _matmul_backward, setup_context=_matmul_setup)
 torch.library.register_autograd("ks::chain", _chain_backward, setup_context=_chain_setup)
 torch.library.register_autograd("ks::weight_grad", _weight_grad_backward, setup_context=_weight_grad_setup)
