@@ -63,6 +63,17 @@ inline int64_t check_operand(const at::Tensor& x, const Pattern& p, int64_t feat
   return features == 0 ? 0 : x.numel() / features;
 }
 
+// Forward-mode AD (torch.autograd.forward_ad) is not carried by the ops' autograd (registered
+// through torch.library.register_autograd, which runs the plain kernel when no input requires
+// grad): a dual input would lose its tangent without a word. Refuse it instead. (torch.func.jvp
+// unwraps its tensors before the kernel and is not caught here: benchmarks/NOTES.md, drop-in.)
+inline void check_no_forward_ad(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(!t.defined() || !t._fw_grad(/*level=*/0).defined(), op, ": ", name,
+              " carries a forward-mode AD tangent (torch.autograd.forward_ad), which the ks ops do not "
+              "support yet: it would be dropped. Use reverse mode (backward / torch.autograd.grad), or "
+              "compute the JVP of y = matmul(x, w) as matmul(t_x, w) + matmul(x, t_w) with ks_ops.matmul");
+}
+
 inline void check_same(const at::Tensor& x, const at::Tensor& w, const char* xn, const char* wn) {
   TORCH_CHECK(x.scalar_type() == w.scalar_type(), "ks: ", xn, " and ", wn,
               " must have the same dtype, got ", xn, " ", x.scalar_type(), " and ", wn, " ",
@@ -78,6 +89,8 @@ inline Pattern check_matmul(const at::Tensor& x, const at::Tensor& w, bool batch
   const Pattern p = check_weights(w);
   check_float_dtype(x, "x");
   check_same(x, w, "x", "w");
+  check_no_forward_ad(x, "ks::matmul", "x");
+  check_no_forward_ad(w, "ks::matmul", "w");
   *batch = check_operand(x, p, p[0] * p[2] * p[3], batch_last, "x", "a*c*d");
   return p;
 }
@@ -103,6 +116,8 @@ inline Pattern check_weight_grad(const at::Tensor& grad_y, const at::Tensor& x,
   check_float_dtype(x, "x");
   check_float_dtype(grad_y, "grad_y");
   check_same(grad_y, x, "grad_y", "x");
+  check_no_forward_ad(x, "ks::weight_grad", "x");
+  check_no_forward_ad(grad_y, "ks::weight_grad", "grad_y");
   checked_product(p, {p[0], p[1], p[2], p[3]}, "a*b*c*d (the size of the weight gradient)");
   const int64_t in_f = checked_product(p, {p[0], p[2], p[3]}, "a*c*d");
   const int64_t out_f = checked_product(p, {p[0], p[1], p[3]}, "a*b*d");
@@ -133,6 +148,9 @@ inline std::vector<Pattern> check_chain(const at::Tensor& x, at::TensorList fact
                                         const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(!factors.empty(), "ks::chain: factors is empty; give at least one (a,b,c,d) weight tensor");
   check_float_dtype(x, "x");
+  check_no_forward_ad(x, "ks::chain", "x");
+  for (const at::Tensor& f : factors) check_no_forward_ad(f, "ks::chain", "a factor");
+  if (bias) check_no_forward_ad(*bias, "ks::chain", "bias");
   std::vector<Pattern> ps;
   for (size_t i = 0; i < factors.size(); ++i) {
     const Pattern p = check_weights(factors[i]);

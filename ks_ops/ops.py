@@ -8,12 +8,30 @@ import torch
 from . import _native  # noqa: F401  (registers torch.ops.ks.*)
 
 
+def _refuse_func_differentiation(op: str) -> None:
+    """torch.func.grad / jvp / jacrev / jacfwd / hessian need an autograd.Function with
+    setup_context and jvp, which torch.library.register_autograd does not generate for these
+    C++-schema ops: func.jvp returned zeros, func.grad failed with a message that named nothing
+    of ours. Refuse them plainly (vmap is supported). Skipped while torch.compile traces: there
+    is no transform stack to look at then."""
+    if torch.compiler.is_compiling():
+        return
+    stack = torch._C._functorch.get_interpreter_stack()
+    if stack and any(i.key() != torch._C._functorch.TransformType.Vmap for i in stack):
+        raise RuntimeError(
+            f"{op}: torch.func's differentiation transforms (grad, jvp, jacrev, jacfwd, hessian) are "
+            f"not supported by the ks ops yet; use torch.autograd.grad / .backward() (reverse mode "
+            f"works, gradients of every order), torch.func.vmap, or the JVP of matmul(x, w) written "
+            f"as matmul(t_x, w) + matmul(x, t_w)")
+
+
 def matmul(x: torch.Tensor, w: torch.Tensor, *, batch_last: bool = False) -> torch.Tensor:
     """KS product with the pattern carried by w (a,b,c,d).
 
     batch_last=False: x (..., a·c·d) -> (..., a·b·d), y = x·Kᵀ.
     batch_last=True:  x (a·c·d, B) -> (a·b·d, B),    y = K·x.
     """
+    _refuse_func_differentiation("ks_ops.matmul")
     return torch.ops.ks.matmul(x, w, batch_last=batch_last)
 
 
@@ -25,6 +43,7 @@ def chain(x: torch.Tensor, factors, bias: torch.Tensor | None = None, activation
     listed applied first), then ``bias`` (out,), then ``activation`` (one of ACTIVATIONS, as
     torch.nn.functional defines them: gelu is the erf form, gelu_tanh its tanh approximation).
     On CUDA the factors run by the dispatch rule's plans and the bias and activation in one pass."""
+    _refuse_func_differentiation("ks_ops.chain")
     return torch.ops.ks.chain(x, list(factors), bias, activation)
 
 
