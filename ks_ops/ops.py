@@ -17,7 +17,8 @@ def _refuse_func_differentiation(op: str) -> None:
     if torch.compiler.is_compiling():
         return
     stack = torch._C._functorch.get_interpreter_stack()
-    if stack and any(i.key() != torch._C._functorch.TransformType.Vmap for i in stack):
+    differentiating = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
+    if stack and any(i.key() in differentiating for i in stack):
         raise RuntimeError(
             f"{op}: torch.func's differentiation transforms (grad, jvp, jacrev, jacfwd, hessian) are "
             f"not supported by the ks ops yet; use torch.autograd.grad / .backward() (reverse mode "
@@ -31,7 +32,6 @@ def matmul(x: torch.Tensor, w: torch.Tensor, *, batch_last: bool = False) -> tor
     batch_last=False: x (..., a·c·d) -> (..., a·b·d), y = x·Kᵀ.
     batch_last=True:  x (a·c·d, B) -> (a·b·d, B),    y = K·x.
     """
-    _refuse_func_differentiation("ks_ops.matmul")
     return torch.ops.ks.matmul(x, w, batch_last=batch_last)
 
 
@@ -43,7 +43,6 @@ def chain(x: torch.Tensor, factors, bias: torch.Tensor | None = None, activation
     listed applied first), then ``bias`` (out,), then ``activation`` (one of ACTIVATIONS, as
     torch.nn.functional defines them: gelu is the erf form, gelu_tanh its tanh approximation).
     On CUDA the factors run by the dispatch rule's plans and the bias and activation in one pass."""
-    _refuse_func_differentiation("ks_ops.chain")
     return torch.ops.ks.chain(x, list(factors), bias, activation)
 
 
@@ -265,6 +264,26 @@ def _chain_vmap(info, in_dims, x, factors, bias=None, activation="none"):
     return torch.stack(out), 0
 
 
-torch.library.register_autograd("ks::matmul", _matmul_backward, setup_context=_matmul_setup)
-torch.library.register_autograd("ks::chain", _chain_backward, setup_context=_chain_setup)
-torch.library.register_autograd("ks::weight_grad", _weight_grad_backward, setup_context=_weight_grad_setup)
+# The ops' Autograd kernels: what torch.library.register_autograd installs (the same two internal
+# calls), behind a check that refuses torch.func's differentiation transforms, which that kernel
+# cannot carry (see _refuse_func_differentiation) -- here, so that direct torch.ops.ks.* calls are
+# covered too, not only the Python entry points.
+_LIB = torch.library.Library("ks", "IMPL")
+
+
+def _register_autograd(qualname: str, backward, setup_context) -> None:
+    from torch._library import autograd as library_autograd
+
+    op = torch._library.utils.lookup_op(qualname)
+    impl = library_autograd.make_autograd_impl(op, library_autograd.Info(backward, setup_context))
+
+    def kernel(keyset, *args, **kwargs):
+        _refuse_func_differentiation(qualname)
+        return impl(keyset, *args, **kwargs)
+
+    _LIB.impl(qualname.split("::")[1], kernel, "Autograd", with_keyset=True)
+
+
+_register_autograd("ks::matmul", _matmul_backward, _matmul_setup)
+_register_autograd("ks::chain", _chain_backward, _chain_setup)
+_register_autograd("ks::weight_grad", _weight_grad_backward, _weight_grad_setup)

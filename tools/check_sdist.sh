@@ -9,6 +9,9 @@ PY=${PYTHON:-python3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$PY" setup.py -q sdist -d "$tmp/dist" > "$tmp/sdist.log" 2>&1 || { tail -20 "$tmp/sdist.log"; exit 1; }
+if grep -q "project.license" "$tmp/sdist.log"; then  # the deprecated table form warned here
+  grep -A3 "project.license" "$tmp/sdist.log"; exit 1
+fi
 sdist=$(ls "$tmp"/dist/ks_ops-*.tar.gz)
 tar tzf "$sdist" > "$tmp/files.txt"
 for f in csrc/ks_checks.h csrc/ks_plan.h csrc/cuda/ks_kernels.h csrc/cuda/ks_matmul.cu profiles/gpt2_medium.yaml; do
