@@ -8,14 +8,8 @@ import torch
 from torch import nn
 
 from . import backends
-from .ops import ACTIVATIONS, chain
+from .ops import ACTIVATION_FUNCTIONS, ACTIVATIONS, chain
 from .pattern import KSPattern, check_chain
-
-
-_F = nn.functional
-# The activations of ks::chain as torch.nn.functional computes them (the non-op backends).
-_ACTIVATIONS = {"none": lambda t: t, "relu": _F.relu, "gelu": _F.gelu,
-                "gelu_tanh": lambda t: _F.gelu(t, approximate="tanh"), "silu": _F.silu}
 
 
 class KSLinear(nn.Module):
@@ -107,7 +101,7 @@ class KSLinear(nn.Module):
         product = backends.get_backend(self.backend, x.device, x.dtype)
         for w in self.factors:
             x = product(x, w)
-        return _ACTIVATIONS[self.activation](x if self.bias is None else x + self.bias)
+        return ACTIVATION_FUNCTIONS[self.activation](x if self.bias is None else x + self.bias)
 
     def to_dense(self) -> torch.Tensor:
         """The dense (out_features x in_features) matrix K_n ⋯ K_1."""

@@ -36,6 +36,10 @@ def matmul(x: torch.Tensor, w: torch.Tensor, *, batch_last: bool = False) -> tor
 
 
 ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "silu")
+# What each name computes, with torch.nn.functional (KSLinear's non-op backends apply these).
+_F = torch.nn.functional
+ACTIVATION_FUNCTIONS = {"none": lambda t: t, "relu": _F.relu, "gelu": _F.gelu,
+                        "gelu_tanh": lambda t: _F.gelu(t, approximate="tanh"), "silu": _F.silu}
 
 
 def chain(x: torch.Tensor, factors, bias: torch.Tensor | None = None, activation: str = "none") -> torch.Tensor:

@@ -31,6 +31,13 @@ def ks_weight_grad_reference(grad_y: torch.Tensor, x: torch.Tensor, pattern, *, 
     return gw
 
 
+_F = torch.nn.functional
+# ks::chain's activations as torch.nn.functional defines them (the reference's own copy: it does
+# not import the code under test).
+REFERENCE_ACTIVATIONS = {"none": lambda t: t, "relu": _F.relu, "gelu": _F.gelu,
+                         "gelu_tanh": lambda t: _F.gelu(t, approximate="tanh"), "silu": _F.silu}
+
+
 def ks_chain_reference(x: torch.Tensor, factors, bias: torch.Tensor | None = None,
                        activation: str = "none") -> torch.Tensor:
     """ks::chain in float64 on x's device: x·(K_n ⋯ K_1)ᵀ + bias, then the activation as
@@ -42,9 +49,6 @@ def ks_chain_reference(x: torch.Tensor, factors, bias: torch.Tensor | None = Non
     z = x.to(torch.float64) @ dense.T
     if bias is not None:
         z = z + bias.to(torch.float64)
-    f = torch.nn.functional
-    acts = {"none": lambda t: t, "relu": f.relu, "gelu": f.gelu, "gelu_tanh": lambda t: f.gelu(t, approximate="tanh"),
-            "silu": f.silu}
-    if activation not in acts:
+    if activation not in REFERENCE_ACTIVATIONS:
         raise ValueError(f"ks_chain_reference: unknown activation {activation!r}")
-    return acts[activation](z)
+    return REFERENCE_ACTIVATIONS[activation](z)

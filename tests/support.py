@@ -1,4 +1,6 @@
 """Shared test helpers: random KS inputs and the accuracy check against the float64 reference."""
+import contextlib
+
 import torch
 
 from ks_ops import KSPattern, ks_matmul_reference
@@ -62,3 +64,14 @@ def cuda_kernel_ran(fn, names) -> bool:
         fn()
         torch.cuda.synchronize()
     return any(k in e.name for e in prof.events() for k in names)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """cuBLAS / the kernels in TF32 (allow_tf32) inside the block, restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old

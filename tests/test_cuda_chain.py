@@ -5,16 +5,15 @@ against the reference's; torch.compile and CUDA-graph capture.
 
 Tolerances: strict fp32 and float64 fixed relative bounds; tf32/fp16/bf16 against the error
 PyTorch's own dense layer (linear + activation) makes in the same arithmetic, times a small factor."""
-import contextlib
-
 import pytest
 import torch
 
 import ks_ops
 from ks_ops import KSPattern, ks_chain_reference
 from ks_ops.ops import ACTIVATIONS
+from ks_ops.reference import REFERENCE_ACTIVATIONS
 
-from support import cuda_kernel_ran, rel_err
+from support import cuda_kernel_ran, rel_err, tf32
 
 pytestmark = pytest.mark.cuda
 DEV = "cuda"
@@ -24,18 +23,7 @@ DTYPES = {"fp64": (torch.float64, False), "fp32": (torch.float32, False), "tf32"
 CHAINS = [[(3, 5, 7, 2), (1, 4, 15, 2)], [(6, 8, 8, 1), (1, 10, 12, 4)], [(1, 7, 5, 1)],
           [(2, 48, 192, 1), (1, 15, 48, 2)], [(2, 3, 5, 1), (3, 2, 2, 1), (1, 7, 6, 1)]]
 _F = torch.nn.functional
-_ACT = {"none": lambda t: t, "relu": _F.relu, "gelu": _F.gelu, "gelu_tanh": lambda t: _F.gelu(t, approximate="tanh"),
-        "silu": _F.silu}
 
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def make(chain, batch, dtype, bias=True):
@@ -56,7 +44,7 @@ def tolerance(x, factors, b, activation, name):
         k = KSPattern.of_weights(w).to_dense(w)
         dense = k if dense is None else k @ dense
     with tf32(name == "tf32"):
-        same = _ACT[activation](_F.linear(x, dense, b))
+        same = REFERENCE_ACTIVATIONS[activation](_F.linear(x, dense, b))
     return 3 * rel_err(same, ks_chain_reference(x, factors, b, activation)) + 1e-6
 
 

@@ -4,8 +4,6 @@ opcheck, torch.compile (fullgraph, reduce-overhead) and autograd on the GPU.
 
 Tolerances: strict fp32 is judged by a fixed relative bound; tf32/fp16/bf16 against the error
 PyTorch's own dense product makes in the same arithmetic (times a small factor)."""
-import contextlib
-
 import pytest
 import torch
 
@@ -13,7 +11,7 @@ import ks_ops
 from ks_ops import KSPattern, ks_matmul_reference
 
 from ks_ops.ops import PLANS, matmul_with_plan, plan_for
-from support import cuda_kernel_ran, make_inputs, rel_err, same_dtype_dense_err
+from support import cuda_kernel_ran, make_inputs, rel_err, same_dtype_dense_err, tf32
 
 pytestmark = pytest.mark.cuda
 DEV = "cuda"
@@ -37,15 +35,6 @@ DTYPES = {
     "bf16": (torch.bfloat16, False),
 }
 
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def inputs(pattern, batch, dtype, batch_last=False, lead=None):
