@@ -229,13 +229,14 @@ def _chain_backward(ctx, grad_y):
         g = _activation_backward(grad_y, z + bias if bias is not None else z, ctx.activation)
     grad_b = g.reshape(-1, g.shape[-1]).sum(0) if ctx.has_bias and need_b else None
     grad_ws = [None] * ctx.n
+    # Walk back only as far as a gradient is wanted: factor i's input gradient is needed when x's
+    # is, or when an earlier factor's weight gradient is.
     for i in range(ctx.n - 1, -1, -1):
         if need_w[i]:
             grad_ws[i] = torch.ops.ks.weight_grad(g, hs[i], list(factors[i].shape))
-        if i > 0 or need_x:
-            g = torch.ops.ks.matmul(g, factors[i].transpose(1, 2))
-        else:
+        if not (need_x or any(need_w[:i])):
             break
+        g = torch.ops.ks.matmul(g, factors[i].transpose(1, 2))
     return ((g if need_x else None), grad_ws, grad_b, None)[:given]
 
 
