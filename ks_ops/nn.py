@@ -51,6 +51,28 @@ class KSLinear(nn.Module):
             self.register_parameter("bias", None)
         self.reset_parameters()
 
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, chain: Sequence[KSPattern | Sequence[int]],
+                   bias: torch.Tensor | None = None, *, method: str = "hierarchical", backend: str = "auto",
+                   activation: str = "none") -> "KSLinear":
+        """The KSLinear whose chain best approximates `weight` ((out, in), like nn.Linear.weight):
+        for two factors the exact optimum in the Frobenius norm (block-wise truncated SVDs), for
+        longer chains the hierarchical algorithm (ks_ops.projection). Computed in float64 on
+        weight's device; the layer takes weight's dtype and device, and `bias` if given."""
+        if method != "hierarchical":
+            raise ValueError(f"KSLinear.from_dense: method must be 'hierarchical', got {method!r}")
+        from .projection import project_chain
+
+        factors = project_chain(weight.detach(), chain)
+        layer = cls(chain, bias=bias is not None, backend=backend, activation=activation,
+                    device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            for param, value in zip(layer.factors, factors):
+                param.copy_(value)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
     def reset_parameters(self) -> None:
         """The paper's init for every factor (U[-1/c, 1/c]) and nn.Linear's for the bias
         (U[-1/sqrt(in_features), 1/sqrt(in_features)]), in place: after ``to_empty`` of a model

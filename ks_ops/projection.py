@@ -1,0 +1,89 @@
+"""From a dense matrix to a KS chain: the best approximation the chain's supports allow (issue
+from-dense).
+
+Two factors: W ≈ K2·K1 with supports S1 (mid × in) of K1 and S2 (out × mid) of K2. The product is
+a sum of rank-one terms K2[:, f]·K1[f, :] on the blocks R(f) × C(f) (R(f): rows where S2[:, f],
+C(f): columns where S1[f, :]). The f with the same (R, C) form a group; when the groups' blocks
+are pairwise disjoint (true of KS chains: the "chainable" supports of Zheng, Riccietti and
+Gribonval), each block W[R, C] is fitted on its own by its truncated SVD of rank = the group's
+size, which is optimal in the Frobenius norm (Eckart–Young), block by block and so for the whole
+projection. Longer chains: the hierarchical algorithm (Le, Zheng, Riccietti, Gribonval, 2024):
+split the chain, project W onto the two halves' product supports, then factor each half the same
+way. Everything runs in float64 on W's device; the factors come back as (a,b,c,d) weight tensors."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .pattern import KSPattern, check_chain
+
+
+def _support(p: KSPattern, device) -> torch.Tensor:
+    return p.support_mask(device=device)
+
+
+def project_pair(w: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best (L, R) with L supported on `left` (out × mid), R on `right` (mid × in) and L·R ≈ w
+    in the Frobenius norm, for supports whose rank-one blocks do not overlap (else ValueError)."""
+    out_f, mid = left.shape
+    if right.shape[0] != mid or w.shape != (out_f, right.shape[1]):
+        raise ValueError(f"project_pair: shapes do not chain: w {tuple(w.shape)}, left {tuple(left.shape)}, "
+                         f"right {tuple(right.shape)}")
+    groups: dict[tuple[bytes, bytes], list[int]] = {}
+    lcols, rrows = left.T.contiguous().cpu(), right.cpu()
+    for f in range(mid):
+        if lcols[f].any() and rrows[f].any():
+            groups.setdefault((lcols[f].numpy().tobytes(), rrows[f].numpy().tobytes()), []).append(f)
+    cover = torch.zeros(w.shape, dtype=torch.int32)
+    L = torch.zeros(out_f, mid, dtype=torch.float64, device=w.device)
+    R = torch.zeros(mid, right.shape[1], dtype=torch.float64, device=w.device)
+    w64 = w.to(torch.float64)
+    for fs in groups.values():
+        rows = lcols[fs[0]].nonzero().flatten()
+        cols = rrows[fs[0]].nonzero().flatten()
+        cover[rows[:, None], cols[None, :]] += 1
+        u, s, vh = torch.linalg.svd(w64[rows.to(w.device)][:, cols.to(w.device)], full_matrices=False)
+        r = min(len(fs), s.numel())
+        root = s[:r].sqrt()
+        f_idx = torch.tensor(fs[:r], device=w.device)
+        L[rows.to(w.device)[:, None], f_idx[None, :]] = u[:, :r] * root
+        R[f_idx[:, None], cols.to(w.device)[None, :]] = root[:, None] * vh[:r]
+    if int(cover.max()) > 1:
+        raise ValueError("project_pair: the supports' rank-one blocks overlap, so no block-wise projection "
+                         "is exact for them (is this a chain of the paper's form?)")
+    return L, R
+
+
+def _project(w: torch.Tensor, supports: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Dense factors K_1..K_n (first applied first) on `supports`, hierarchically."""
+    if len(supports) == 1:
+        return [w.to(torch.float64) * supports[0]]
+    m = len(supports) // 2
+
+    def product(masks):
+        out = masks[0].to(torch.float64)
+        for s in masks[1:]:
+            out = s.to(torch.float64) @ out
+        return out > 0
+
+    left, right = project_pair(w, product(supports[m:]), product(supports[:m]))
+    return _project(right, supports[:m]) + _project(left, supports[m:])
+
+
+def project_chain(weight: torch.Tensor, chain: Sequence[KSPattern | Sequence[int]]) -> list[torch.Tensor]:
+    """Weights (a,b,c,d), first factor first, whose chain product approximates `weight` (out, in):
+    the exact optimum for two factors, the hierarchical algorithm for more. float64; cast after."""
+    patterns = check_chain(chain)
+    if weight.dim() != 2:
+        raise ValueError(f"project_chain: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    need = (patterns[-1].out_features, patterns[0].in_features)
+    if tuple(weight.shape) != need:
+        raise ValueError(f"project_chain: weight is {tuple(weight.shape)} (out, in) but the chain "
+                         f"{[str(p) for p in patterns]} is {need[1]} -> {need[0]}, i.e. needs {need}")
+    dense = _project(weight, [_support(p, weight.device) for p in patterns])
+    out = []
+    for p, k in zip(patterns, dense):
+        rows, cols = p.dense_indices(weight.device)
+        out.append(k[rows, cols])
+    return out
