@@ -83,12 +83,13 @@ class Replacement:
     params_before: int
     params_after: int
     activation: str = "none"  # the model's activation folded into the layer (ks::chain's epilogue)
+    approx_error: float | None = None  # init="project": ‖K_n⋯K_1 − W‖ / ‖W‖ of the projection
 
     def as_dict(self) -> dict:
         return {"name": self.name, "glob": self.glob, "in": self.in_features, "out": self.out_features,
                 "chain": [list(p.shape) for p in self.chain],
                 "params_before": self.params_before, "params_after": self.params_after,
-                "activation": self.activation}
+                "activation": self.activation, "approx_error": self.approx_error}
 
 
 @dataclass
@@ -113,6 +114,7 @@ class SurgeryReport:
         lines = [f"{r.name}: {r.in_features}->{r.out_features} chain "
                  f"[{', '.join(str(p) for p in r.chain)}] params {r.params_before} -> {r.params_after}"
                  + (f", {r.activation} folded in" if r.activation != "none" else "")
+                 + (f", projection error {r.approx_error:.3g}" if r.approx_error is not None else "")
                  for r in self.replacements]
         lines.append(f"replaced {len(self.replacements)} modules: params {self.params_before} -> "
                      f"{self.params_after} in them")
@@ -186,7 +188,7 @@ def _dense_shape(module: nn.Module, conv1d) -> tuple[int, int] | None:
 
 
 def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend: str = "auto",
-               fold_activations: bool = True) -> SurgeryReport:
+               fold_activations: bool = True, init: str = "random") -> SurgeryReport:
     """Replaces every nn.Linear / Conv1D whose name matches a glob of ``rules`` with a KSLinear.
 
     With ``fold_activations`` (default), a replaced layer that is the first linear of a known MLP
@@ -196,12 +198,18 @@ def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend:
     epilogue, and the module's activation becomes ``nn.Identity``: one pass over the layer's
     output instead of two. The report says which were folded.
 
+    ``init="random"`` (default) gives new factors the paper's init; ``init="project"`` starts each
+    layer from the projection of its trained dense weight onto the chain (KSLinear.from_dense: the
+    exact optimum for two factors), and the report carries each layer's relative error.
+
     All matches and chains are checked before the model is touched: a glob that matches no
     replaceable module, a module matched by two globs, or a chain that does not fit raises
     ValueError naming the glob, and the model is left as it was.
     """
     if not rules:
         raise ValueError("ks_surgery: rules is empty; map at least one module glob to a chain or 'auto'")
+    if init not in ("random", "project"):
+        raise ValueError(f"ks_surgery: init must be 'random' or 'project', got {init!r}")
     conv1d = _conv1d_type()
     # The root module is never replaced: there is no parent to hold the KSLinear.
     shapes = {name: s for name, mod in model.named_modules() if name and (s := _dense_shape(mod, conv1d))}
@@ -244,16 +252,24 @@ def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend:
     for name, (glob, patterns) in plan.items():
         dense = model.get_submodule(name)
         weight = dense.weight
-        ks = KSLinear(patterns, bias=dense.bias is not None, backend=backend,
-                      device=weight.device, dtype=weight.dtype)
-        if dense.bias is not None:
+        error = None
+        if init == "project":
+            matrix = weight if isinstance(dense, nn.Linear) else weight.T  # Conv1D stores (in, out)
+            ks = KSLinear.from_dense(matrix, patterns, dense.bias, backend=backend)
             with torch.no_grad():
-                ks.bias.copy_(dense.bias)
+                target = matrix.detach().to(torch.float64)
+                error = ((ks.to_dense().to(torch.float64) - target).norm() / target.norm().clamp_min(1e-300)).item()
+        else:
+            ks = KSLinear(patterns, bias=dense.bias is not None, backend=backend,
+                          device=weight.device, dtype=weight.dtype)
+            if dense.bias is not None:
+                with torch.no_grad():
+                    ks.bias.copy_(dense.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, ks)
         act = _fold_activation(model, name, ks) if fold_activations else "none"
         report.replacements.append(Replacement(
             name, glob, *shapes[name], tuple(patterns),
-            sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in ks.parameters()), act,
+            sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in ks.parameters()), act, error,
         ))
     return report
