@@ -54,11 +54,14 @@ class KSLinear(nn.Module):
     @classmethod
     def from_dense(cls, weight: torch.Tensor, chain: Sequence[KSPattern | Sequence[int]],
                    bias: torch.Tensor | None = None, *, method: str = "hierarchical", backend: str = "auto",
-                   activation: str = "none") -> "KSLinear":
+                   activation: str = "none", calibration: torch.Tensor | None = None, steps: int = 200,
+                   lr: float = 1e-3, progress: bool = True) -> "KSLinear":
         """The KSLinear whose chain best approximates `weight` ((out, in), like nn.Linear.weight):
         for two factors the exact optimum in the Frobenius norm (block-wise truncated SVDs), for
         longer chains the hierarchical algorithm (ks_ops.projection). Computed in float64 on
-        weight's device; the layer takes weight's dtype and device, and `bias` if given."""
+        weight's device; the layer takes weight's dtype and device, and `bias` if given.
+        With `calibration` inputs (..., in), `steps` Adam steps then refine the factors and bias
+        on the layer's output error over them (ks_ops.projection.refine)."""
         if method != "hierarchical":
             raise ValueError(f"KSLinear.from_dense: method must be 'hierarchical', got {method!r}")
         from .projection import project_chain
@@ -71,6 +74,10 @@ class KSLinear(nn.Module):
                 param.copy_(value)
             if bias is not None:
                 layer.bias.copy_(bias)
+        if calibration is not None:
+            from .projection import refine
+
+            refine(layer, weight, bias, calibration, steps=steps, lr=lr, progress=progress)
         return layer
 
     def reset_parameters(self) -> None:

@@ -87,3 +87,48 @@ def project_chain(weight: torch.Tensor, chain: Sequence[KSPattern | Sequence[int
         rows, cols = p.dense_indices(weight.device)
         out.append(k[rows, cols])
     return out
+
+
+def refine(layer, weight: torch.Tensor, bias: torch.Tensor | None, inputs: torch.Tensor, *, steps: int = 200,
+           lr: float = 1e-3, batch_size: int = 256, progress: bool = True) -> list[float]:
+    """Data-aware refinement of a KSLinear started from the projection: Adam steps on the layer's
+    factors (and bias) that minimise the mean squared error between its output and the dense
+    layer's, x·weightᵀ + bias, over the calibration `inputs` (..., in) -- the output error on data
+    like the model's, not the weight error. Returns the relative output error after each step
+    (the first entry: before any step). A progress bar when tqdm is installed and progress=True."""
+    if steps < 0 or not lr > 0 or batch_size < 1:
+        raise ValueError(f"refine: steps >= 0, lr > 0 and batch_size >= 1 needed, got {steps}, {lr}, {batch_size}")
+    x = inputs.detach().reshape(-1, inputs.shape[-1]).to(device=weight.device, dtype=weight.dtype)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"refine: inputs have {x.shape[-1]} features but the weight takes {weight.shape[1]}")
+    with torch.no_grad():
+        target = torch.nn.functional.linear(x, weight.detach(), None if bias is None else bias.detach())
+    scale = target.square().mean().clamp_min(1e-30)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    steps_iter = range(steps)
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            steps_iter = tqdm(steps_iter, desc="refine", leave=False)
+        except ImportError:
+            pass
+    was_training = layer.training
+    layer.train()
+
+    def error() -> float:
+        with torch.no_grad():
+            return ((layer(x) - target).square().mean() / scale).sqrt().item()
+
+    history = [error()]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for _ in steps_iter:
+        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=g).to(x.device)
+        opt.zero_grad(set_to_none=True)
+        loss = (layer(x[idx]) - target[idx]).square().mean() / scale
+        loss.backward()
+        opt.step()
+        history.append(error())
+    layer.train(was_training)
+    return history
