@@ -9,7 +9,7 @@ Gribonval), each block W[R, C] is fitted on its own by its truncated SVD of rank
 size, which is optimal in the Frobenius norm (Eckart–Young), block by block and so for the whole
 projection. Longer chains: the hierarchical algorithm (Le, Zheng, Riccietti, Gribonval, 2024):
 split the chain, project W onto the two halves' product supports, then factor each half the same
-way. Everything runs in float64 on W's device; the factors come back as (a,b,c,d) weight tensors."""
+way. Everything runs in float64 on W's device, the blocks of one shape in one batched SVD; the factors come back as (a,b,c,d) weight tensors."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -39,19 +39,24 @@ def project_pair(w: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> tu
     L = torch.zeros(out_f, mid, dtype=torch.float64, device=w.device)
     R = torch.zeros(mid, right.shape[1], dtype=torch.float64, device=w.device)
     w64 = w.to(torch.float64)
+    # Blocks of one shape (every block of a KS chain has the same) go through one batched SVD.
+    by_shape: dict[tuple[int, int, int], list[tuple[torch.Tensor, torch.Tensor, list[int]]]] = {}
     for fs in groups.values():
-        rows = lcols[fs[0]].nonzero().flatten()
-        cols = rrows[fs[0]].nonzero().flatten()
+        rows, cols = lcols[fs[0]].nonzero().flatten(), rrows[fs[0]].nonzero().flatten()
         cover[rows[:, None], cols[None, :]] += 1
-        u, s, vh = torch.linalg.svd(w64[rows.to(w.device)][:, cols.to(w.device)], full_matrices=False)
-        r = min(len(fs), s.numel())
-        root = s[:r].sqrt()
-        f_idx = torch.tensor(fs[:r], device=w.device)
-        L[rows.to(w.device)[:, None], f_idx[None, :]] = u[:, :r] * root
-        R[f_idx[:, None], cols.to(w.device)[None, :]] = root[:, None] * vh[:r]
+        by_shape.setdefault((rows.numel(), cols.numel(), len(fs)), []).append((rows, cols, fs))
     if int(cover.max()) > 1:
         raise ValueError("project_pair: the supports' rank-one blocks overlap, so no block-wise projection "
                          "is exact for them (is this a chain of the paper's form?)")
+    for (_, _, size), blocks in by_shape.items():
+        rows = torch.stack([b[0] for b in blocks]).to(w.device)  # (G, |R|)
+        cols = torch.stack([b[1] for b in blocks]).to(w.device)  # (G, |C|)
+        fs = torch.tensor([b[2] for b in blocks], device=w.device)  # (G, size)
+        u, s, vh = torch.linalg.svd(w64[rows[:, :, None], cols[:, None, :]], full_matrices=False)
+        r = min(size, s.shape[-1])
+        root = s[:, :r].sqrt()
+        L[rows[:, :, None], fs[:, None, :r]] = u[:, :, :r] * root[:, None, :]
+        R[fs[:, :r, None], cols[:, None, :]] = root[:, :, None] * vh[:, :r]
     return L, R
 
 
