@@ -60,20 +60,36 @@ def project_pair(w: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> tu
     return L, R
 
 
+def _product_support(masks: list[torch.Tensor]) -> torch.Tensor:
+    out = masks[0].to(torch.float64)
+    for s in masks[1:]:
+        out = s.to(torch.float64) @ out
+    return out > 0
+
+
 def _project(w: torch.Tensor, supports: list[torch.Tensor]) -> list[torch.Tensor]:
     """Dense factors K_1..K_n (first applied first) on `supports`, hierarchically."""
     if len(supports) == 1:
         return [w.to(torch.float64) * supports[0]]
     m = len(supports) // 2
-
-    def product(masks):
-        out = masks[0].to(torch.float64)
-        for s in masks[1:]:
-            out = s.to(torch.float64) @ out
-        return out > 0
-
-    left, right = project_pair(w, product(supports[m:]), product(supports[:m]))
+    left, right = project_pair(w, _product_support(supports[m:]), _product_support(supports[:m]))
     return _project(right, supports[:m]) + _project(left, supports[m:])
+
+
+def lower_bound(weight: torch.Tensor, chain: Sequence[KSPattern | Sequence[int]]) -> float:
+    """A certified lower bound on the relative error ‖K_n⋯K_1 − W‖ / ‖W‖ of *any* chain with these
+    patterns: every such product is a pair (left product, right product) on the supports of the
+    hierarchical algorithm's first split, whose best error project_pair attains exactly. For two
+    factors it equals the projection's error (the projection is the optimum); for more, the
+    projection's error over this bound certifies how far from optimal it can be."""
+    patterns = check_chain(chain)
+    supports = [_support(p, weight.device) for p in patterns]
+    w64 = weight.detach().to(torch.float64)
+    if len(supports) == 1:
+        return ((w64 * ~supports[0]).norm() / w64.norm().clamp_min(1e-300)).item()
+    m = len(supports) // 2
+    left, right = project_pair(w64, _product_support(supports[m:]), _product_support(supports[:m]))
+    return ((left @ right - w64).norm() / w64.norm().clamp_min(1e-300)).item()
 
 
 def project_chain(weight: torch.Tensor, chain: Sequence[KSPattern | Sequence[int]]) -> list[torch.Tensor]:

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from . import projection
 from .nn import KSLinear
 from .pattern import KSPattern, check_chain
 
@@ -84,12 +85,14 @@ class Replacement:
     params_after: int
     activation: str = "none"  # the model's activation folded into the layer (ks::chain's epilogue)
     approx_error: float | None = None  # init="project": ‖K_n⋯K_1 − W‖ / ‖W‖ of the projection
+    error_lower_bound: float | None = None  # no chain of these patterns does better (projection.lower_bound)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "glob": self.glob, "in": self.in_features, "out": self.out_features,
                 "chain": [list(p.shape) for p in self.chain],
                 "params_before": self.params_before, "params_after": self.params_after,
-                "activation": self.activation, "approx_error": self.approx_error}
+                "activation": self.activation, "approx_error": self.approx_error,
+                "error_lower_bound": self.error_lower_bound}
 
 
 @dataclass
@@ -114,7 +117,8 @@ class SurgeryReport:
         lines = [f"{r.name}: {r.in_features}->{r.out_features} chain "
                  f"[{', '.join(str(p) for p in r.chain)}] params {r.params_before} -> {r.params_after}"
                  + (f", {r.activation} folded in" if r.activation != "none" else "")
-                 + (f", projection error {r.approx_error:.3g}" if r.approx_error is not None else "")
+                 + (f", projection error {r.approx_error:.3g} (any chain of these patterns >= "
+                    f"{r.error_lower_bound:.3g})" if r.approx_error is not None else "")
                  for r in self.replacements]
         lines.append(f"replaced {len(self.replacements)} modules: params {self.params_before} -> "
                      f"{self.params_after} in them")
@@ -252,13 +256,14 @@ def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend:
     for name, (glob, patterns) in plan.items():
         dense = model.get_submodule(name)
         weight = dense.weight
-        error = None
+        error = bound = None
         if init == "project":
             matrix = weight if isinstance(dense, nn.Linear) else weight.T  # Conv1D stores (in, out)
             ks = KSLinear.from_dense(matrix, patterns, dense.bias, backend=backend)
             with torch.no_grad():
                 target = matrix.detach().to(torch.float64)
                 error = ((ks.to_dense().to(torch.float64) - target).norm() / target.norm().clamp_min(1e-300)).item()
+                bound = projection.lower_bound(target, patterns)
         else:
             ks = KSLinear(patterns, bias=dense.bias is not None, backend=backend,
                           device=weight.device, dtype=weight.dtype)
@@ -270,6 +275,6 @@ def ks_surgery(model: nn.Module, rules: Mapping[str, "Chain | str"], *, backend:
         act = _fold_activation(model, name, ks) if fold_activations else "none"
         report.replacements.append(Replacement(
             name, glob, *shapes[name], tuple(patterns),
-            sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in ks.parameters()), act, error,
+            sum(p.numel() for p in dense.parameters()), sum(p.numel() for p in ks.parameters()), act, error, bound,
         ))
     return report

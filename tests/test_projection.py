@@ -95,3 +95,27 @@ def test_refinement_lowers_the_output_error_on_calibration_data():
     assert err < 0.5 * history[0]
     with pytest.raises(ValueError, match="inputs have 41 features"):
         refine(layer, weight, bias, calibration[:, :41], steps=1)
+
+
+@pytest.mark.parametrize("chain", [CHAINS[1], CHAINS[3], CHAINS[4]], ids=str)
+def test_certified_lower_bound(chain):
+    """lower_bound: no chain of the patterns does better (checked against the projection and a
+    long Adam fit); for two factors it is the projection's own error (the optimum)."""
+    from ks_ops.projection import lower_bound
+
+    torch.manual_seed(7)
+    p0, pn = KSPattern.of(chain[0]), KSPattern.of(chain[-1])
+    target = torch.randn(pn.out_features, p0.in_features, dtype=torch.float64)
+    bound = lower_bound(target, chain)
+    proj = ((KSLinear.from_dense(target, chain).to_dense() - target).norm() / target.norm()).item()
+    assert 0 < bound <= proj + 1e-12
+    if len(chain) == 2:
+        assert proj == pytest.approx(bound, rel=1e-9)
+    ws = [torch.randn(p, dtype=torch.float64).mul_(0.3).requires_grad_() for p in chain]
+    opt = torch.optim.Adam(ws, lr=0.01)
+    for _ in range(1500):
+        opt.zero_grad()
+        (chain_dense(chain, ws) - target).square().sum().backward()
+        opt.step()
+    fit = ((chain_dense(chain, ws) - target).norm() / target.norm()).item()
+    assert bound <= fit + 1e-9
