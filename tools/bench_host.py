@@ -21,6 +21,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
+from ks_ops.profile.report import atomic_write  # noqa: E402
+
 import ks_ops  # noqa: E402
 from ks_ops import KSLinear, KSPattern  # noqa: E402
 
@@ -78,9 +80,7 @@ def main(argv=None) -> int:
     if args.out:
         doc = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
                "torch": torch.__version__, "calls": args.calls, "repeats": args.repeats, "rows": rows}
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        atomic_write(args.out, json.dumps(doc, indent=1))
     return 0
 
 

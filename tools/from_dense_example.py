@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ks_ops import ks_surgery  # noqa: E402
+from ks_ops.profile.report import atomic_write  # noqa: E402
 
 # 64 -> 512 -> 512 -> 10; the hidden layers as KS chains (first factor first).
 CHAINS = {"0": [(4, 16, 16, 1), (1, 128, 16, 4)],   # 64 -> 512: 9,216 weights instead of 32,768
@@ -98,9 +99,7 @@ def main(argv=None) -> int:
     print("projection errors (relative, per layer):",
           ", ".join(f"{k}: {v:.3f}" for k, v in result["projection_errors"].items()))
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        atomic_write(args.out, json.dumps(result, indent=1))
     return 0
 
 
