@@ -19,10 +19,6 @@ import torch
 from .pattern import KSPattern, check_chain
 
 
-def _support(p: KSPattern, device) -> torch.Tensor:
-    return p.support_mask(device=device)
-
-
 def project_pair(w: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The best (L, R) with L supported on `left` (out × mid), R on `right` (mid × in) and L·R ≈ w
     in the Frobenius norm, for supports whose rank-one blocks do not overlap (else ValueError)."""
@@ -67,12 +63,19 @@ def _product_support(masks: list[torch.Tensor]) -> torch.Tensor:
     return out > 0
 
 
+def _first_split(w: torch.Tensor, supports: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The hierarchical algorithm's first step: the best (left, right) pair on the products of
+    the two halves' supports, and the split point m (right = factors 1..m)."""
+    m = len(supports) // 2
+    left, right = project_pair(w, _product_support(supports[m:]), _product_support(supports[:m]))
+    return left, right, m
+
+
 def _project(w: torch.Tensor, supports: list[torch.Tensor]) -> list[torch.Tensor]:
     """Dense factors K_1..K_n (first applied first) on `supports`, hierarchically."""
     if len(supports) == 1:
         return [w.to(torch.float64) * supports[0]]
-    m = len(supports) // 2
-    left, right = project_pair(w, _product_support(supports[m:]), _product_support(supports[:m]))
+    left, right, m = _first_split(w, supports)
     return _project(right, supports[:m]) + _project(left, supports[m:])
 
 
@@ -83,12 +86,11 @@ def lower_bound(weight: torch.Tensor, chain: Sequence[KSPattern | Sequence[int]]
     factors it equals the projection's error (the projection is the optimum); for more, the
     projection's error over this bound certifies how far from optimal it can be."""
     patterns = check_chain(chain)
-    supports = [_support(p, weight.device) for p in patterns]
+    supports = [p.support_mask(device=weight.device) for p in patterns]
     w64 = weight.detach().to(torch.float64)
     if len(supports) == 1:
         return ((w64 * ~supports[0]).norm() / w64.norm().clamp_min(1e-300)).item()
-    m = len(supports) // 2
-    left, right = project_pair(w64, _product_support(supports[m:]), _product_support(supports[:m]))
+    left, right, _ = _first_split(w64, supports)
     return ((left @ right - w64).norm() / w64.norm().clamp_min(1e-300)).item()
 
 
@@ -102,7 +104,7 @@ def project_chain(weight: torch.Tensor, chain: Sequence[KSPattern | Sequence[int
     if tuple(weight.shape) != need:
         raise ValueError(f"project_chain: weight is {tuple(weight.shape)} (out, in) but the chain "
                          f"{[str(p) for p in patterns]} is {need[1]} -> {need[0]}, i.e. needs {need}")
-    dense = _project(weight, [_support(p, weight.device) for p in patterns])
+    dense = _project(weight, [p.support_mask(device=weight.device) for p in patterns])
     out = []
     for p, k in zip(patterns, dense):
         rows, cols = p.dense_indices(weight.device)

@@ -111,15 +111,9 @@ def test_compile_one_frame_for_all_batch_sizes():
     assert counter.frame_count == 1
 
 
-def test_kslinear_training_under_inductor_and_export():
+def test_kslinear_exports_as_one_chain_op():
+    """(Compiled training of KSLinear through ks::chain: tests/test_compile.py.)"""
     layer = KSLinear([(6, 8, 8, 1), (1, 16, 12, 4)], activation="silu", dtype=torch.float64)
-    compiled = torch.compile(layer, backend="inductor", fullgraph=True, dynamic=True)
-    for batch in (3, 10):
-        x = torch.randn(batch, 48, dtype=torch.float64)
-        grads = torch.autograd.grad(compiled(x).square().sum(), list(layer.parameters()))
-        ref = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
-        for g, r in zip(grads, ref):
-            torch.testing.assert_close(g, r)
     x = torch.randn(5, 48, dtype=torch.float64)
     ep = torch.export.export(layer, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     assert any(n.target is torch.ops.ks.chain.default for n in ep.graph.nodes)

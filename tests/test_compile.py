@@ -48,9 +48,11 @@ def test_leading_dims_dynamic():
     assert counter.frame_count == 1
 
 
-def test_training_step_under_aot_eager():
-    layer = KSLinear([(6, 8, 8, 1), (1, 16, 12, 4)], dtype=torch.float64)
-    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=True)
+@pytest.mark.parametrize("backend, activation", [("aot_eager", "none"), ("inductor", "silu")])
+def test_training_step_compiled(backend, activation):
+    """Gradients of a compiled KSLinear (one ks::chain call, bias and activation inside) match eager."""
+    layer = KSLinear([(6, 8, 8, 1), (1, 16, 12, 4)], activation=activation, dtype=torch.float64)
+    compiled = torch.compile(layer, backend=backend, fullgraph=True, dynamic=True)
     for batch in (3, 10):
         x = torch.randn(batch, 48, dtype=torch.float64)
         grads = torch.autograd.grad(compiled(x).square().sum(), list(layer.parameters()))
