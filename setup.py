@@ -50,18 +50,34 @@ def cublas_library() -> str:
     raise RuntimeError(f"ks_ops: libcublas not found (looked in {dirs}); set KS_OPS_NO_CUDA=1 for a CPU-only build")
 
 
-# The kernels' target: Hopper (sm_90a: wgmma, stmatrix; the fused kernels check the device's
-# capability at run time). Used when no GPU is visible to detect one from.
+# The kernels' target: Hopper (sm_90a: wgmma, setmaxnreg; the kernels check the device's capability
+# at run time). Used when no GPU is visible to detect one from.
 DEFAULT_ARCH_LIST = "9.0a"
 
 
-def default_arch_list(env, visible_gpus: int) -> str | None:
-    """TORCH_CUDA_ARCH_LIST to set for the CUDA build, or None to leave torch's choice: the user's
-    list when set, torch's detection when a GPU is visible; otherwise DEFAULT_ARCH_LIST (torch's
-    detection fails with an IndexError on a machine with nvcc and no GPU)."""
-    if env.get("TORCH_CUDA_ARCH_LIST") or visible_gpus > 0:
-        return None
-    return DEFAULT_ARCH_LIST
+def cuda_arch_list(env, capabilities) -> str:
+    """TORCH_CUDA_ARCH_LIST for the CUDA build: the user's list when set, else the visible GPUs'
+    capabilities, else DEFAULT_ARCH_LIST (torch's detection fails with an IndexError on a machine
+    with nvcc and no GPU). A plain 9.0 becomes 9.0a: the sm_90 kernels (hopper/) need wgmma, which
+    only the arch-specific target has, and every sm_90 GPU runs sm_90a code."""
+    listed = env.get("TORCH_CUDA_ARCH_LIST")
+    if listed:
+        archs = listed.replace(",", ";").replace(" ", ";").split(";")
+    elif capabilities:
+        archs = sorted({f"{major}.{minor}" for major, minor in capabilities})
+    else:
+        return DEFAULT_ARCH_LIST
+    out = []
+    for arch in archs:
+        if not arch:
+            continue
+        base, ptx = (arch[:-4], "+PTX") if arch.endswith("+PTX") else (arch, "")
+        out.append(("9.0a" if base == "9.0" else base) + ptx)
+    return ";".join(dict.fromkeys(out))
+
+
+def has_sm90a(arch_list: str) -> bool:
+    return any(a.split("+")[0] == "9.0a" for a in arch_list.split(";"))
 
 
 def extension():
@@ -79,17 +95,19 @@ def extension():
     link = ["-Wl,--exclude-libs,ALL"]
     if not with_cuda:
         return CppExtension("ks_ops._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
-    sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
-    archs = default_arch_list(os.environ, torch.cuda.device_count())
-    if archs:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-        print(f"ks_ops: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building the CUDA kernels for {archs}")
+    sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*/*.cu"))
+    caps = [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+    archs = cuda_arch_list(os.environ, caps)
+    if archs != os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        print(f"ks_ops: building the CUDA kernels for TORCH_CUDA_ARCH_LIST={archs}")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    macros = [("KS_OPS_WITH_CUDA", "1")] + ([("KS_OPS_SM90A", "1")] if has_sm90a(archs) else [])
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     return CUDAExtension(
         "ks_ops._C",
         sources,
         include_dirs=[os.path.join(HERE, "csrc")],
-        define_macros=[("KS_OPS_WITH_CUDA", "1")],
+        define_macros=macros,
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
         extra_link_args=[cublas_library()] + link,
     )

@@ -9,7 +9,7 @@ import pytest
 import ks_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNELS = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+KERNELS = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*", "*.cu")))
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
@@ -49,13 +49,17 @@ def _setup_module():
     return module
 
 
-def test_cuda_arch_default_without_a_visible_gpu():
+def test_cuda_arch_list():
     """torch's arch detection raised an IndexError on a machine with nvcc and no GPU: the build
-    then targets the kernels' Hopper arch, and leaves a user's list or a visible GPU alone."""
+    then targets Hopper. A user's list and the visible GPUs are kept, except that a plain 9.0
+    becomes 9.0a (the hopper/ kernels need wgmma), and only then is KS_OPS_SM90A defined."""
     setup = _setup_module()
-    assert setup.default_arch_list({}, 0) == "9.0a"
-    assert setup.default_arch_list({"TORCH_CUDA_ARCH_LIST": "8.0"}, 0) is None
-    assert setup.default_arch_list({}, 1) is None
+    assert setup.cuda_arch_list({}, []) == "9.0a"
+    assert setup.cuda_arch_list({"TORCH_CUDA_ARCH_LIST": "8.0"}, []) == "8.0"
+    assert setup.cuda_arch_list({"TORCH_CUDA_ARCH_LIST": "8.0;9.0+PTX"}, [(9, 0)]) == "8.0;9.0a+PTX"
+    assert setup.cuda_arch_list({"TORCH_CUDA_ARCH_LIST": "9.0 9.0a"}, []) == "9.0a"
+    assert setup.cuda_arch_list({}, [(9, 0), (8, 0), (9, 0)]) == "8.0;9.0a"
+    assert setup.has_sm90a("8.0;9.0a+PTX") and not setup.has_sm90a("8.0;9.0")
 
 
 def test_no_forced_cxx_standard():

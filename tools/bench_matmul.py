@@ -138,6 +138,10 @@ def plan_serves(name, pattern, x, w, bl, args) -> bool:
         return False
     if name == "transposed" and bl:
         return False
+    if name == "transposed_x":  # csrc/ks_plan.h: sm_90a, 16-bit batch-first, a cluster group of d
+        group = next((g for g in (16, 12, 8, 6, 4, 3, 2) if d % g == 0), 1)
+        return (not bl and esz == 2 and group > 1 and c % 8 == 0
+                and torch.cuda.get_device_capability() == (9, 0))
     return True
 
 

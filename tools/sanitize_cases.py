@@ -3,7 +3,8 @@
 kernel family (small-batch vector/scalar, tiled fast batch-first, fast batch-last, scalar loads),
 every dtype, tails in every dimension. Small sizes: the tools slow each launch down a lot.
 Checks each result against the float64 reference too, and exits non-zero on a mismatch.
-Arguments name the groups to run (matmul, weight_grad, transposed, cublas, chain; default all)."""
+Arguments name the groups to run (matmul, weight_grad, transposed, cublas, chain, hopper; default
+all)."""
 import sys
 
 import torch
@@ -36,6 +37,11 @@ CUBLAS_CASES = [((3, 20, 12, 6), 40), ((2, 13, 11, 3), 24), ((1, 5, 9, 64), 8)]
 # ks::chain's epilogue (ks_epilogue.cu): rows of whole 16-byte vectors (8 and 40 output features)
 # and ragged ones (7), every activation, with and without bias.
 CHAIN_CASES = [([(3, 5, 7, 2), (1, 4, 15, 2)], 37), ([(6, 8, 8, 1), (1, 10, 12, 4)], 29), ([(1, 7, 5, 1)], 300)]
+# The sm_90a plane GEMM (transposed_x plan, hopper/plane_gemm.cu): every cluster size (d = 2, 3, 4,
+# 6, 8, and 24 = three clusters of 8), tails in rows, columns (b) and the reduction (c = 264), the
+# contiguous and the per-column store paths (b*d % 8 != 0 for (2, 61, 24, 3)).
+HOPPER_CASES = [((3, 100, 40, 6), 37), ((2, 61, 24, 3), 130), ((1, 130, 72, 2), 29), ((1, 200, 64, 8), 300),
+                ((4, 136, 264, 4), 17), ((2, 33, 136, 24), 45)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
@@ -53,7 +59,10 @@ def operand(p, batch, dtype, bl):
     return torch.randn(shape, dtype=dtype, device="cuda")
 
 
-def main(groups=("matmul", "weight_grad", "transposed", "cublas", "chain")):
+ALL_GROUPS = ("matmul", "weight_grad", "transposed", "cublas", "chain", "hopper")
+
+
+def main(groups=ALL_GROUPS):
     bad = n = 0
     # References on the CPU: keep cuBLAS out of the tools' view of the kernels under test.
     for (pattern, batch) in CASES if "matmul" in groups else []:
@@ -84,9 +93,11 @@ def main(groups=("matmul", "weight_grad", "transposed", "cublas", "chain")):
     if "cublas" in groups:
         plan_cases += [(c, plan, bl) for c in CUBLAS_CASES
                        for plan, bl in (("strided", True), ("blockdense", True), ("blockdense", False))]
+    if "hopper" in groups and torch.cuda.get_device_capability() == (9, 0):
+        plan_cases += [(c, "transposed_x", False) for c in HOPPER_CASES]
     for (pattern, batch), plan, bl in plan_cases:
         p = KSPattern.of(pattern)
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype in (torch.bfloat16, torch.float16) if plan == "transposed_x" else (torch.bfloat16, torch.float32):
             w = p.random_weights(dtype=dtype, device="cuda")
             x = operand(p, batch, dtype, bl)
             y = torch.ops.ks._matmul_plan(x, w, plan, batch_last=bl)
@@ -111,4 +122,4 @@ def main(groups=("matmul", "weight_grad", "transposed", "cublas", "chain")):
 
 
 if __name__ == "__main__":
-    main(tuple(sys.argv[1:]) or ("matmul", "weight_grad", "transposed", "cublas", "chain"))
+    main(tuple(sys.argv[1:]) or ALL_GROUPS)

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "hopper/plane_gemm.h"
 #include "ks_aten.h"
 #include "ks_checks.h"
 #include "ks_cublas_plans.h"
@@ -97,7 +98,8 @@ at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
   TORCH_CHECK(b <= INT32_MAX && c <= INT32_MAX && d <= INT32_MAX && a <= INT32_MAX,
               "ks: pattern dims must fit in 32 bits, got ", pattern_str(p));
   c10::cuda::CUDAGuard guard(x.device());
-  const Problem q{a, b, c, d, B, precision_of(x.scalar_type()), batch_last, device_sm(x)};
+  Problem q{a, b, c, d, B, precision_of(x.scalar_type()), batch_last, device_sm(x)};
+  q.sm90a_kernels = hopper::hopper_kernels_built();
   const Plan plan = forced ? *forced : choose_plan(q);
   TORCH_CHECK(plan_serves(plan, q), "ks::matmul: plan '", plan_name(plan), "' does not serve ",
               pattern_str(p), batch_last ? " batch-last" : " batch-first", " in ", x.scalar_type());
@@ -120,6 +122,10 @@ at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
   }
   if (plan == Plan::Transposed) {
     transposed_batch_first(x, w, y, B);
+    return y;
+  }
+  if (plan == Plan::TransposedX) {
+    transposed_x_batch_first(x, w, y, B);
     return y;
   }
   // Strided / BlockDense read x in place: unit inner stride, row stride ldx.
