@@ -26,6 +26,7 @@
 
 #include "../../ks_plan.h"
 #include "plane_gemm.h"
+#include "interleave_epilogue.cuh"
 #include "ptx.cuh"
 
 namespace ks {
@@ -45,9 +46,8 @@ constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;  // +
 static_assert(kBM * kTileStride * 2 <= kStages * kBM * kBK * 2, "epilogue tile must fit the A stages");
 
 struct Shape {
-  int64_t B, a, b, c, d;
-  int64_t ldy;
-  bool vec_ok;  // y's base and row stride allow vectors of up to 8 elements where the runs do
+  int64_t c;
+  InterleaveShape out;  // B, b, d, y's row stride and alignment
 };
 
 template <typename T>
@@ -60,32 +60,6 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
   }
 }
-
-// Stores `n` (a compile-time count) consecutive elements from `v` at `dst`, in vectors of VW.
-template <typename T, int VW, int N>
-__device__ __forceinline__ void store_run(T* dst, const T (&v)[N]) {
-  static_assert(N % VW == 0, "run length");
-#pragma unroll
-  for (int e = 0; e < N; e += VW) {
-    if constexpr (VW == 8) {
-      uint4 u;
-      memcpy(&u, &v[e], 16);
-      *reinterpret_cast<uint4*>(dst + e) = u;
-    } else if constexpr (VW == 4) {
-      uint2 u;
-      memcpy(&u, &v[e], 8);
-      *reinterpret_cast<uint2*>(dst + e) = u;
-    } else if constexpr (VW == 2) {
-      uint32_t u;
-      memcpy(&u, &v[e], 4);
-      *reinterpret_cast<uint32_t*>(dst + e) = u;
-    } else {
-      dst[e] = v[e];
-    }
-  }
-}
-
-__host__ __device__ constexpr int largest_pow2_divisor(int g) { return g % 8 == 0 ? 8 : g % 4 == 0 ? 4 : g % 2 == 0 ? 2 : 1; }
 
 template <typename T, int G>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSM)
@@ -178,71 +152,18 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSM)
   // each item is 8 columns of all G planes, read from the G tiles.
   const uint32_t rank = cluster_rank();
   const int plane0 = plane - static_cast<int>(rank);
-  const int64_t i_blk = plane0 / s.d, l0 = plane0 % s.d;
+  const int64_t i_blk = plane0 / s.out.d, l0 = plane0 % s.out.d;
   const uint32_t tile_addr = smem_u32(tile);
   constexpr int kChunks = kBN / 8;
-  constexpr int VW = largest_pow2_divisor(G);
-  const bool contiguous = (G == s.d) && s.vec_ok && (s.b * s.d) % 8 == 0;
   for (int it = static_cast<int>(rank) * kConsumerThreads + t; it < kBM * kChunks; it += G * kConsumerThreads) {
     const int m = it / kChunks, jc = it % kChunks;
     const int64_t n = m0 + m;
     const int64_t j = j0 + 8 * jc;
-    if (n >= s.B || j >= s.b) continue;
+    if (n >= s.out.B || j >= s.out.b) continue;
     const uint32_t src = tile_addr + (m * kTileStride + 8 * jc) * 2;
-    T* row = y + n * s.ldy + i_blk * s.b * s.d + l0;
-    const int jn = static_cast<int>(s.b - j < 8 ? s.b - j : 8);
-    if constexpr (G % 8 == 0) {
-      // Passes of 8 planes (fewer live registers): (jj, g0..g0+7) is one 16-byte vector of y.
-#pragma unroll
-      for (int g0 = 0; g0 < G; g0 += 8) {
-        T v[8][8];
-#pragma unroll
-        for (int g = 0; g < 8; ++g) {
-          const uint4 u = load_cluster_v4(map_to_rank(src, g0 + g));
-          memcpy(v[g], &u, 16);
-        }
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj) {
-          if (jj >= jn) break;
-          T out[8];
-#pragma unroll
-          for (int g = 0; g < 8; ++g) out[g] = v[g][jj];
-          if (s.vec_ok)
-            store_run<T, 8>(row + (j + jj) * s.d + g0, out);
-          else
-            store_run<T, 1>(row + (j + jj) * s.d + g0, out);
-        }
-      }
-    } else {
-      T v[G][8];
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const uint4 u = load_cluster_v4(map_to_rank(src, g));
-        memcpy(v[g], &u, 16);
-      }
-      if (contiguous && jn == 8) {
-        // The run of y is (jj, g) for jj < 8, g < G: 16-byte vector e holds its elements 8e..8e+7.
-#pragma unroll
-        for (int e = 0; e < G; ++e) {
-          T out[8];
-#pragma unroll
-          for (int q = 0; q < 8; ++q) out[q] = v[(8 * e + q) % G][(8 * e + q) / G];
-          store_run<T, 8>(row + j * s.d + 8 * e, out);
-        }
-      } else {
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj) {
-          if (jj >= jn) break;
-          T run[G];
-#pragma unroll
-          for (int g = 0; g < G; ++g) run[g] = v[g][jj];
-          if (s.vec_ok)
-            store_run<T, VW>(row + (j + jj) * s.d, run);
-          else
-            store_run<T, 1>(row + (j + jj) * s.d, run);
-        }
-      }
-    }
+    auto load = [src](int g) { return load_cluster_v4(map_to_rank(src, g)); };
+    store_item<T, G>(load, y + n * s.out.ldy + i_blk * s.out.b * s.out.d + l0, j,
+                     static_cast<int>(s.out.b - j < 8 ? s.out.b - j : 8), s.out);
   }
   cluster_sync();  // keep this block's tile alive until every peer has read it
 }
@@ -291,8 +212,7 @@ cudaError_t launch(const PlaneGemmArgs& g, cudaStream_t stream) {
   if (e == cudaSuccess && G > 8)  // clusters of 9..16 blocks are "non-portable" (sm_90 has them)
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
   if (e != cudaSuccess) return e;
-  Shape s{g.B, g.a, g.b, g.c, g.d, g.ldy,
-          reinterpret_cast<uintptr_t>(g.y) % 16 == 0 && g.ldy % 8 == 0};
+  const Shape s{g.c, InterleaveShape{g.B, g.b, g.d, g.ldy, reinterpret_cast<uintptr_t>(g.y) % 16 == 0 && g.ldy % 8 == 0}};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(g.a * g.d), static_cast<unsigned>((g.b + kBN - 1) / kBN),
                      static_cast<unsigned>((g.B + kBM - 1) / kBM));
