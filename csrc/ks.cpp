@@ -57,7 +57,11 @@ at::Tensor weight_grad_aten(const at::Tensor& grad_y, const at::Tensor& x,
     xb = x.reshape({B, a, c, d}).permute({1, 3, 0, 2}).reshape({a * d, B, c});
   }
   auto g = at::bmm(gb, xb);  // (a*d, b, c)
-  return g.view({a, d, b, c}).permute({0, 2, 3, 1}).contiguous();
+  // A fresh (a,b,c,d) tensor with standard strides: .contiguous() keeps the permuted strides of
+  // size-1 dims (d = 1), which DDP's gradient buckets reject with a warning and an extra copy.
+  at::Tensor out = at::empty({a, b, c, d}, g.options());
+  out.copy_(g.view({a, d, b, c}).permute({0, 2, 3, 1}));
+  return out;
 }
 
 void bias_activation_aten(at::Tensor& z, const std::optional<at::Tensor>& bias, int activation) {

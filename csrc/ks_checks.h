@@ -110,9 +110,20 @@ inline Pattern check_weight_grad(const at::Tensor& grad_y, const at::Tensor& x,
                                  at::IntArrayRef pattern, bool batch_last, int64_t* batch) {
   TORCH_CHECK(pattern.size() == 4, "ks: pattern must have 4 entries (a,b,c,d), got ",
               pattern.size());
-  const Pattern p = {pattern[0], pattern[1], pattern[2], pattern[3]};
-  TORCH_CHECK(p[0] > 0 && p[1] > 0 && p[2] > 0 && p[3] > 0,
-              "ks: pattern entries must be positive, got ", pattern_str(p));
+  Pattern p = {pattern[0], pattern[1], pattern[2], pattern[3]};
+  TORCH_CHECK((p[0] > 0 || p[0] == -1) && p[1] > 0 && p[2] > 0 && p[3] > 0,
+              "ks: pattern entries must be positive (a may be -1: taken from x), got ", pattern_str(p));
+  if (p[0] == -1) {
+    // a from x's features: what a backward on a block-sharded x (DTensor, ks_ops.distributed)
+    // needs, where each rank holds a/W whole blocks and the pattern argument cannot say so.
+    TORCH_CHECK(x.dim() >= (batch_last ? 2 : 1), "ks: x must have at least ", batch_last ? 2 : 1, " dims, got ",
+                shape_str(x));
+    const int64_t features = batch_last ? x.size(0) : x.size(-1);
+    const int64_t cd = checked_product(p, {p[2], p[3]}, "c*d");
+    TORCH_CHECK(features > 0 && features % cd == 0, "ks: pattern ", pattern_str(p), " takes a from x's ",
+                features, " features, which are not a positive multiple of c*d=", cd);
+    p[0] = features / cd;
+  }
   check_float_dtype(x, "x");
   check_float_dtype(grad_y, "grad_y");
   check_same(grad_y, x, "grad_y", "x");

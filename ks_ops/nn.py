@@ -125,6 +125,10 @@ class KSLinear(nn.Module):
                 f"{[str(p) for p in self.patterns]} takes in_features={self.in_features} "
                 f"(input shape {tuple(x.shape)})"
             )
+        if getattr(self, "_tp", None) is not None:  # ks_ops.distributed.parallelize_ks_linear
+            from .distributed import tp_forward
+
+            return tp_forward(self, x)
         if backends.resolve(self.backend, x.device, x.dtype) == "kernel":
             return chain(x, list(self.factors), self.bias, self.activation)
         product = backends.get_backend(self.backend, x.device, x.dtype)

@@ -143,6 +143,12 @@ def _weight_grad_plan_fake(grad_y, x, pattern, plan, *, batch_last=False):
 def _weight_grad_fake(grad_y, x, pattern, *, batch_last=False):
     torch._check(len(pattern) == 4, lambda: f"ks: pattern must have 4 entries, got {pattern}")
     a, b, c, d = pattern
+    if a == -1:  # a from x's features (csrc/ks_checks.h check_weight_grad)
+        features = x.shape[0] if batch_last else x.shape[-1]
+        torch._check(features > 0 and features % (c * d) == 0, lambda: f"ks: pattern {tuple(pattern)} takes a "
+                     f"from x's {features} features, which are not a positive multiple of c*d={c * d}")
+        a = features // (c * d)
+        pattern = (a, b, c, d)
     # The same rule as the real kernels (csrc/ks_checks.h checked_product).
     torch._check(a * b * c * d <= 2**63 - 1, lambda: f"ks: pattern (a,b,c,d)=({a},{b},{c},{d}) is too large: "
                  f"a*b*c*d (the size of the weight gradient) overflows a 64-bit integer")
@@ -161,7 +167,9 @@ def _weight_grad_fake(grad_y, x, pattern, *, batch_last=False):
 def _matmul_setup(ctx, inputs, keyword_only_inputs, output):
     x, w = inputs
     ctx.batch_last = keyword_only_inputs["batch_last"]
-    ctx.pattern = list(w.shape)
+    # a = -1: the weight gradient takes a from x's features, so that it also runs on a rank that
+    # holds only some of the blocks (ks_ops.distributed: x and w sharded along a).
+    ctx.pattern = [-1, *w.shape[1:]]
     ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
 
 
@@ -233,7 +241,7 @@ def _chain_backward(ctx, grad_y):
     # is, or when an earlier factor's weight gradient is.
     for i in range(ctx.n - 1, -1, -1):
         if need_w[i]:
-            grad_ws[i] = torch.ops.ks.weight_grad(g, hs[i], list(factors[i].shape))
+            grad_ws[i] = torch.ops.ks.weight_grad(g, hs[i], [-1, *factors[i].shape[1:]])
         if not (need_x or any(need_w[:i])):
             break
         g = torch.ops.ks.matmul(g, factors[i].transpose(1, 2))

@@ -1,5 +1,7 @@
 """The benchmark's pattern sets (tools/bench_matmul.py): the paper's full grid, its seeded sample,
-the batch filter, and --patterns parsing. Pure CPU: no timing here."""
+the batch filter, --patterns parsing, and the merge of a sweep sharded over GPUs. Pure CPU: no
+timing here."""
+import json
 import os
 import sys
 
@@ -39,3 +41,32 @@ def test_parse_patterns():
     assert bm.parse_patterns("1,2,3,4; 5,6,7,8/2,2,2,2") == [(1, 2, 3, 4), (5, 6, 7, 8), (2, 2, 2, 2)]
     with pytest.raises(SystemExit, match="--patterns"):
         bm.parse_patterns("1,2,x,4")
+
+
+def _row(pattern, us):
+    return {"op": "matmul", "set": "sample", "pattern": list(pattern), "batch": 25088, "dtype": "bf16",
+            "layout": "bf", "kernel_us": us}
+
+
+def test_sharded_sweep_merge(tmp_path, monkeypatch):
+    """Under torchrun each rank appends to <out>.rank<r>.jsonl; rank 0 merges them into --out
+    (each row once, --out's own rows first) and removes them; the resume reads every file."""
+    out = str(tmp_path / "sweep.jsonl")
+    with open(out, "w") as f:
+        f.write(json.dumps(_row((1, 2, 3, 4), 1.0)) + "\n")
+    for rank, rows in ((0, [_row((2, 2, 3, 4), 2.0)]), (1, [_row((3, 2, 3, 4), 3.0), _row((1, 2, 3, 4), 9.0)])):
+        with open(bm.rank_file(out, rank), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    assert [os.path.basename(p) for p in bm.rank_files(out)] == ["sweep.rank0.jsonl", "sweep.rank1.jsonl"]
+    merged = bm.merge_rank_files(out)
+    assert bm.rank_files(out) == []
+    on_disk = [json.loads(line) for line in open(out)]
+    assert [r["pattern"][0] for r in on_disk] == [1, 2, 3] and len(merged) == 3
+    assert on_disk[0]["kernel_us"] == 1.0  # --out's own row wins over a rank's repeat of it
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert bm.launcher_rank() == (0, 1)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert bm.launcher_rank() == (1, 2)

@@ -19,6 +19,11 @@ ViT-S/16 factors; --patterns 'a,b,c,d;...' times any others. A pattern too large
 (B*a*c*d or B*a*b*d >= 2^31) is left out at that batch.
 --plans fused,bmm,... also times each named plan of the op (ks_ops.ops.PLANS, through the private
 ks::_matmul_plan) where it serves the problem: columns plan_<name>_us, plan_<name>_err.
+
+Over several GPUs: ``torchrun --nproc_per_node N tools/bench_matmul.py ...``. Rank r takes every
+N-th row of the (deterministic) list of rows still to do and appends its rows to
+``<out>.rank<r>.jsonl`` as they finish; at the end rank 0 merges them into ``--out``. A rerun (with
+any N) skips every row in ``--out`` or in a rank file, so an interrupted sweep resumes.
 """
 from __future__ import annotations
 
@@ -268,6 +273,51 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(" | ".join(str(c) for c in row) for row in [head] + table)
 
 
+def launcher_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun (its RANK / WORLD_SIZE variables), else (0, 1)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank_file(out: str, rank: int) -> str:
+    return f"{os.path.splitext(out)[0]}.rank{rank}.jsonl"
+
+
+def rank_files(out: str) -> list[str]:
+    import glob
+
+    return sorted(glob.glob(f"{glob.escape(os.path.splitext(out)[0])}.rank*.jsonl"))
+
+
+def read_rows(path: str) -> dict:
+    """The rows of a JSONL file by row_key, the last one of a key winning (none if it does not
+    exist). Rows with an error count as done, as the resume has always treated them."""
+    rows = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    r = json.loads(line)
+                    rows[row_key(r)] = r
+    return rows
+
+
+def merge_rank_files(out: str) -> dict:
+    """Moves the rows of every rank file into `out` (rewritten atomically: its own rows, then the
+    new ones, each row once), deletes the rank files, returns all rows by key."""
+    rows = read_rows(out)
+    for path in rank_files(out):
+        for key, r in read_rows(path).items():
+            rows.setdefault(key, r)
+    with open(out + ".tmp", "w") as f:
+        for r in rows.values():
+            f.write(json.dumps(r) + "\n")
+    os.replace(out + ".tmp", out)
+    for path in rank_files(out):
+        os.remove(path)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", default="quick", help="grid, quick or vit (comma list)")
@@ -301,27 +351,29 @@ def main(argv=None):
         args.set = "custom"
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    rank, world = launcher_rank()
     done = {}
-    if os.path.exists(args.out):
-        with open(args.out) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    r = json.loads(line)
-                    done[row_key(r)] = r
+    for path in [args.out] + rank_files(args.out):
+        done.update(read_rows(path))
     if args.summary_only:
         print(summarize(list(done.values())))
         return
 
+    if world > 1:
+        import torch.distributed as dist
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        dist.init_process_group("gloo")  # a barrier before the merge, nothing else
     t0 = time.time()
     meta_path = os.path.splitext(args.out)[0] + ".ceilings.json"
     if args.ceilings and os.path.exists(args.ceilings):
         ceil = Ceilings(**json.load(open(args.ceilings)))
     else:
         ceil = measure_ceilings()
-        with open(meta_path + ".tmp", "w") as f:
-            json.dump(ceil.as_dict(), f, indent=1)
-        os.replace(meta_path + ".tmp", meta_path)
+        if rank == 0:
+            with open(meta_path + ".tmp", "w") as f:
+                json.dump(ceil.as_dict(), f, indent=1)
+            os.replace(meta_path + ".tmp", meta_path)
     print(f"ceilings: copy {ceil.copy_bytes_per_s / 1e12:.2f} TB/s, fp32 {ceil.fp32_flops / 1e12:.1f}, "
           f"tf32 {ceil.tf32_flops / 1e12:.0f}, bf16 {ceil.bf16_flops / 1e12:.0f}, "
           f"fp16 {ceil.fp16_flops / 1e12:.0f} TFLOP/s ({ceil.gpu})", flush=True)
@@ -335,6 +387,7 @@ def main(argv=None):
                         key = (args.op, setname, tuple(pat), batch, dname, layout)
                         if key not in done:
                             todo.append(key)
+    todo = todo[rank::world]
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -342,7 +395,7 @@ def main(argv=None):
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "ceilings": ceil.as_dict()}
     stopped = False
-    with open(args.out, "a") as f:
+    with open(args.out if world == 1 else rank_file(args.out, rank), "a") as f:
         for key in tqdm(todo, desc="bench_matmul", mininterval=5.0):
             if time.time() - t0 > args.budget_s:
                 stopped = True
@@ -360,6 +413,16 @@ def main(argv=None):
             f.write(json.dumps(row) + "\n")
             f.flush()
     torch.backends.cuda.matmul.allow_tf32 = False
+    if world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(stopped)])
+        dist.all_reduce(flag)  # every rank is done writing (and whether any stopped early)
+        stopped = bool(flag.item())
+        dist.destroy_process_group()
+        if rank != 0:
+            return
+        done = merge_rank_files(args.out)
     rows = list(done.values())
     final = os.path.splitext(args.out)[0] + ".json"
     with open(final + ".tmp", "w") as f:
