@@ -64,6 +64,16 @@ def test_weight_grad_matches_dense_gradient():
         gy = torch.randn_like(ks_matmul_reference(x, w, batch_last=batch_last))
         gw = torch.ops.ks.weight_grad(gy, x, list(w.shape), batch_last=batch_last)
         torch.testing.assert_close(gw, ks_weight_grad_reference(gy, x, w.shape, batch_last=batch_last))
+        # a = -1: a taken from x's features (what a block-sharded backward passes)
+        torch.testing.assert_close(torch.ops.ks.weight_grad(gy, x, [-1, *w.shape[1:]], batch_last=batch_last), gw)
+        torch.library.opcheck(torch.ops.ks.weight_grad.default, (gy, x, [-1, *w.shape[1:]]), {"batch_last": batch_last})
+
+
+def test_weight_grad_strides_are_standard():
+    """d = 1 used to leave the permuted strides of the size-1 dim (DDP's buckets warned and copied)."""
+    x, w = make_inputs((3, 4, 5, 1), 9, dtype=torch.float64)
+    gy = torch.randn(9, 12, dtype=torch.float64)
+    assert torch.ops.ks.weight_grad(gy, x, list(w.shape)).stride() == (20, 5, 1, 1)
 
 
 # (pattern, batch, leading dims, batch_last); leading dims apply to batch-first only.
@@ -135,6 +145,9 @@ BAD_INPUTS = [
     (lambda: torch.ops.ks.matmul(torch.randn(3, 0), torch.randn(2, 3, 0, 5)), r"w's dims \(a,b,c,d\) must be positive"),
     (lambda: torch.ops.ks.matmul(torch.tensor(1.0), W), "at least 1 dim"),
     (lambda: torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 40), [2, 3, 4, 0]), "pattern entries must be positive"),
+    (lambda: torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 40), [-2, 3, 4, 5]), r"a may be -1"),
+    (lambda: torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 42), [-1, 3, 4, 5]),
+     r"takes a from x's 42 features, which are not a positive multiple of c\*d=20"),
     (lambda: torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 40), [2, 3, 4]), "pattern must have 4 entries"),
     (lambda: torch.ops.ks.weight_grad(torch.randn(3, 30), torch.randn(3, 40), [2**40, 2**40, 2**40, 1]),
      r"is too large: a\*b\*c\*d .* overflows a 64-bit integer"),
