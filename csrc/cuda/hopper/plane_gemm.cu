@@ -20,6 +20,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -208,10 +209,19 @@ cudaError_t launch(const PlaneGemmArgs& g, cudaStream_t stream) {
       !encode_planes(&tm_w, g.wp, g.bf16, g.c, g.b, g.a * g.d, g.c, g.b * g.c, kBN))
     return cudaErrorInvalidValue;
   auto kernel = plane_gemm_kernel<T, G>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-  if (e == cudaSuccess && G > 8)  // clusters of 9..16 blocks are "non-portable" (sm_90 has them)
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  // The kernel's attributes, once per device (not on every call: host time at small sizes).
+  static std::atomic<uint64_t> configured{0};
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return e;
+  const uint64_t bit = uint64_t(1) << (device & 63);
+  if (!(configured.load() & bit)) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    if (e == cudaSuccess && G > 8)  // clusters of 9..16 blocks are "non-portable" (sm_90 has them)
+      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) return e;
+    configured.fetch_or(bit);
+  }
   const Shape s{g.c, InterleaveShape{g.B, g.b, g.d, g.ldy, reinterpret_cast<uintptr_t>(g.y) % 16 == 0 && g.ldy % 8 == 0}};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(g.a * g.d), static_cast<unsigned>((g.b + kBN - 1) / kBN),
