@@ -1,6 +1,6 @@
 // PTX wrappers of the sm_90 kernels: mbarriers, TMA tile loads, wgmma, thread-block clusters.
 // One instruction per function, named after it, so that a kernel reads as its algorithm.
-// Everything here that needs sm_90a (wgmma, setmaxnreg) compiles to a trap on other targets: the
+// Everything here that needs sm_90a (wgmma) compiles to a trap on other targets: the
 // host side asks `hopper_kernels_built()` (plane_gemm.cu) before it launches such a kernel.
 #pragma once
 #include <cstdint>
@@ -179,21 +179,6 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
 #endif
 }
 
-
-// Register budget per warpgroup (sm_90a): the producer gives registers back, the consumers take
-// them. Needs a register cap at entry (__launch_bounds__(threads, 1)).
-template <int R>
-__device__ __forceinline__ void setmaxnreg_dec() {
-#if KS_SM90A
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
-#endif
-}
-template <int R>
-__device__ __forceinline__ void setmaxnreg_inc() {
-#if KS_SM90A
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
-#endif
-}
 
 // Named barrier over `threads` threads (a multiple of 32), id 1..15 (0 is __syncthreads).
 __device__ __forceinline__ void named_barrier(int id, int threads) {
