@@ -18,8 +18,9 @@ The rules (registered on import, through ``torch.distributed.tensor.experimental
   same batch dim give a ``Partial`` gradient (summed over ranks when needed); both sharded on the
   feature dim give ``Shard(0)`` -- for the pattern ``(-1, b, c, d)`` the backward passes, which
   takes a from each rank's own x.
-- ``ks::chain``: replicated, and x sharded on a batch dim with every factor and the bias
-  replicated. (A feature-parallel chain runs factor by factor: ``parallelize_ks_linear``.)
+- ``ks::chain``: replicated; x sharded on a batch dim with every factor and the bias replicated;
+  and, when every factor's a is a multiple of the mesh size, x sharded on its feature dim with
+  every factor and the bias ``Shard(0)``: the whole chain without a collective.
 
 DDP and FSDP2 need no rules of their own: DDP sees ordinary parameters, FSDP2 all-gathers them
 before the forward and hands the ops plain tensors.
@@ -88,6 +89,12 @@ def _chain_sharding(x, factors, bias=None, activation="none"):
     strategies = [([Replicate()], inputs(Replicate()))]
     for dim in range(x.ndim - 1):
         strategies.append(([Shard(dim)], inputs(Shard(dim))))
+    # Feature-parallel when every factor's blocks split over the ranks: each rank runs its blocks
+    # of the whole chain (the intermediates keep the same split), bias and activation included.
+    world = _mesh_size(x)
+    if all(f.shape[0] % world == 0 for f in factors):
+        f = x.ndim - 1
+        strategies.append(([Shard(f)], [Shard(f)] + [Shard(0)] * n + ([Shard(0)] if bias is not None else []) + [None]))
     return strategies
 
 
@@ -102,7 +109,8 @@ def parallelize_ks_linear(module: nn.Module, mesh: DeviceMesh, *, input_layout=N
     multiple of the mesh size is sharded along ``a`` (``Shard(0)``), the others are replicated;
     the bias is placed like the last factor's output. The layer then takes x as a plain tensor
     (the same on every rank, split locally to `input_layout`, default ``Replicate()``) or as a
-    DTensor, and runs its factors one by one on DTensors: no communication across consecutive
+    DTensor. When every factor splits, the layer is one ``ks::chain`` per rank with no
+    communication; otherwise its factors run one by one on DTensors: none across consecutive
     sharded factors, one all-to-all from feature- to batch-sharded x before a replicated factor (so
     its work is split over the ranks too). y comes back as `output_layout` (default
     ``Replicate()``: a plain tensor on every rank; ``Shard(-1)`` keeps it a feature-sharded DTensor
@@ -146,7 +154,15 @@ def tp_forward(layer, x: torch.Tensor) -> torch.Tensor:
         if x.placements[0] != input_layout:
             x = x.redistribute(mesh, [input_layout])
     world = mesh.size()
-    for w in layer.factors:
+    factors = list(layer.factors)
+    if all(feature_shardable(w.shape, world) for w in factors):
+        # Every factor splits: the whole layer is one ks::chain per rank (bias and activation in
+        # its epilogue), no collective.
+        want = Shard(x.ndim - 1)
+        if x.placements[0] != want:
+            x = x.redistribute(mesh, [want])
+        return _output(torch.ops.ks.chain(x, factors, layer.bias, layer.activation), mesh, output_layout)
+    for w in factors:
         # A sharded factor takes x feature-sharded (splitting a replicated x is local, free); a
         # replicated factor takes x batch-sharded (one all-to-all from feature-sharded) so that
         # its work is split too; a 1-d x stays whole.
@@ -159,8 +175,11 @@ def tp_forward(layer, x: torch.Tensor) -> torch.Tensor:
         x = torch.ops.ks.matmul(x, w)
     if layer.bias is not None:
         x = x + layer.bias
-    x = ACTIVATION_FUNCTIONS[layer.activation](x)
-    output_layout = _normalized(output_layout, x.ndim)
-    if x.placements[0] != output_layout:
-        x = x.redistribute(mesh, [output_layout])
-    return x.to_local() if isinstance(output_layout, Replicate) else x
+    return _output(ACTIVATION_FUNCTIONS[layer.activation](x), mesh, output_layout)
+
+
+def _output(y, mesh, layout):
+    layout = _normalized(layout, y.ndim)
+    if y.placements[0] != layout:
+        y = y.redistribute(mesh, [layout])
+    return y.to_local() if isinstance(layout, Replicate) else y

@@ -114,11 +114,28 @@ def _rules_worker(rank, device):
     for got, want in zip([xd, *leaves], ref_leaves):
         torch.testing.assert_close(got.grad.full_tensor(), want.grad, **TOL)
 
+    # ks::chain feature-parallel: every factor's a splits (4 and 2 blocks), no collective
+    factors = [KSPattern(4, 6, 5, 3).random_weights(dtype=torch.float64, device=device),
+               KSPattern(2, 4, 18, 2).random_weights(dtype=torch.float64, device=device)]
+    bias = torch.randn(16, dtype=torch.float64, device=device)
+    leaves = [distribute_tensor(t, mesh, [Shard(0)]).requires_grad_() for t in (*factors, bias)]
+    xd = distribute_tensor(x, mesh, [Shard(1)]).requires_grad_()
+    with CommDebugMode() as comm:
+        y = torch.ops.ks.chain(xd, leaves[:2], leaves[2], "silu")
+        y.backward(torch.ones_like(y))
+    assert y.placements == (Shard(1),) and comm.get_total_counts() == 0, (y.placements, comm.get_comm_counts())
+    ref_leaves = [t.clone().requires_grad_() for t in (x, *factors, bias)]
+    ref = ks_chain_reference(ref_leaves[0], ref_leaves[1:3], ref_leaves[3], "silu")
+    torch.testing.assert_close(y.full_tensor(), ref, **TOL)
+    ref.sum().backward()
+    for got, want in zip([xd, *leaves], ref_leaves):
+        torch.testing.assert_close(got.grad.full_tensor(), want.grad, **TOL)
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_dtensor_rules(device):
     """ks::matmul data- and feature-parallel (no collective either way), both layouts, with
-    gradients; ks::weight_grad; ks::chain data-parallel with gradients."""
+    gradients; ks::weight_grad; ks::chain data- and feature-parallel with gradients."""
     _spawn(_rules_worker, device)
 
 
