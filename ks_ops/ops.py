@@ -8,24 +8,6 @@ import torch
 from . import _native  # noqa: F401  (registers torch.ops.ks.*)
 
 
-def _refuse_func_differentiation(op: str) -> None:
-    """torch.func.grad / jvp / jacrev / jacfwd / hessian need an autograd.Function with
-    setup_context and jvp, which torch.library.register_autograd does not generate for these
-    C++-schema ops: func.jvp returned zeros, func.grad failed with a message that named nothing
-    of ours. Refuse them plainly (vmap is supported). Skipped while torch.compile traces: there
-    is no transform stack to look at then."""
-    if torch.compiler.is_compiling():
-        return
-    stack = torch._C._functorch.get_interpreter_stack()
-    differentiating = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
-    if stack and any(i.key() in differentiating for i in stack):
-        raise RuntimeError(
-            f"{op}: torch.func's differentiation transforms (grad, jvp, jacrev, jacfwd, hessian) are "
-            f"not supported by the ks ops yet; use torch.autograd.grad / .backward() (reverse mode "
-            f"works, gradients of every order), torch.func.vmap, or the JVP of matmul(x, w) written "
-            f"as matmul(t_x, w) + matmul(x, t_w)")
-
-
 def matmul(x: torch.Tensor, w: torch.Tensor, *, batch_last: bool = False) -> torch.Tensor:
     """KS product with the pattern carried by w (a,b,c,d).
 
@@ -160,92 +142,9 @@ def _weight_grad_fake(grad_y, x, pattern, *, batch_last=False):
     return x.new_empty((a, b, c, d))
 
 
-# Autograd. Both ops are bilinear, so every derivative is again a ks op:
-#   matmul(x, w):         dx = matmul(gy, wᵀ)            dw = weight_grad(gy, x)
-#   weight_grad(gy, x):   dgy = matmul(x, G)             dx = matmul(gy, Gᵀ)     (G: cotangent of w)
-# where wᵀ = w.transpose(1, 2) is the weight tensor of Kᵀ, pattern (a,c,b,d).
-def _matmul_setup(ctx, inputs, keyword_only_inputs, output):
-    x, w = inputs
-    ctx.batch_last = keyword_only_inputs["batch_last"]
-    # a = -1: the weight gradient takes a from x's features, so that it also runs on a rank that
-    # holds only some of the blocks (ks_ops.distributed: x and w sharded along a).
-    ctx.pattern = [-1, *w.shape[1:]]
-    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
-
-
-def _matmul_backward(ctx, grad_y):
-    x, w = ctx.saved_tensors
-    grad_x = grad_w = None
-    if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.ks.matmul(grad_y, w.transpose(1, 2), batch_last=ctx.batch_last)
-    if ctx.needs_input_grad[1]:
-        grad_w = torch.ops.ks.weight_grad(grad_y, x, ctx.pattern, batch_last=ctx.batch_last)
-    return grad_x, grad_w
-
-
-def _weight_grad_setup(ctx, inputs, keyword_only_inputs, output):
-    grad_y, x, _ = inputs
-    ctx.batch_last = keyword_only_inputs["batch_last"]
-    ctx.save_for_backward(grad_y if ctx.needs_input_grad[1] else None, x if ctx.needs_input_grad[0] else None)
-
-
-def _weight_grad_backward(ctx, grad_w):
-    grad_y, x = ctx.saved_tensors
-    d_grad_y = d_x = None
-    if ctx.needs_input_grad[0]:
-        d_grad_y = torch.ops.ks.matmul(x, grad_w, batch_last=ctx.batch_last)
-    if ctx.needs_input_grad[1]:
-        d_x = torch.ops.ks.matmul(grad_y, grad_w.transpose(1, 2), batch_last=ctx.batch_last)
-    return d_grad_y, d_x, None
-
-
-# ks::chain: z = h_n + bias with h_0 = x, h_i = matmul(h_{i-1}, w_i); y = act(z). The backward
-# recomputes the h_i it needs (the forward keeps nothing but its inputs: a fused chain kernel never
-# writes them), then walks the chain back with the ks ops.
-def _chain_setup(ctx, inputs, output):
-    x, factors, bias, activation = inputs
-    ctx.activation = activation
-    ctx.has_bias = bias is not None
-    ctx.n = len(factors)
-    ctx.save_for_backward(x, *factors, *([bias] if bias is not None else []))
-
-
-def _activation_backward(grad, z, activation):
-    if activation == "relu":
-        return torch.ops.aten.threshold_backward(grad, z, 0)
-    if activation in ("gelu", "gelu_tanh"):
-        return torch.ops.aten.gelu_backward(grad, z, approximate="none" if activation == "gelu" else "tanh")
-    if activation == "silu":
-        return torch.ops.aten.silu_backward(grad, z)
-    return grad
-
-
-def _chain_backward(ctx, grad_y):
-    x, *rest = ctx.saved_tensors
-    factors, bias = rest[: ctx.n], (rest[ctx.n] if ctx.has_bias else None)
-    # The dispatcher drops trailing arguments left at their defaults (bias=None, activation="none"),
-    # and the backward must return one entry per argument it was given.
-    given = len(ctx.needs_input_grad)
-    need_x, need_w, need_b = (*ctx.needs_input_grad, False, False)[:3]
-    need_w = list(need_w) if isinstance(need_w, (list, tuple)) else [bool(need_w)] * ctx.n
-    hs = [x]
-    for w in factors[:-1]:
-        hs.append(torch.ops.ks.matmul(hs[-1], w))
-    g = grad_y
-    if ctx.activation != "none":
-        z = torch.ops.ks.matmul(hs[-1], factors[-1])
-        g = _activation_backward(grad_y, z + bias if bias is not None else z, ctx.activation)
-    grad_b = g.reshape(-1, g.shape[-1]).sum(0) if ctx.has_bias and need_b else None
-    grad_ws = [None] * ctx.n
-    # Walk back only as far as a gradient is wanted: factor i's input gradient is needed when x's
-    # is, or when an earlier factor's weight gradient is.
-    for i in range(ctx.n - 1, -1, -1):
-        if need_w[i]:
-            grad_ws[i] = torch.ops.ks.weight_grad(g, hs[i], [-1, *factors[i].shape[1:]])
-        if not (need_x or any(need_w[:i])):
-            break
-        g = torch.ops.ks.matmul(g, factors[i].transpose(1, 2))
-    return ((g if need_x else None), grad_ws, grad_b, None)[:given]
+# Autograd lives in C++ (csrc/ks_autograd.cpp): the ops' Autograd kernels, which also refuse
+# torch.func's differentiation transforms with an error naming what works (before, func.jvp
+# returned zeros and func.grad failed with a message that named nothing of ours).
 
 
 # vmap (torch.func.vmap): for a batch-first product with shared weights, a vmapped dim of x is one
@@ -275,28 +174,3 @@ def _chain_vmap(info, in_dims, x, factors, bias=None, activation="none"):
                               None if bias is None else _select(bias, b_dim, i), activation)
            for i in range(info.batch_size)]
     return torch.stack(out), 0
-
-
-# The ops' Autograd kernels: what torch.library.register_autograd installs (the same two internal
-# calls), behind a check that refuses torch.func's differentiation transforms, which that kernel
-# cannot carry (see _refuse_func_differentiation) -- here, so that direct torch.ops.ks.* calls are
-# covered too, not only the Python entry points.
-_LIB = torch.library.Library("ks", "IMPL")
-
-
-def _register_autograd(qualname: str, backward, setup_context) -> None:
-    from torch._library import autograd as library_autograd
-
-    op = torch._library.utils.lookup_op(qualname)
-    impl = library_autograd.make_autograd_impl(op, library_autograd.Info(backward, setup_context))
-
-    def kernel(keyset, *args, **kwargs):
-        _refuse_func_differentiation(qualname)
-        return impl(keyset, *args, **kwargs)
-
-    _LIB.impl(qualname.split("::")[1], kernel, "Autograd", with_keyset=True)
-
-
-_register_autograd("ks::matmul", _matmul_backward, _matmul_setup)
-_register_autograd("ks::chain", _chain_backward, _chain_setup)
-_register_autograd("ks::weight_grad", _weight_grad_backward, _weight_grad_setup)
