@@ -50,7 +50,7 @@ def cublas_library() -> str:
     raise RuntimeError(f"ks_ops: libcublas not found (looked in {dirs}); set KS_OPS_NO_CUDA=1 for a CPU-only build")
 
 
-# The kernels' target: Hopper (sm_90a: wgmma, setmaxnreg; the kernels check the device's capability
+# The kernels' target: Hopper (sm_90a: wgmma, TMA, clusters; the kernels check the device's capability
 # at run time). Used when no GPU is visible to detect one from.
 DEFAULT_ARCH_LIST = "9.0a"
 

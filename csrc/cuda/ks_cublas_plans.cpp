@@ -157,15 +157,25 @@ void block_dense(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tens
 // Batch-first, any d: x (B, a, c, d) -> xt (B, a, d, c), so that plane (i, l) is a K-major
 // (B x c) matrix at offset (i*d + l)*c with row stride a*d*c; one GEMM over the a*d planes into
 // yt (B, a, d, b); yt -> y (B, a, b, d).
-void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B) {
-  const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
+namespace {
+// x (B, a, c, d) -> xt (B, a, d, c): the first pass of both transposed plans.
+at::Tensor transposed_rows(const at::Tensor& x, const at::Tensor& w, int64_t B) {
+  const int64_t a = w.size(0), c = w.size(2), d = w.size(3);
   const at::Tensor xc = x.contiguous();
-  const int esz = static_cast<int>(x.element_size());
-  const cudaStream_t s = c10::cuda::getCurrentCUDAStream();
   at::Tensor xt = at::empty({B, a, d, c}, x.options());
   check_transpose(detail::transpose_batched(xc.const_data_ptr(), xt.mutable_data_ptr(), B * a,
-                                            static_cast<int>(c), static_cast<int>(d), esz, s),
+                                            static_cast<int>(c), static_cast<int>(d),
+                                            static_cast<int>(x.element_size()), c10::cuda::getCurrentCUDAStream()),
                   "x");
+  return xt;
+}
+}  // namespace
+
+void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B) {
+  const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
+  const int esz = static_cast<int>(x.element_size());
+  const cudaStream_t s = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor xt = transposed_rows(x, w, B);
   const at::Tensor wp = planes_of(w);
   at::Tensor yt = at::empty({B, a, d, b}, x.options());
   bgemm('t', 'n', b, B, c, wp, 0, c, b * c, xt, 0, a * d * c, c, yt, 0, a * d * b, b, a * d);
@@ -180,17 +190,11 @@ void transposed_x_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tens
   const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
   TORCH_CHECK(hopper::plane_gemm_fits(B, a, b, c, d), "ks::matmul (transposed_x plan): B=", B, " with pattern (",
               a, ",", b, ",", c, ",", d, ") exceeds the kernel's grid or TMA coordinate range");
-  const at::Tensor xc = x.contiguous();
-  const cudaStream_t s = c10::cuda::getCurrentCUDAStream();
-  at::Tensor xt = at::empty({B, a, d, c}, x.options());
-  check_transpose(detail::transpose_batched(xc.const_data_ptr(), xt.mutable_data_ptr(), B * a,
-                                            static_cast<int>(c), static_cast<int>(d),
-                                            static_cast<int>(x.element_size()), s),
-                  "x");
+  const at::Tensor xt = transposed_rows(x, w, B);
   const at::Tensor wp = planes_of(w);
   hopper::PlaneGemmArgs g{xt.const_data_ptr(), wp.const_data_ptr(), y.mutable_data_ptr(), B, a, b, c, d,
                           a * b * d, x.scalar_type() == at::kBFloat16};
-  const cudaError_t e = hopper::plane_gemm_interleaved(g, s);
+  const cudaError_t e = hopper::plane_gemm_interleaved(g, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, "ks::matmul (transposed_x plan): the plane GEMM failed: ", cudaGetErrorString(e));
 }
 
