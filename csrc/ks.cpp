@@ -105,17 +105,30 @@ at::Tensor weight_grad_plan_cpu(const at::Tensor& grad_y, const at::Tensor& x, a
   return weight_grad_aten(grad_y, x, pattern, batch_last);
 }
 
+// The problem of ks::_plan_for / ks::_plan_serves (an sm_90 build with the sm_90a kernels).
+// precision: 0 float64, 1 float32, 2 tf32, 3 float16, 4 bfloat16 (ks::Precision).
+Problem problem_of(const char* op, at::IntArrayRef pattern, int64_t batch, int64_t precision, bool batch_last,
+                   int64_t sm) {
+  TORCH_CHECK(pattern.size() == 4, op, ": pattern must have 4 entries (a,b,c,d)");
+  TORCH_CHECK(precision >= 0 && precision <= 4, op, ": precision must be 0..4, got ", precision);
+  TORCH_CHECK(batch >= 0 && sm >= 0, op, ": batch and sm must be >= 0");
+  for (const int64_t v : pattern) TORCH_CHECK(v > 0, op, ": pattern entries must be positive");
+  return Problem{pattern[0], pattern[1], pattern[2], pattern[3], batch,
+                 static_cast<Precision>(precision), batch_last, static_cast<int>(sm)};
+}
+
 // The rule (ks_plan.h) as an op, for tests and tools: the index of the plan in kPlanNames.
-// dtype: 0 float64, 1 float32, 2 tf32, 3 float16, 4 bfloat16 (ks::Precision).
-int64_t plan_for(at::IntArrayRef pattern, int64_t batch, int64_t precision, bool batch_last,
-                 int64_t sm) {
-  TORCH_CHECK(pattern.size() == 4, "ks::_plan_for: pattern must have 4 entries (a,b,c,d)");
-  TORCH_CHECK(precision >= 0 && precision <= 4, "ks::_plan_for: precision must be 0..4, got ", precision);
-  TORCH_CHECK(batch >= 0 && sm >= 0, "ks::_plan_for: batch and sm must be >= 0");
-  for (const int64_t v : pattern) TORCH_CHECK(v > 0, "ks::_plan_for: pattern entries must be positive");
-  const Problem q{pattern[0], pattern[1], pattern[2], pattern[3], batch,
-                  static_cast<Precision>(precision), batch_last, static_cast<int>(sm)};
-  return static_cast<int64_t>(choose_plan(q));
+int64_t plan_for(at::IntArrayRef pattern, int64_t batch, int64_t precision, bool batch_last, int64_t sm) {
+  return static_cast<int64_t>(choose_plan(problem_of("ks::_plan_for", pattern, batch, precision, batch_last, sm)));
+}
+
+// Whether the named plan can run the problem at all (ks_plan.h, plan_serves): for tools that time
+// every plan.
+bool plan_serves_op(c10::string_view plan, at::IntArrayRef pattern, int64_t batch, int64_t precision,
+                    bool batch_last, int64_t sm) {
+  const int idx = plan_index(std::string(plan).c_str());
+  TORCH_CHECK(idx >= 0, "ks::_plan_serves: unknown plan '", plan, "'");
+  return plan_serves(static_cast<Plan>(idx), problem_of("ks::_plan_serves", pattern, batch, precision, batch_last, sm));
 }
 
 }  // namespace ks
@@ -131,6 +144,8 @@ TORCH_LIBRARY(ks, m) {
   m.def("_weight_grad_plan(Tensor grad_y, Tensor x, int[] pattern, str plan, *, bool batch_last=False) -> Tensor");
   m.def("_plan_for(int[] pattern, int batch, int precision, bool batch_last, int sm) -> int",
         &ks::plan_for);
+  m.def("_plan_serves(str plan, int[] pattern, int batch, int precision, bool batch_last, int sm) -> bool",
+        &ks::plan_serves_op);
 }
 
 TORCH_LIBRARY_IMPL(ks, CPU, m) {

@@ -42,10 +42,22 @@ def plan_for(pattern, batch: int, dtype: torch.dtype, *, batch_last: bool = Fals
     """The plan the dispatch rule (csrc/ks_plan.h) picks for a product: a pure function of the
     pattern, batch, dtype (tf32 when float32 and allow_tf32), layout and compute capability
     (major*10 + minor; 0 means the CPU)."""
+    return PLANS[torch.ops.ks._plan_for(list(pattern), int(batch), _precision(dtype, allow_tf32), bool(batch_last),
+                                        int(sm))]
+
+
+def plan_serves(plan: str, pattern, batch: int, dtype: torch.dtype, *, batch_last: bool = False,
+                allow_tf32: bool = False, sm: int = 90) -> bool:
+    """Whether the named plan (one of PLANS) can run the product at all, as the op decides
+    (csrc/ks_plan.h, plan_serves; sm 90 means a build with the sm_90a kernels)."""
+    return torch.ops.ks._plan_serves(plan, list(pattern), int(batch), _precision(dtype, allow_tf32),
+                                     bool(batch_last), int(sm))
+
+
+def _precision(dtype: torch.dtype, allow_tf32: bool) -> int:
     if dtype not in _PRECISIONS:
         raise ValueError(f"plan_for: dtype must be float64, float32, float16 or bfloat16, got {dtype}")
-    prec = 2 if dtype == torch.float32 and allow_tf32 else _PRECISIONS[dtype]
-    return PLANS[torch.ops.ks._plan_for(list(pattern), int(batch), prec, bool(batch_last), int(sm))]
+    return 2 if dtype == torch.float32 and allow_tf32 else _PRECISIONS[dtype]
 
 
 def matmul_with_plan(x: torch.Tensor, w: torch.Tensor, plan: str, *, batch_last: bool = False) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ks_ops import KSPattern
-from ks_ops.ops import PLANS, matmul_with_plan, plan_for
+from ks_ops.ops import PLANS, matmul_with_plan, plan_for, plan_serves
 
 from support import assert_matches_reference, make_inputs
 
@@ -50,6 +50,20 @@ def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
 def test_rule_is_bmm_on_the_cpu_and_for_float64():
     assert plan_for((2, 48, 192, 1), 4096, torch.float32, sm=0) == "bmm"
     assert plan_for((2, 48, 192, 1), 4096, torch.float64, sm=90) == "bmm"
+
+
+@pytest.mark.parametrize("sm", [0, 80, 90])
+def test_plan_serves_matches_the_plans_conditions(sm):
+    """ks::_plan_serves (the op's own plan_serves, which tools/bench_matmul.py asks) against this
+    file's independent statement of what each plan serves."""
+    for dtype in DTYPES:
+        for batch_last in (False, True):
+            for pattern, batch in itertools.islice(problems(), 0, None, 7):
+                for plan in PLANS:
+                    got = plan_serves(plan, pattern, batch, dtype, batch_last=batch_last, sm=sm)
+                    assert got == serves(plan, pattern, batch_last, sm, dtype), (plan, pattern, dtype, batch_last, sm)
+    with pytest.raises(RuntimeError, match="unknown plan 'nope'"):
+        plan_serves("nope", (1, 2, 3, 4), 4, torch.float32)
 
 
 def test_rule_rejects_bad_arguments():

@@ -45,6 +45,7 @@ from ks_ops import KSPattern  # noqa: E402
 from ks_ops.backends import bmm as bmm_backend  # noqa: E402
 from ks_ops.bench import Ceilings, ks_bytes, ks_floor_s, ks_flops, measure_ceilings, rotation_count, time_cuda  # noqa: E402
 from ks_ops.ops import PLANS, matmul_with_plan, plan_for  # noqa: E402
+from ks_ops.ops import plan_serves as ops_plan_serves  # noqa: E402
 from ks_ops.reference import rel_err  # noqa: E402
 
 GRID_A = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
@@ -139,15 +140,10 @@ def plan_serves(name, pattern, x, w, bl, args) -> bool:
         return False
     if name == "blockdense" and a * b * c * d * d * esz > args.max_dense_bytes:
         return False
-    if name == "strided" and not (bl or d == 1):
-        return False
-    if name == "transposed" and bl:
-        return False
-    if name == "transposed_x":  # csrc/ks_plan.h: sm_90a, 16-bit batch-first, a cluster group of d
-        group = next((g for g in (16, 12, 8, 6, 4, 3, 2) if d % g == 0), 1)
-        return (not bl and esz == 2 and group > 1 and c % 8 == 0
-                and torch.cuda.get_device_capability() == (9, 0))
-    return True
+    major, minor = torch.cuda.get_device_capability()
+    batch = x.shape[-1] if bl else x.numel() // x.shape[-1]
+    return ops_plan_serves(name, pattern, batch, x.dtype, batch_last=bl,
+                           allow_tf32=torch.backends.cuda.matmul.allow_tf32, sm=major * 10 + minor)
 
 
 def run_row(op, setname, pattern, batch, dname, layout, ceil: Ceilings, args) -> dict:
