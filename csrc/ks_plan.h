@@ -24,10 +24,13 @@ enum class Plan : int {
   TransposedX = 6, // batch-first 16-bit on sm_90a: x's rows transposed as for Transposed, then the
                    // wgmma plane GEMM whose cluster epilogue writes y's interleaved rows
                    // (csrc/cuda/hopper/plane_gemm.cu): no pass over y
+  Interleaved = 7, // batch-first 16-bit on sm_90a, d in {2, 4, 8}: the wgmma GEMM that reads x's rows
+                   // and writes y's rows where they lie (csrc/cuda/hopper/interleaved_gemm.cu): one
+                   // pass over each, the pattern's own flops
 };
-constexpr int kNumPlans = 7;
-constexpr const char* kPlanNames[kNumPlans] = {"fused",      "bmm",        "dense",       "strided",
-                                               "blockdense", "transposed", "transposed_x"};
+constexpr int kNumPlans = 8;
+constexpr const char* kPlanNames[kNumPlans] = {"fused",      "bmm",        "dense",        "strided",
+                                               "blockdense", "transposed", "transposed_x", "interleaved"};
 
 inline const char* plan_name(Plan p) { return kPlanNames[static_cast<int>(p)]; }
 
@@ -75,6 +78,10 @@ inline bool plan_serves(Plan p, const Problem& q) {
     case Plan::TransposedX:
       return q.sm == 90 && q.sm90a_kernels && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&
              !q.batch_last && q.d > 1 && plane_group(q.d) > 1 && q.c % 8 == 0;
+    // TMA: 16-byte strides for x's and y's blocks (c*d and b*d elements).
+    case Plan::Interleaved:
+      return q.sm == 90 && q.sm90a_kernels && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&
+             !q.batch_last && (q.d == 2 || q.d == 4 || q.d == 8) && (q.c * q.d) % 8 == 0 && (q.b * q.d) % 8 == 0;
   }
   return false;
 }

@@ -255,10 +255,13 @@ def test_plan_runs_its_own_kernels(plan, batch_last):
 # layouts where it serves, every dtype: the rule may send any product to any of them.
 # (2, 33, 136, 24) and the last five have c % 8 == 0 (the transposed_x plan's TMA strides) and
 # cover its cluster sizes 2, 3, 4, 6, 8 (d = 24: 8 planes per cluster, three clusters per block),
-# b tails and a k tail (c = 264).
+# b tails and a k tail (c = 264). The interleaved plan (d = 2, 4, 8 with c*d and b*d % 8 == 0)
+# serves (1, 200, 64, 8), (4, 136, 264, 4) and the last four: column, k and row tails, c padded
+# to 8 for its weight planes (c = 46, 37), one column tile smaller than its tile (b = 36 < 128).
 PLAN_PATTERNS = [(1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2), (3, 100, 36, 6), (2, 33, 136, 24),
                  (1, 130, 36, 2), (4, 40, 72, 1), (5, 24, 20, 12), (1, 700, 20, 12),
-                 (3, 100, 40, 6), (2, 61, 24, 3), (1, 130, 72, 2), (1, 200, 64, 8), (4, 136, 264, 4)]
+                 (3, 100, 40, 6), (2, 61, 24, 3), (1, 130, 72, 2), (1, 200, 64, 8), (4, 136, 264, 4),
+                 (3, 36, 20, 2), (2, 260, 100, 2), (3, 70, 46, 4), (2, 40, 37, 8)]
 
 
 def serves(plan, pattern, batch_last, dtype_name="bf16"):
@@ -271,6 +274,10 @@ def serves(plan, pattern, batch_last, dtype_name="bf16"):
         group = next((g for g in (16, 12, 8, 6, 4, 3, 2) if d % g == 0), 1)
         return (not batch_last and dtype_name in ("bf16", "fp16") and group > 1 and c % 8 == 0
                 and torch.cuda.get_device_capability() == (9, 0))
+    if plan == "interleaved":  # sm_90a, 16-bit, d in {2, 4, 8}, TMA strides of x's and y's blocks
+        b = pattern[1]
+        return (not batch_last and dtype_name in ("bf16", "fp16") and d in (2, 4, 8) and c * d % 8 == 0
+                and b * d % 8 == 0 and torch.cuda.get_device_capability() == (9, 0))
     return True
 
 
@@ -284,6 +291,24 @@ def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_la
         pytest.skip("plan does not serve this layout / d / dtype")
     x, w = inputs(pattern, batch, DTYPES[dtype_name][0], batch_last)
     check(x, w, batch_last, dtype_name, plan)
+
+
+# The interleaved plan's persistent loop: more tiles than SMs (each block runs several, its stage
+# ring wraps, its staging buffers are reused), for each d; leading dims; a contiguous x that starts
+# 2 bytes past a 16-byte boundary (copied for TMA) and rows wider than the features.
+@pytest.mark.parametrize("dtype_name", ["bf16", "fp16"])
+@pytest.mark.parametrize("pattern", [(2, 260, 100, 2), (3, 70, 46, 4), (2, 40, 37, 8), (1, 768, 192, 2)], ids=str)
+def test_interleaved_plan_many_tiles(pattern, dtype_name):
+    if not serves("interleaved", pattern, False, dtype_name):
+        pytest.skip("the interleaved plan needs sm_90a")
+    dtype = DTYPES[dtype_name][0]
+    x, w = inputs(pattern, 5003, dtype)
+    check(x, w, False, dtype_name, "interleaved")
+    check(x[:4998].view(3, 1666, -1), w, False, dtype_name, "interleaved")
+    flat = torch.randn(301 * x.shape[1] + 1, dtype=dtype, device=DEV)[1:].view(301, -1)
+    check(flat, w, False, dtype_name, "interleaved")
+    wide = torch.randn(301, x.shape[1] + 8, dtype=dtype, device=DEV)[:, 8:]
+    check(wide, w, False, dtype_name, "interleaved")
 
 
 # The transposition kernel's tile shapes (ks_layout.cu), each with 16-byte vectors on both sides
@@ -345,7 +370,7 @@ def test_plan_errors():
 @pytest.mark.parametrize("plan", PLANS)
 def test_plans_under_cuda_graph_capture(plan):
     """Every plan is capturable (no host sync, no allocation outside the graph's pool)."""
-    pattern = (2, 48, 24, 4) if plan == "transposed_x" else (2, 48, 24, 1)
+    pattern = (2, 48, 24, 4) if plan in ("transposed_x", "interleaved") else (2, 48, 24, 1)
     x, w = inputs(pattern, 300, torch.bfloat16)
     fn = lambda: matmul_with_plan(x, w, plan)  # noqa: E731
     expect = fn()

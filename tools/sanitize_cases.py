@@ -42,6 +42,11 @@ CHAIN_CASES = [([(3, 5, 7, 2), (1, 4, 15, 2)], 37), ([(6, 8, 8, 1), (1, 10, 12, 
 # contiguous and the per-column store paths (b*d % 8 != 0 for (2, 61, 24, 3)).
 HOPPER_CASES = [((3, 100, 40, 6), 37), ((2, 61, 24, 3), 130), ((1, 130, 72, 2), 29), ((1, 200, 64, 8), 300),
                 ((4, 136, 264, 4), 17), ((2, 33, 136, 24), 45)]
+# The interleaved GEMM (hopper/interleaved_gemm.cu): d = 2, 4, 8; row, column and k tails, padded
+# weight planes (c = 46, 37), and more tiles than SMs at B = 4099 (the persistent loop, the stage
+# ring's wrap, the staging buffers' reuse).
+INTERLEAVED_CASES = [((3, 36, 20, 2), 37), ((2, 260, 100, 2), 4099), ((3, 70, 46, 4), 4099), ((2, 40, 37, 8), 4099),
+                     ((1, 200, 64, 8), 300)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
@@ -95,9 +100,10 @@ def main(groups=ALL_GROUPS):
                        for plan, bl in (("strided", True), ("blockdense", True), ("blockdense", False))]
     if "hopper" in groups and torch.cuda.get_device_capability() == (9, 0):
         plan_cases += [(c, "transposed_x", False) for c in HOPPER_CASES]
+        plan_cases += [(c, "interleaved", False) for c in INTERLEAVED_CASES]
     for (pattern, batch), plan, bl in plan_cases:
         p = KSPattern.of(pattern)
-        for dtype in (torch.bfloat16, torch.float16) if plan == "transposed_x" else (torch.bfloat16, torch.float32):
+        for dtype in (torch.bfloat16, torch.float16) if plan in ("transposed_x", "interleaved") else (torch.bfloat16, torch.float32):
             w = p.random_weights(dtype=dtype, device="cuda")
             x = operand(p, batch, dtype, bl)
             y = torch.ops.ks._matmul_plan(x, w, plan, batch_last=bl)

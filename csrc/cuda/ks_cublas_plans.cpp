@@ -14,6 +14,7 @@
 #include <utility>
 #include <c10/cuda/CUDAStream.h>
 
+#include "hopper/interleaved_gemm.h"
 #include "hopper/plane_gemm.h"
 #include "ks_cublas_plans.h"
 #include "ks_kernels.h"
@@ -196,6 +197,31 @@ void transposed_x_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tens
                           a * b * d, x.scalar_type() == at::kBFloat16};
   const cudaError_t e = hopper::plane_gemm_interleaved(g, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, "ks::matmul (transposed_x plan): the plane GEMM failed: ", cudaGetErrorString(e));
+}
+
+// Batch-first 16-bit, sm_90a, d in {2, 4, 8}: the wgmma GEMM on x's and y's rows as they lie
+// (hopper/interleaved_gemm.cu). Its TMA maps want x's rows 16-byte aligned (else one copy of x)
+// and the weight planes' rows padded to 8 elements.
+void interleaved_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B) {
+  const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
+  TORCH_CHECK(hopper::interleaved_gemm_fits(B, a, b, c, d), "ks::matmul (interleaved plan): B=", B,
+              " with pattern (", a, ",", b, ",", c, ",", d, ") exceeds TMA's 32-bit coordinates");
+  at::Tensor xk = x.contiguous();
+  if (reinterpret_cast<uintptr_t>(xk.const_data_ptr()) % 16 != 0) xk = xk.clone();  // fresh: aligned
+  const int64_t c8 = hopper::interleaved_padded_c(c);
+  at::Tensor wp;
+  if (c8 == c) {
+    wp = planes_of(w);
+  } else {
+    wp = at::zeros({a, d, b, c8}, w.options());
+    wp.narrow(3, 0, c).copy_(w.permute({0, 3, 1, 2}));
+  }
+  TORCH_CHECK(y.is_contiguous() && reinterpret_cast<uintptr_t>(y.const_data_ptr()) % 16 == 0,
+              "ks::matmul (interleaved plan): y must be contiguous and 16-byte aligned");
+  const hopper::InterleavedGemmArgs g{xk.const_data_ptr(), wp.const_data_ptr(), y.mutable_data_ptr(), B, a, b, c, d,
+                                      a * c * d, x.scalar_type() == at::kBFloat16};
+  const cudaError_t e = hopper::interleaved_gemm(g, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, "ks::matmul (interleaved plan): the kernel failed: ", cudaGetErrorString(e));
 }
 
 }  // namespace ks

@@ -15,4 +15,6 @@ void block_dense(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tens
 void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B);
 // Plan::TransposedX, batch-first 16-bit on sm_90a (y contiguous).
 void transposed_x_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B);
+// Plan::Interleaved, batch-first 16-bit on sm_90a, d in {2, 4, 8} (y contiguous).
+void interleaved_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B);
 }  // namespace ks

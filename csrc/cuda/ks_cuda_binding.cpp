@@ -128,6 +128,10 @@ at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
     transposed_x_batch_first(x, w, y, B);
     return y;
   }
+  if (plan == Plan::Interleaved) {
+    interleaved_batch_first(x, w, y, B);
+    return y;
+  }
   // Strided / BlockDense read x in place: unit inner stride, row stride ldx.
   at::Tensor xk;
   int64_t ldx = 0;

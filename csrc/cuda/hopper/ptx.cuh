@@ -72,18 +72,24 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const void* tmap, uint64_
 
 // ---- wgmma ------------------------------------------------------------------------------------
 
-// Shared-memory matrix descriptor of a K-major tile in the 128-byte swizzle (what TMA writes with
-// CU_TENSOR_MAP_SWIZZLE_128B and a 64-element 16-bit inner box): rows of 128 bytes, groups of 8
-// rows 1024 bytes apart (the stride byte offset), the leading byte offset unused. The tile must
-// start on a 1024-byte boundary; a k16 step inside the row is +32 bytes on the start address.
-__device__ __forceinline__ uint64_t wgmma_desc_k128(uint32_t smem_addr) {
+// Shared-memory matrix descriptor of a K-major tile in a SW-byte swizzle (SW = 128, 64 or 32: what
+// TMA writes with CU_TENSOR_MAP_SWIZZLE_<SW>B and an inner box of SW bytes): rows of SW bytes, groups
+// of 8 rows 8*SW bytes apart (the stride byte offset), the leading byte offset unused (a k16 step,
+// 32 bytes, never crosses a row). The tile must start on an 8*SW-byte boundary; a k16 step inside
+// the row is +32 bytes on the start address (+2 in the descriptor).
+template <int SW>
+__device__ __forceinline__ uint64_t wgmma_desc_k(uint32_t smem_addr) {
+  static_assert(SW == 128 || SW == 64 || SW == 32, "swizzle width");
+  constexpr uint64_t layout = SW == 128 ? 1 : SW == 64 ? 2 : 3;
   uint64_t desc = 0;
   desc |= static_cast<uint64_t>((smem_addr & 0x3FFFF) >> 4);
-  desc |= static_cast<uint64_t>(1) << 16;              // leading byte offset (unused here)
-  desc |= static_cast<uint64_t>(1024 >> 4) << 32;      // stride byte offset: 8 rows of 128 B
-  desc |= static_cast<uint64_t>(1) << 62;              // 128-byte swizzle
+  desc |= static_cast<uint64_t>(1) << 16;               // leading byte offset (unused here)
+  desc |= static_cast<uint64_t>((8 * SW) >> 4) << 32;   // stride byte offset: 8 rows
+  desc |= layout << 62;
   return desc;
 }
+
+__device__ __forceinline__ uint64_t wgmma_desc_k128(uint32_t smem_addr) { return wgmma_desc_k<128>(smem_addr); }
 
 __device__ __forceinline__ void wgmma_fence() {
 #if KS_SM90A
@@ -164,6 +170,49 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
   __trap();
 #endif
 }
+
+// D (64 x N, fp32) += A (64 x 16, four 32-bit registers per thread in mma.m16n8k16's A layout:
+// warp w of the warpgroup holds rows 16w..16w+15) * B (N x 16)^T, B K-major in shared memory.
+// The A registers are read asynchronously: they must not change before the matching wgmma_wait.
+#define KS_WGMMA_RS(SHAPE, TYPE, REGS, A0, DESC_B, ...)                                                  \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                              \
+               "wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." TYPE " {" REGS "}, {" A0 "}, " DESC_B \
+               ", p, 1, 1, 0;\n}\n"                                                                     \
+               : __VA_ARGS__                                                                            \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
+#define KS_WGMMA_REGS_16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+#define KS_WGMMA_REGS_32                                                                                 \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                               \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+
+template <bool IsBf16, int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  static_assert(N == 32 || N == 64 || N == 128, "wgmma_rs: N");
+#if KS_SM90A
+  if constexpr (N == 32) {
+    if constexpr (IsBf16)
+      KS_WGMMA_RS("m64n32k16", "bf16", KS_WGMMA_REGS_16, "%16, %17, %18, %19", "%20", KS_WGMMA_8(0), KS_WGMMA_8(8));
+    else
+      KS_WGMMA_RS("m64n32k16", "f16", KS_WGMMA_REGS_16, "%16, %17, %18, %19", "%20", KS_WGMMA_8(0), KS_WGMMA_8(8));
+  } else if constexpr (N == 64) {
+    if constexpr (IsBf16)
+      KS_WGMMA_RS("m64n64k16", "bf16", KS_WGMMA_REGS_32, "%32, %33, %34, %35", "%36", KS_WGMMA_8(0), KS_WGMMA_8(8), KS_WGMMA_8(16), KS_WGMMA_8(24));
+    else
+      KS_WGMMA_RS("m64n64k16", "f16", KS_WGMMA_REGS_32, "%32, %33, %34, %35", "%36", KS_WGMMA_8(0), KS_WGMMA_8(8), KS_WGMMA_8(16), KS_WGMMA_8(24));
+  } else {
+    if constexpr (IsBf16)
+      KS_WGMMA_RS("m64n128k16", "bf16", KS_WGMMA_REGS_64, "%64, %65, %66, %67", "%68", KS_WGMMA_8(0), KS_WGMMA_8(8), KS_WGMMA_8(16), KS_WGMMA_8(24), KS_WGMMA_8(32), KS_WGMMA_8(40), KS_WGMMA_8(48), KS_WGMMA_8(56));
+    else
+      KS_WGMMA_RS("m64n128k16", "f16", KS_WGMMA_REGS_64, "%64, %65, %66, %67", "%68", KS_WGMMA_8(0), KS_WGMMA_8(8), KS_WGMMA_8(16), KS_WGMMA_8(24), KS_WGMMA_8(32), KS_WGMMA_8(40), KS_WGMMA_8(48), KS_WGMMA_8(56));
+  }
+#else
+  (void)d, (void)a, (void)desc_b;
+  __trap();
+#endif
+}
+#undef KS_WGMMA_RS
+#undef KS_WGMMA_REGS_32
+#undef KS_WGMMA_REGS_16
 #undef KS_WGMMA
 #undef KS_WGMMA_REGS_128
 #undef KS_WGMMA_REGS_64
@@ -172,6 +221,54 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
 // Named barrier over `threads` threads (a multiple of 32), id 1..15 (0 is __syncthreads).
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Keeps the compiler from moving reads or writes of 32-bit registers across an asynchronous wgmma
+// (the A operand of wgmma_rs).
+template <int R>
+__device__ __forceinline__ void fence_registers(uint32_t (&r)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+// Hands registers between warpgroups: every warp of a warpgroup runs the same one.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#if KS_SM90A
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#if KS_SM90A
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+#endif
+}
+
+// Makes this thread's shared-memory writes visible to the async proxy (a TMA store reading them).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+// A 3-d box of shared memory to global memory at coordinates (c0, c1, c2); out-of-bounds
+// elements are not written. Completes with the bulk group of the next bulk_commit.
+__device__ __forceinline__ void tma_store_3d(const void* tmap, const void* src, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(tmap)),
+               "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+
+// Waits until at most N bulk groups are pending: their shared-memory reads only (.read), or whole.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
 }
 
 // ---- thread-block clusters ----------------------------------------------------------------------

@@ -1,0 +1,352 @@
+// sm_90a GEMM on the interleaved layout itself: batch-first y = x K^T for d in {2, 4, 8}, reading
+// x's rows and writing y's rows once, with no transposition pass on either side.
+//
+// Plane l of block i is Y_il (B x b) = X_il (B x c) W_il^T with X_il[n, k] = x[n, i*c*d + k*d + l]:
+// its K dimension has element stride d, which no wgmma shared-memory layout describes. So:
+// - TMA brings x's rows as they lie: boxes of 64 consecutive elements (k, l) of block i;
+// - each consumer thread builds the wgmma A fragments of all d planes from its own loads: one
+//   load of 2*d consecutive elements (two k of all d planes) feeds all d fragments, sorted into
+//   (k, k+1) pairs per plane with byte permutes, and wgmma reads A from registers;
+// - the weight planes (the (a, d, b, c) copy, K-major) come by TMA as usual;
+// - a block holds the accumulators of all d planes for 128 rows and 256 / d columns j each, so a
+//   row's outputs (j, l) for its columns are one contiguous run of y: the epilogue stages them in
+//   shared memory and TMA stores 512-byte row runs, clipped at the block's and the batch's end.
+// Rows of a warp's fragment are permuted (row_perm) so that both the fragment loads and the
+// epilogue's staging stores are free of shared-memory bank conflicts.
+//
+// Structure: persistent blocks (one per SM) over the tiles (row tile, block i, column tile), the
+// column tile varying fastest so that the blocks sharing an x tile run together; warpgroup 0
+// produces (one thread issues TMA loads into a ring of stages), warpgroups 1 and 2 consume, 64
+// rows each, and store their own halves; the next tile's loads run during the epilogue.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+
+#include "interleaved_gemm.h"
+#include "ptx.cuh"
+#include "tensor_map.h"
+
+namespace ks {
+namespace hopper {
+namespace {
+
+// Tile shapes: pure functions of d (FlashAttention's tile_size.h style).
+template <int D>
+struct Tiles {
+  static_assert(D == 2 || D == 4 || D == 8, "interleaved GEMM: d");
+  static constexpr int kBM = 128;                   // rows: two consumer warpgroups of 64
+  static constexpr int kBN = 256 / D;               // columns j per plane: 256 accumulators per row
+  static constexpr int kBK = D == 2 ? 32 : 16;      // k per stage
+  static constexpr int kXCols = kBK * D;            // x elements per row per stage (64 or 128)
+  static constexpr int kXBoxes = kXCols / 64;       // 128-byte swizzled boxes [kBM][64]
+  static constexpr int kXBytes = kBM * kXCols * 2;
+  static constexpr int kWSwizzle = kBK * 2;         // the weight tiles' rows: 64 or 32 bytes
+  static constexpr int kWPlaneBytes = kBN * kBK * 2;
+  static constexpr int kWBytes = D * kWPlaneBytes;
+  static constexpr int kStageBytes = kXBytes + kWBytes;
+  static constexpr int kStages = D == 4 ? 6 : 4;
+  static constexpr int kYBoxes = 4;                 // per warpgroup: 4 boxes [64 rows][64 elements]
+  static constexpr int kYBytes = 2 * kYBoxes * 64 * 64 * 2;
+  static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + kYBytes + 2 * kStages * 8;
+  static_assert(kSmemBytes <= 232448, "shared memory per block");
+  static_assert(kXCols % 64 == 0 && kBK % 16 == 0, "stage shape");
+};
+
+constexpr int kThreads = 384;  // warpgroup 0 produces, 1 and 2 consume
+
+// The physical row (0..7) of fragment row r within each 8-row group: lanes that load or store in
+// the same shared-memory phase must hit different 16-byte chunks of the 128-byte swizzle.
+template <int D>
+__device__ __forceinline__ int row_perm(int r) {
+  if constexpr (D == 2) return 2 * (r % 4) + r / 4;  // 8-byte accesses, 4 rows per phase
+  else if constexpr (D == 4) return r / 2 + 4 * (r % 2);  // 16-byte accesses, 2 rows per phase
+  else return r;  // 2 x 16 bytes per (row, k pair): even and odd chunks already apart
+}
+
+// Byte offset of element e (< 64) of row `row` in a [rows][64] 16-bit box with the 128-byte swizzle.
+__device__ __forceinline__ uint32_t swizzled(int row, int e) {
+  return static_cast<uint32_t>(row * 128 + (((e >> 3) ^ (row & 7)) << 4) + (e & 7) * 2);
+}
+
+struct Prob {
+  int64_t tiles;
+  int m_tiles, n_tiles, k_tiles, a;
+};
+
+struct Tile {
+  int m, i, n;
+};
+
+__device__ __forceinline__ Tile tile_at(int64_t t, const Prob& p) {
+  Tile u;
+  u.n = static_cast<int>(t % p.n_tiles);
+  const int64_t r = t / p.n_tiles;
+  u.i = static_cast<int>(r % p.a);
+  u.m = static_cast<int>(r / p.a);
+  return u;
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  } else {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+}
+
+template <int W>
+__device__ __forceinline__ void lds(uint32_t addr, uint32_t* v) {
+  if constexpr (W == 2)
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v[0]), "=r"(v[1]) : "r"(addr));
+  else
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(addr));
+}
+
+template <int W>
+__device__ __forceinline__ void sts(uint32_t addr, const uint32_t* v) {
+  if constexpr (W == 2)
+    asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(addr), "r"(v[0]), "r"(v[1]) : "memory");
+  else
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3])
+                 : "memory");
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads, 1)
+    interleaved_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
+                       const __grid_constant__ CUtensorMap tm_y, const Prob pr) {
+  using C = Tiles<D>;
+  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* xs = smem;                                  // [kStages][kXBoxes][kBM][64]
+  uint8_t* ws = xs + C::kStages * C::kXBytes;          // [kStages][D][kBN][kBK]
+  uint8_t* ys = ws + C::kStages * C::kWBytes;          // [2 warpgroups][kYBoxes][64][64]
+  uint64_t* full = reinterpret_cast<uint64_t*>(ys + C::kYBytes);
+  uint64_t* empty = full + C::kStages;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::kStages; ++s) {
+      mbarrier_init(&full[s], 1);
+      mbarrier_init(&empty[s], 8);  // one arrival per consumer warp
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {  // producer
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      tma_prefetch_descriptor(&tm_x);
+      tma_prefetch_descriptor(&tm_w);
+      uint32_t it = 0;
+      for (int64_t t = blockIdx.x; t < pr.tiles; t += gridDim.x) {
+        const Tile u = tile_at(t, pr);
+        for (int kt = 0; kt < pr.k_tiles; ++kt, ++it) {
+          const int st = static_cast<int>(it % C::kStages);
+          mbarrier_wait(&empty[st], ((it / C::kStages) & 1) ^ 1);
+          mbarrier_arrive_expect_tx(&full[st], C::kStageBytes);
+#pragma unroll
+          for (int bx = 0; bx < C::kXBoxes; ++bx)
+            tma_load_3d(xs + st * C::kXBytes + bx * C::kBM * 128, &tm_x, &full[st], kt * C::kXCols + bx * 64, u.i,
+                        u.m * C::kBM);
+          tma_load_3d(ws + st * C::kWBytes, &tm_w, &full[st], kt * C::kBK, u.n * C::kBN, u.i * D);
+        }
+      }
+    }
+    return;
+  }
+
+  setmaxnreg_inc<232>();
+  const int cw = wg - 1;                     // rows 64*cw .. 64*cw + 63 of the tile
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int q = lane % 4, rho = row_perm<D>(lane / 4);
+  const int row0 = cw * 64 + warp * 16 + rho;  // fragment rows r and r + 8: physical row0, row0 + 8
+  const uint32_t ystage = smem_u32(ys + cw * (C::kYBytes / 2));
+  uint32_t it = 0;
+
+  for (int64_t t = blockIdx.x; t < pr.tiles; t += gridDim.x) {
+    const Tile u = tile_at(t, pr);
+    float acc[D][C::kBN / 2];
+#pragma unroll
+    for (int g = 0; g < D; ++g)
+#pragma unroll
+      for (int e = 0; e < C::kBN / 2; ++e) acc[g][e] = 0.f;
+    uint32_t frag[D][4];
+    int pending = -1;  // a stage whose last wgmmas are in flight, released once they are done
+
+    for (int kt = 0; kt < pr.k_tiles; ++kt, ++it) {
+      const int st = static_cast<int>(it % C::kStages);
+      mbarrier_wait(&full[st], (it / C::kStages) & 1);
+      const uint32_t xb = smem_u32(xs + st * C::kXBytes);
+      const uint32_t wb = smem_u32(ws + st * C::kWBytes);
+#pragma unroll
+      for (int ks = 0; ks < C::kBK / 16; ++ks) {
+        // Fragment position p: rows row0 (p even) / row0 + 8, k = 16 ks + 2q + 8 (p / 2). Its raw
+        // words: (k, planes 2m and 2m+1) for m < D/2, then the same for k + 1.
+        uint32_t raw[4][D];
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+          const int row = row0 + 8 * (p & 1);
+          const int e = (16 * ks + 2 * q + 8 * (p >> 1)) * D;  // x element within the stage's row
+          const uint32_t box = xb + (e / 64) * (C::kBM * 128);
+          if constexpr (D == 8) {
+            lds<4>(box + swizzled(row, e % 64), &raw[p][0]);
+            lds<4>(box + swizzled(row, e % 64 + 8), &raw[p][4]);
+          } else {
+            lds<D>(box + swizzled(row, e % 64), &raw[p][0]);
+          }
+        }
+        wgmma_wait<0>();  // the previous step's wgmmas are done with frag and their weight tiles
+#pragma unroll
+        for (int g = 0; g < D; ++g) {
+          fence_registers(acc[g]);
+          fence_registers(frag[g]);
+        }
+        if (pending >= 0) {
+          __syncwarp();
+          if (lane == 0) mbarrier_arrive(&empty[pending]);
+          pending = -1;
+        }
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+#pragma unroll
+          for (int m = 0; m < D / 2; ++m) {
+            frag[2 * m][p] = __byte_perm(raw[p][m], raw[p][D / 2 + m], 0x5410);
+            frag[2 * m + 1][p] = __byte_perm(raw[p][m], raw[p][D / 2 + m], 0x7632);
+          }
+        wgmma_fence();
+#pragma unroll
+        for (int g = 0; g < D; ++g) {
+          fence_registers(acc[g]);
+          fence_registers(frag[g]);
+        }
+#pragma unroll
+        for (int g = 0; g < D; ++g)
+          wgmma_rs<kBf16, C::kBN>(acc[g], frag[g], wgmma_desc_k<C::kWSwizzle>(wb + g * C::kWPlaneBytes) + 2 * ks);
+        wgmma_commit();
+      }
+      pending = st;
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int g = 0; g < D; ++g) {
+      fence_registers(acc[g]);
+      fence_registers(frag[g]);
+    }
+    if (pending >= 0) {
+      __syncwarp();
+      if (lane == 0) mbarrier_arrive(&empty[pending]);
+    }
+
+    // Epilogue: this warpgroup's 64 x (kBN * D) outputs, rounded to T, into its staging boxes
+    // (once the previous tile's TMA store has read them), then TMA stores of 4 boxes.
+    if (threadIdx.x % 128 == 0) bulk_wait_read<0>();
+    named_barrier(1 + cw, 128);
+#pragma unroll
+    for (int s = 0; s < C::kBN / 8; ++s)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
+        uint32_t v[D];               // (j, planes 0..D-1) then (j + 1, planes 0..D-1), j = 8 s + 2 q
+#pragma unroll
+        for (int m = 0; m < D / 2; ++m) {
+          v[m] = pack2<T>(acc[2 * m][4 * s + 2 * h], acc[2 * m + 1][4 * s + 2 * h]);
+          v[D / 2 + m] = pack2<T>(acc[2 * m][4 * s + 2 * h + 1], acc[2 * m + 1][4 * s + 2 * h + 1]);
+        }
+        const int row = warp * 16 + rho + 8 * h;
+        const int e = (8 * s + 2 * q) * D;
+        const uint32_t box = ystage + (e / 64) * (64 * 128);
+        if constexpr (D == 8) {
+          sts<4>(box + swizzled(row, e % 64), &v[0]);
+          sts<4>(box + swizzled(row, e % 64 + 8), &v[4]);
+        } else {
+          sts<D>(box + swizzled(row, e % 64), &v[0]);
+        }
+      }
+    fence_proxy_async_shared();
+    named_barrier(1 + cw, 128);
+    if (threadIdx.x % 128 == 0) {
+#pragma unroll
+      for (int bx = 0; bx < C::kYBoxes; ++bx)
+        tma_store_3d(&tm_y, ys + cw * (C::kYBytes / 2) + bx * 64 * 128, u.n * C::kBN * D + bx * 64, u.i,
+                     u.m * C::kBM + cw * 64);
+      bulk_commit();
+    }
+  }
+  if (threadIdx.x % 128 == 0) bulk_wait<0>();  // the staging buffers outlive the stores
+}
+
+template <typename T, int D>
+cudaError_t launch(const InterleavedGemmArgs& g, cudaStream_t stream) {
+  using C = Tiles<D>;
+  const int64_t c8 = interleaved_padded_c(g.c);
+  CUtensorMap tm_x, tm_w, tm_y;
+  // x: (c*d, a, B) with row stride ldx; w planes: (c8, b, a*d); y: (b*d, a, B).
+  const int64_t x_dims[3] = {g.c * D, g.a, g.B}, x_strides[2] = {g.c * D, g.ldx};
+  const int64_t w_dims[3] = {c8, g.b, g.a * D}, w_strides[2] = {c8, g.b * c8};
+  const int64_t y_dims[3] = {g.b * D, g.a, g.B}, y_strides[2] = {g.b * D, g.a * g.b * D};
+  const uint32_t x_box[3] = {64, 1, C::kBM}, w_box[3] = {C::kBK, C::kBN, D}, y_box[3] = {64, 1, 64};
+  if (!encode_tile_map(&tm_x, g.x, g.bf16, x_dims, x_strides, x_box, 128) ||
+      !encode_tile_map(&tm_w, g.wp, g.bf16, w_dims, w_strides, w_box, C::kWSwizzle) ||
+      !encode_tile_map(&tm_y, g.y, g.bf16, y_dims, y_strides, y_box, 128))
+    return cudaErrorInvalidValue;
+
+  auto kernel = interleaved_kernel<T, D>;
+  static std::atomic<uint64_t> configured{0};  // attributes once per device (host time at small sizes)
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  const uint64_t bit = uint64_t(1) << (device & 63);
+  if (!(configured.load() & bit)) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
+    if (e != cudaSuccess) return e;
+    configured.fetch_or(bit);
+  }
+  int sms = 0;
+  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return e;
+
+  Prob pr{};
+  pr.m_tiles = static_cast<int>((g.B + C::kBM - 1) / C::kBM);
+  pr.n_tiles = static_cast<int>((g.b + C::kBN - 1) / C::kBN);
+  pr.k_tiles = static_cast<int>((g.c + C::kBK - 1) / C::kBK);
+  pr.a = static_cast<int>(g.a);
+  pr.tiles = static_cast<int64_t>(pr.m_tiles) * pr.n_tiles * pr.a;
+  const int grid = static_cast<int>(pr.tiles < sms ? pr.tiles : sms);
+  kernel<<<grid, kThreads, C::kSmemBytes, stream>>>(tm_x, tm_w, tm_y, pr);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_for_d(const InterleavedGemmArgs& g, cudaStream_t stream) {
+  switch (g.d) {
+    case 2: return launch<T, 2>(g, stream);
+    case 4: return launch<T, 4>(g, stream);
+    case 8: return launch<T, 8>(g, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+bool interleaved_gemm_fits(int64_t B, int64_t a, int64_t b, int64_t c, int64_t d) {
+  const int64_t lim = 0x7fffffff;
+  return B <= lim && a <= lim && a * d <= lim && b * d <= lim && c * d <= lim;
+}
+
+cudaError_t interleaved_gemm(const InterleavedGemmArgs& g, cudaStream_t stream) {
+  if (g.B == 0 || g.b == 0 || g.a == 0) return cudaSuccess;
+  return g.bf16 ? launch_for_d<__nv_bfloat16>(g, stream) : launch_for_d<__half>(g, stream);
+}
+
+}  // namespace hopper
+}  // namespace ks
