@@ -21,16 +21,13 @@ enum class Plan : int {
                    // strided-batched GEMM over i on x and y in place, d times the flops
   Transposed = 5,  // batch-first: x's rows transposed to (a, d, c), one strided-batched GEMM over
                    // the a*d planes, y's rows transposed back (ks_layout.cu)
-  TransposedX = 6, // batch-first 16-bit on sm_90a: x's rows transposed as for Transposed, then the
-                   // wgmma plane GEMM whose cluster epilogue writes y's interleaved rows
-                   // (csrc/cuda/hopper/plane_gemm.cu): no pass over y
-  Interleaved = 7, // batch-first 16-bit on sm_90a, d in {2, 4, 8}: the wgmma GEMM that reads x's rows
+  Interleaved = 6, // batch-first 16-bit on sm_90a, d in {2, 4, 8}: the wgmma GEMM that reads x's rows
                    // and writes y's rows where they lie (csrc/cuda/hopper/interleaved_gemm.cu): one
                    // pass over each, the pattern's own flops
 };
-constexpr int kNumPlans = 8;
+constexpr int kNumPlans = 7;
 constexpr const char* kPlanNames[kNumPlans] = {"fused",      "bmm",        "dense",        "strided",
-                                               "blockdense", "transposed", "transposed_x", "interleaved"};
+                                               "blockdense", "transposed", "interleaved"};
 
 inline const char* plan_name(Plan p) { return kPlanNames[static_cast<int>(p)]; }
 
@@ -53,17 +50,6 @@ struct Problem {
   bool sm90a_kernels = true;
 };
 
-// Planes per thread-block cluster of the TransposedX plan's epilogue (1: none, the plan does not
-// serve d). All of d where the kernel has that size (then y's rows are written in runs of 8*d
-// elements); else 16 or 8 (runs of whole 32- or 16-byte sectors), else the largest that divides d.
-inline int plane_group(int64_t d) {
-  for (int g : {16, 12, 8, 6, 4, 3, 2})
-    if (d == g) return g;
-  for (int g : {16, 8, 12, 6, 4, 3, 2})
-    if (d % g == 0) return g;
-  return 1;
-}
-
 // Whether plan p can run problem q at all (whatever its speed).
 inline bool plan_serves(Plan p, const Problem& q) {
   switch (p) {
@@ -74,10 +60,6 @@ inline bool plan_serves(Plan p, const Problem& q) {
     case Plan::Strided: return q.sm > 0 && q.precision != Precision::F64 && (q.batch_last || q.d == 1);
     case Plan::BlockDense: return q.sm > 0 && q.precision != Precision::F64;
     case Plan::Transposed: return q.sm > 0 && q.precision != Precision::F64 && !q.batch_last;
-    // TMA needs 16-byte row strides (c % 8 == 0).
-    case Plan::TransposedX:
-      return q.sm == 90 && q.sm90a_kernels && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&
-             !q.batch_last && q.d > 1 && plane_group(q.d) > 1 && q.c % 8 == 0;
     // TMA: 16-byte strides for x's and y's blocks (c*d and b*d elements).
     case Plan::Interleaved:
       return q.sm == 90 && q.sm90a_kernels && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&

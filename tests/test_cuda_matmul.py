@@ -253,11 +253,9 @@ def test_plan_runs_its_own_kernels(plan, batch_last):
 
 # Every plan of the op (csrc/ks_plan.h), forced through ks::_matmul_plan, on odd sizes, both
 # layouts where it serves, every dtype: the rule may send any product to any of them.
-# (2, 33, 136, 24) and the last five have c % 8 == 0 (the transposed_x plan's TMA strides) and
-# cover its cluster sizes 2, 3, 4, 6, 8 (d = 24: 8 planes per cluster, three clusters per block),
-# b tails and a k tail (c = 264). The interleaved plan (d = 2, 4, 8 with c*d and b*d % 8 == 0)
-# serves (1, 200, 64, 8), (4, 136, 264, 4) and the last four: column, k and row tails, c padded
-# to 8 for its weight planes (c = 46, 37), one column tile smaller than its tile (b = 36 < 128).
+# The interleaved plan (sm_90a, d = 2, 4, 8 with c*d and b*d % 8 == 0) serves (1, 200, 64, 8),
+# (4, 136, 264, 4) and the last four: column, k and row tails, c padded to 8 for its weight planes
+# (c = 46, 37), one column tile smaller than its tile (b = 36 < 128).
 PLAN_PATTERNS = [(1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2), (3, 100, 36, 6), (2, 33, 136, 24),
                  (1, 130, 36, 2), (4, 40, 72, 1), (5, 24, 20, 12), (1, 700, 20, 12),
                  (3, 100, 40, 6), (2, 61, 24, 3), (1, 130, 72, 2), (1, 200, 64, 8), (4, 136, 264, 4),
@@ -270,10 +268,6 @@ def serves(plan, pattern, batch_last, dtype_name="bf16"):
         return batch_last or d == 1
     if plan == "transposed":
         return not batch_last
-    if plan == "transposed_x":  # sm_90a, 16-bit, a cluster of 2..8 planes dividing d, TMA strides
-        group = next((g for g in (16, 12, 8, 6, 4, 3, 2) if d % g == 0), 1)
-        return (not batch_last and dtype_name in ("bf16", "fp16") and group > 1 and c % 8 == 0
-                and torch.cuda.get_device_capability() == (9, 0))
     if plan == "interleaved":  # sm_90a, 16-bit, d in {2, 4, 8}, TMA strides of x's and y's blocks
         b = pattern[1]
         return (not batch_last and dtype_name in ("bf16", "fp16") and d in (2, 4, 8) and c * d % 8 == 0
@@ -370,7 +364,7 @@ def test_plan_errors():
 @pytest.mark.parametrize("plan", PLANS)
 def test_plans_under_cuda_graph_capture(plan):
     """Every plan is capturable (no host sync, no allocation outside the graph's pool)."""
-    pattern = (2, 48, 24, 4) if plan in ("transposed_x", "interleaved") else (2, 48, 24, 1)
+    pattern = (2, 48, 24, 4) if plan == "interleaved" else (2, 48, 24, 1)
     x, w = inputs(pattern, 300, torch.bfloat16)
     fn = lambda: matmul_with_plan(x, w, plan)  # noqa: E731
     expect = fn()

@@ -29,10 +29,6 @@ def serves(plan, pattern, batch_last, sm, dtype):
         return batch_last or d == 1
     if plan == "transposed":
         return not batch_last
-    if plan == "transposed_x":
-        group = next((g for g in (16, 12, 8, 6, 4, 3, 2) if d % g == 0), 1)
-        return (sm == 90 and not batch_last and dtype in (torch.float16, torch.bfloat16) and group > 1
-                and pattern[2] % 8 == 0)
     if plan == "interleaved":
         b, c = pattern[1], pattern[2]
         return (sm == 90 and not batch_last and dtype in (torch.float16, torch.bfloat16) and d in (2, 4, 8)

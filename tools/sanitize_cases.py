@@ -37,11 +37,6 @@ CUBLAS_CASES = [((3, 20, 12, 6), 40), ((2, 13, 11, 3), 24), ((1, 5, 9, 64), 8)]
 # ks::chain's epilogue (ks_epilogue.cu): rows of whole 16-byte vectors (8 and 40 output features)
 # and ragged ones (7), every activation, with and without bias.
 CHAIN_CASES = [([(3, 5, 7, 2), (1, 4, 15, 2)], 37), ([(6, 8, 8, 1), (1, 10, 12, 4)], 29), ([(1, 7, 5, 1)], 300)]
-# The sm_90a plane GEMM (transposed_x plan, hopper/plane_gemm.cu): every cluster size (d = 2, 3, 4,
-# 6, 8, and 24 = three clusters of 8), tails in rows, columns (b) and the reduction (c = 264), the
-# contiguous and the per-column store paths (b*d % 8 != 0 for (2, 61, 24, 3)).
-HOPPER_CASES = [((3, 100, 40, 6), 37), ((2, 61, 24, 3), 130), ((1, 130, 72, 2), 29), ((1, 200, 64, 8), 300),
-                ((4, 136, 264, 4), 17), ((2, 33, 136, 24), 45)]
 # The interleaved GEMM (hopper/interleaved_gemm.cu): d = 2, 4, 8; row, column and k tails, padded
 # weight planes (c = 46, 37), and more tiles than SMs at B = 4099 (the persistent loop, the stage
 # ring's wrap, the staging buffers' reuse).
@@ -99,11 +94,10 @@ def main(groups=ALL_GROUPS):
         plan_cases += [(c, plan, bl) for c in CUBLAS_CASES
                        for plan, bl in (("strided", True), ("blockdense", True), ("blockdense", False))]
     if "hopper" in groups and torch.cuda.get_device_capability() == (9, 0):
-        plan_cases += [(c, "transposed_x", False) for c in HOPPER_CASES]
         plan_cases += [(c, "interleaved", False) for c in INTERLEAVED_CASES]
     for (pattern, batch), plan, bl in plan_cases:
         p = KSPattern.of(pattern)
-        for dtype in (torch.bfloat16, torch.float16) if plan in ("transposed_x", "interleaved") else (torch.bfloat16, torch.float32):
+        for dtype in (torch.bfloat16, torch.float16) if plan == "interleaved" else (torch.bfloat16, torch.float32):
             w = p.random_weights(dtype=dtype, device="cuda")
             x = operand(p, batch, dtype, bl)
             y = torch.ops.ks._matmul_plan(x, w, plan, batch_last=bl)

@@ -15,7 +15,6 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "hopper/interleaved_gemm.h"
-#include "hopper/plane_gemm.h"
 #include "ks_cublas_plans.h"
 #include "ks_kernels.h"
 
@@ -183,20 +182,6 @@ void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor
   check_transpose(detail::transpose_batched(yt.const_data_ptr(), y.mutable_data_ptr(), B * a,
                                             static_cast<int>(d), static_cast<int>(b), esz, s),
                   "y");
-}
-
-// Batch-first 16-bit, sm_90a: x transposed as above, then the wgmma plane GEMM (hopper/plane_gemm.cu)
-// writes y's interleaved rows itself, so y never takes a second pass.
-void transposed_x_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B) {
-  const int64_t a = w.size(0), b = w.size(1), c = w.size(2), d = w.size(3);
-  TORCH_CHECK(hopper::plane_gemm_fits(B, a, b, c, d), "ks::matmul (transposed_x plan): B=", B, " with pattern (",
-              a, ",", b, ",", c, ",", d, ") exceeds the kernel's grid or TMA coordinate range");
-  const at::Tensor xt = transposed_rows(x, w, B);
-  const at::Tensor wp = planes_of(w);
-  hopper::PlaneGemmArgs g{xt.const_data_ptr(), wp.const_data_ptr(), y.mutable_data_ptr(), B, a, b, c, d,
-                          a * b * d, x.scalar_type() == at::kBFloat16};
-  const cudaError_t e = hopper::plane_gemm_interleaved(g, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(e == cudaSuccess, "ks::matmul (transposed_x plan): the plane GEMM failed: ", cudaGetErrorString(e));
 }
 
 // Batch-first 16-bit, sm_90a, d in {2, 4, 8}: the wgmma GEMM on x's and y's rows as they lie

@@ -12,7 +12,7 @@
 #include <optional>
 #include <string>
 
-#include "hopper/plane_gemm.h"
+#include "hopper/interleaved_gemm.h"
 #include "ks_aten.h"
 #include "ks_checks.h"
 #include "ks_cublas_plans.h"
@@ -122,10 +122,6 @@ at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
   }
   if (plan == Plan::Transposed) {
     transposed_batch_first(x, w, y, B);
-    return y;
-  }
-  if (plan == Plan::TransposedX) {
-    transposed_x_batch_first(x, w, y, B);
     return y;
   }
   if (plan == Plan::Interleaved) {

@@ -186,7 +186,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int e = 0; e < C::kBN / 2; ++e) acc[g][e] = 0.f;
     // Two sets of A fragments: step s builds set s % 2 while step s - 1's wgmmas still read the
-    // other; wgmma_wait<1> after each step leaves only the newest step in flight.
+    // other; wgmma_wait<1> after each step leaves only the newest step in flight. (At d = 8 ptxas
+    // serialises the wgmmas anyway for want of registers: 128 accumulators + 2 x 32 fragment
+    // registers + the loaded words exceed what setmaxnreg 232-240 leaves.)
     uint32_t frag[2][D][4];
     int pending = -1;  // the stage of the step in flight when that step was its stage's last
 
@@ -366,6 +368,15 @@ cudaError_t launch_for_d(const InterleavedGemmArgs& g, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool hopper_kernels_built() {
+  // setup.py defines it when the arch list holds 9.0a (it turns a plain 9.0 into 9.0a).
+#ifdef KS_OPS_SM90A
+  return true;
+#else
+  return false;
+#endif
+}
 
 bool interleaved_gemm_fits(int64_t B, int64_t a, int64_t b, int64_t c, int64_t d) {
   const int64_t lim = 0x7fffffff;

@@ -19,6 +19,9 @@ struct InterleavedGemmArgs {
 // The planes' padded row length c8 that InterleavedGemmArgs::wp must have.
 inline int64_t interleaved_padded_c(int64_t c) { return (c + 7) / 8 * 8; }
 
+// Whether this build holds the sm_90a kernels (wgmma); the caller also checks the device.
+bool hopper_kernels_built();
+
 // TMA's coordinates are 32-bit (what the plan serves otherwise is ks_plan.h's plan_serves).
 bool interleaved_gemm_fits(int64_t B, int64_t a, int64_t b, int64_t c, int64_t d);
 

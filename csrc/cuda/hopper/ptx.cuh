@@ -1,7 +1,7 @@
-// PTX wrappers of the sm_90 kernels: mbarriers, TMA tile loads, wgmma, thread-block clusters.
+// PTX wrappers of the sm_90 kernels: mbarriers, TMA loads and stores, bulk groups, wgmma, setmaxnreg.
 // One instruction per function, named after it, so that a kernel reads as its algorithm.
 // Everything here that needs sm_90a (wgmma) compiles to a trap on other targets: the
-// host side asks `hopper_kernels_built()` (plane_gemm.cu) before it launches such a kernel.
+// host side asks `hopper_kernels_built()` (interleaved_gemm.cu) before it launches such a kernel.
 #pragma once
 #include <cstdint>
 
@@ -269,36 +269,6 @@ __device__ __forceinline__ void bulk_wait_read() {
 template <int N>
 __device__ __forceinline__ void bulk_wait() {
   asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
-}
-
-// ---- thread-block clusters ----------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-
-// Every thread of every block of the cluster: writes before it are visible to reads after it.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n"
-               "barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-
-// The shared::cluster address of this block's shared-memory address `addr` in block `rank`.
-__device__ __forceinline__ uint32_t map_to_rank(uint32_t addr, uint32_t rank) {
-  uint32_t out;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(out) : "r"(addr), "r"(rank));
-  return out;
-}
-
-__device__ __forceinline__ uint4 load_cluster_v4(uint32_t cluster_addr) {
-  uint4 v;
-  asm volatile("ld.shared::cluster.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "r"(cluster_addr)
-               : "memory");
-  return v;
 }
 
 }  // namespace hopper
