@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import backends
-from .ops import ACTIVATION_FUNCTIONS, ACTIVATIONS, chain
+from .ops import ACTIVATION_FUNCTIONS, ACTIVATIONS
 from .pattern import KSPattern, check_chain
 
 
@@ -125,12 +125,17 @@ class KSLinear(nn.Module):
                 f"{[str(p) for p in self.patterns]} takes in_features={self.in_features} "
                 f"(input shape {tuple(x.shape)})"
             )
-        if getattr(self, "_tp", None) is not None:  # ks_ops.distributed.parallelize_ks_linear
+        # Host time matters at decode sizes (issue decode): plain dict lookups below, not nn.Module's
+        # __getattr__ (a miss raises and catches an AttributeError) or ParameterList's iterator.
+        if self.__dict__.get("_tp") is not None:  # ks_ops.distributed.parallelize_ks_linear
             from .distributed import tp_forward
 
             return tp_forward(self, x)
-        if backends.resolve(self.backend, x.device, x.dtype) == "kernel":
-            return chain(x, list(self.factors), self.bias, self.activation)
+        if self.backend == "auto" or backends.resolve(self.backend, x.device, x.dtype) == "kernel":
+            params = self.factors._parameters
+            # (A ParameterList keeps plain tensors assigned to it outside _parameters.)
+            factors = list(params.values()) if len(params) == len(self.factors) else list(self.factors)
+            return torch.ops.ks.chain(x, factors, self._parameters.get("bias"), self.activation)
         product = backends.get_backend(self.backend, x.device, x.dtype)
         for w in self.factors:
             x = product(x, w)

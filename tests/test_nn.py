@@ -20,6 +20,18 @@ def test_forward_matches_dense_chain():
     torch.testing.assert_close(layer(x), dense_forward(layer, x))
 
 
+def test_forward_sees_replaced_parameters():
+    """forward reads the factors and the bias from the module's parameter dicts (host time): a
+    factor or bias replaced by a new Parameter, or the bias removed, is what the next call uses."""
+    layer = KSLinear([(2, 3, 5, 7), (7, 2, 6, 1)], dtype=torch.float64)
+    x = torch.randn(3, 70, dtype=torch.float64)
+    layer.factors[1] = torch.nn.Parameter(torch.randn_like(layer.factors[1]))
+    layer.bias = torch.nn.Parameter(torch.randn_like(layer.bias))
+    torch.testing.assert_close(layer(x), dense_forward(layer, x))
+    layer.bias = None
+    torch.testing.assert_close(layer(x), dense_forward(layer, x))
+
+
 def test_single_factor_matches_reference_and_no_bias():
     layer = KSLinear([(3, 4, 5, 2)], bias=False, dtype=torch.float64)
     x = torch.randn(9, 30, dtype=torch.float64)
