@@ -14,8 +14,8 @@
 // Rows of a warp's fragment are permuted (row_perm) so that both the fragment loads and the
 // epilogue's staging stores are free of shared-memory bank conflicts.
 //
-// Structure: persistent blocks (one per SM) over the tiles (row tile, block i, column tile), the
-// column tile varying fastest so that the blocks sharing an x tile run together; warpgroup 0
+// Structure: persistent blocks (one per SM) over the tiles (column tile, row tile, block i), the
+// column tile varying fastest so that the blocks sharing an x tile run together (tile_at); warpgroup 0
 // produces (one thread issues TMA loads into a ring of stages), warpgroups 1 and 2 consume, 64
 // rows each, and store their own halves; the next tile's loads run during the epilogue.
 #include <cuda.h>
