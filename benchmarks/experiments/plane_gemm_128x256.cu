@@ -62,8 +62,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int kt = 0; kt < pr.k_tiles; ++kt, ++it) {
       const int st = static_cast<int>(it % kStages);
       mbarrier_wait(&full[st], (it / kStages) & 1);
-      const uint64_t da = wgmma_desc_k128(smem_u32(a_stage + st * kBM * kBK + cw * 64 * kBK));
-      const uint64_t db = wgmma_desc_k128(smem_u32(b_stage + st * kBN * kBK));
+      const uint64_t da = wgmma_desc_k<128>(smem_u32(a_stage + st * kBM * kBK + cw * 64 * kBK));
+      const uint64_t db = wgmma_desc_k<128>(smem_u32(b_stage + st * kBN * kBK));
       wgmma_fence();
       fence_registers(acc);
 #pragma unroll

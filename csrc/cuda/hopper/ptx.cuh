@@ -89,8 +89,6 @@ __device__ __forceinline__ uint64_t wgmma_desc_k(uint32_t smem_addr) {
   return desc;
 }
 
-__device__ __forceinline__ uint64_t wgmma_desc_k128(uint32_t smem_addr) { return wgmma_desc_k<128>(smem_addr); }
-
 __device__ __forceinline__ void wgmma_fence() {
 #if KS_SM90A
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
@@ -143,21 +141,8 @@ __device__ __forceinline__ void fence_registers(float (&d)[R]) {
                : __VA_ARGS__                                                                           \
                : "l"(desc_a), "l"(desc_b))
 
-// D (64 x 128, fp32, in registers) += A (64 x 16) * B (128 x 16)^T; bf16 or fp16 inputs.
-template <bool IsBf16>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-#if KS_SM90A
-  if constexpr (IsBf16)
-    KS_WGMMA("m64n128k16", "bf16", KS_WGMMA_REGS_64, "%64", "%65", KS_WGMMA_8(0), KS_WGMMA_8(8), KS_WGMMA_8(16), KS_WGMMA_8(24), KS_WGMMA_8(32), KS_WGMMA_8(40), KS_WGMMA_8(48), KS_WGMMA_8(56));
-  else
-    KS_WGMMA("m64n128k16", "f16", KS_WGMMA_REGS_64, "%64", "%65", KS_WGMMA_8(0), KS_WGMMA_8(8), KS_WGMMA_8(16), KS_WGMMA_8(24), KS_WGMMA_8(32), KS_WGMMA_8(40), KS_WGMMA_8(48), KS_WGMMA_8(56));
-#else
-  (void)d, (void)desc_a, (void)desc_b;
-  __trap();
-#endif
-}
-
-// As wgmma_m64n128k16 with N = 256 (128 accumulator registers per thread).
+// D (64 x 256, fp32, 128 registers per thread) += A (64 x 16) * B (256 x 16)^T, both K-major in shared
+// memory (descriptors); bf16 or fp16. (Only benchmarks/experiments/plane_gemm_128x256.cu uses it.)
 template <bool IsBf16>
 __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
 #if KS_SM90A
