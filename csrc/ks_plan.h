@@ -21,7 +21,7 @@ enum class Plan : int {
                    // strided-batched GEMM over i on x and y in place, d times the flops
   Transposed = 5,  // batch-first: x's rows transposed to (a, d, c), one strided-batched GEMM over
                    // the a*d planes, y's rows transposed back (ks_layout.cu)
-  Interleaved = 6, // batch-first 16-bit on sm_90a, d in {2, 4, 8}: the wgmma GEMM that reads x's rows
+  Interleaved = 6, // batch-first 16-bit on sm_90a, d in {2, 3, 4, 6, 8, 12}: the wgmma GEMM that reads x's rows
                    // and writes y's rows where they lie (csrc/cuda/hopper/interleaved_gemm.cu): one
                    // pass over each, the pattern's own flops
 };
@@ -50,6 +50,9 @@ struct Problem {
   bool sm90a_kernels = true;
 };
 
+// The plane counts the interleaved kernel has tiles for (hopper/interleaved_gemm.cu).
+inline bool interleaved_d(int64_t d) { return d == 2 || d == 3 || d == 4 || d == 6 || d == 8 || d == 12; }
+
 // Whether plan p can run problem q at all (whatever its speed).
 inline bool plan_serves(Plan p, const Problem& q) {
   switch (p) {
@@ -63,7 +66,7 @@ inline bool plan_serves(Plan p, const Problem& q) {
     // TMA: 16-byte strides for x's and y's blocks (c*d and b*d elements).
     case Plan::Interleaved:
       return q.sm == 90 && q.sm90a_kernels && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&
-             !q.batch_last && (q.d == 2 || q.d == 4 || q.d == 8) && (q.c * q.d) % 8 == 0 && (q.b * q.d) % 8 == 0;
+             !q.batch_last && interleaved_d(q.d) && (q.c * q.d) % 8 == 0 && (q.b * q.d) % 8 == 0;
   }
   return false;
 }
@@ -118,7 +121,7 @@ inline Plan choose_plan(const Problem& q) {
   // its k steps, small b of its column tiles: BlockDense wins) and the compute-bound end (its
   // register-fed wgmmas run at ~40 % of cuBLAS's rate: Transposed wins at b = c = 1024), from
   // B = 1024 (at 256 it won on only 6 of 20 rows; 512-4096 not measured apart).
-  if (plan_serves(Plan::Interleaved, q) && q.batch >= 1024) {
+  if (plan_serves(Plan::Interleaved, q) && q.batch >= 1024 && (dq == 2 || dq == 4 || dq == 8)) {
     const double planes = static_cast<double>(q.b) * static_cast<double>(q.c) / static_cast<double>(q.b + q.c);
     if (planes >= 50.0 && planes < (dq == 8 ? 300.0 : 480.0)) return Plan::Interleaved;
   }

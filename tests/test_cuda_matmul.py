@@ -253,13 +253,14 @@ def test_plan_runs_its_own_kernels(plan, batch_last):
 
 # Every plan of the op (csrc/ks_plan.h), forced through ks::_matmul_plan, on odd sizes, both
 # layouts where it serves, every dtype: the rule may send any product to any of them.
-# The interleaved plan (sm_90a, d = 2, 4, 8 with c*d and b*d % 8 == 0) serves (1, 200, 64, 8),
-# (4, 136, 264, 4) and the last four: column, k and row tails, c padded to 8 for its weight planes
-# (c = 46, 37), one column tile smaller than its tile (b = 36 < 128).
+# The interleaved plan (sm_90a, d = 2, 3, 4, 6, 8, 12 with c*d and b*d % 8 == 0) serves (3, 100, 36, 6),
+# (5, 24, 20, 12), (1, 700, 20, 12), (3, 100, 40, 6), (1, 200, 64, 8), (4, 136, 264, 4) and the last
+# six: column, k and row tails, c padded to 8 for its weight planes (c = 46, 37, 36, 20), column
+# tiles larger than b (b = 36 < 128, 40 < 64), a k tile larger than c (d = 3: 56 < 64).
 PLAN_PATTERNS = [(1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2), (3, 100, 36, 6), (2, 33, 136, 24),
                  (1, 130, 36, 2), (4, 40, 72, 1), (5, 24, 20, 12), (1, 700, 20, 12),
                  (3, 100, 40, 6), (2, 61, 24, 3), (1, 130, 72, 2), (1, 200, 64, 8), (4, 136, 264, 4),
-                 (3, 36, 20, 2), (2, 260, 100, 2), (3, 70, 46, 4), (2, 40, 37, 8)]
+                 (3, 36, 20, 2), (2, 260, 100, 2), (3, 70, 46, 4), (2, 40, 37, 8), (2, 40, 56, 3), (1, 72, 136, 3)]
 
 
 def serves(plan, pattern, batch_last, dtype_name="bf16"):
@@ -268,9 +269,9 @@ def serves(plan, pattern, batch_last, dtype_name="bf16"):
         return batch_last or d == 1
     if plan == "transposed":
         return not batch_last
-    if plan == "interleaved":  # sm_90a, 16-bit, d in {2, 4, 8}, TMA strides of x's and y's blocks
+    if plan == "interleaved":  # sm_90a, 16-bit, d in {2, 3, 4, 6, 8, 12}, TMA strides of x's and y's blocks
         b = pattern[1]
-        return (not batch_last and dtype_name in ("bf16", "fp16") and d in (2, 4, 8) and c * d % 8 == 0
+        return (not batch_last and dtype_name in ("bf16", "fp16") and d in (2, 3, 4, 6, 8, 12) and c * d % 8 == 0
                 and b * d % 8 == 0 and torch.cuda.get_device_capability() == (9, 0))
     return True
 
@@ -291,7 +292,8 @@ def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_la
 # ring wraps, its staging buffers are reused), for each d; leading dims; a contiguous x that starts
 # 2 bytes past a 16-byte boundary (copied for TMA) and rows wider than the features.
 @pytest.mark.parametrize("dtype_name", ["bf16", "fp16"])
-@pytest.mark.parametrize("pattern", [(2, 260, 100, 2), (3, 70, 46, 4), (2, 40, 37, 8), (1, 768, 192, 2)], ids=str)
+@pytest.mark.parametrize("pattern", [(2, 260, 100, 2), (3, 70, 46, 4), (2, 40, 37, 8), (1, 768, 192, 2), (2, 136, 64, 3),
+                                     (3, 100, 36, 6), (1, 130, 20, 12)], ids=str)
 def test_interleaved_plan_many_tiles(pattern, dtype_name):
     if not serves("interleaved", pattern, False, dtype_name):
         pytest.skip("the interleaved plan needs sm_90a")

@@ -31,7 +31,7 @@ def serves(plan, pattern, batch_last, sm, dtype):
         return not batch_last
     if plan == "interleaved":
         b, c = pattern[1], pattern[2]
-        return (sm == 90 and not batch_last and dtype in (torch.float16, torch.bfloat16) and d in (2, 4, 8)
+        return (sm == 90 and not batch_last and dtype in (torch.float16, torch.bfloat16) and d in (2, 3, 4, 6, 8, 12)
                 and c * d % 8 == 0 and b * d % 8 == 0)
     return True
 

@@ -184,7 +184,7 @@ void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor
                   "y");
 }
 
-// Batch-first 16-bit, sm_90a, d in {2, 4, 8}: the wgmma GEMM on x's and y's rows as they lie
+// Batch-first 16-bit, sm_90a, d in {2, 3, 4, 6, 8, 12}: the wgmma GEMM on x's and y's rows as they lie
 // (hopper/interleaved_gemm.cu). Its TMA maps want x's rows 16-byte aligned (else one copy of x)
 // and the weight planes' rows padded to 8 elements.
 void interleaved_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B) {

@@ -13,6 +13,6 @@ void strided_batch_first_d1(const at::Tensor& x, int64_t ldx, const at::Tensor& 
 void block_dense(const at::Tensor& x, int64_t ldx, const at::Tensor& w, at::Tensor& y, int64_t B, bool batch_last);
 // Plan::Transposed, batch-first (x is made contiguous first).
 void transposed_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B);
-// Plan::Interleaved, batch-first 16-bit on sm_90a, d in {2, 4, 8} (y contiguous).
+// Plan::Interleaved, batch-first 16-bit on sm_90a, d in {2, 3, 4, 6, 8, 12} (y contiguous).
 void interleaved_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, int64_t B);
 }  // namespace ks

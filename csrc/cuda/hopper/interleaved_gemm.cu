@@ -1,16 +1,18 @@
-// sm_90a GEMM on the interleaved layout itself: batch-first y = x K^T for d in {2, 4, 8}, reading
-// x's rows and writing y's rows once, with no transposition pass on either side.
+// sm_90a GEMM on the interleaved layout itself: batch-first y = x K^T for d in {2, 3, 4, 6, 8, 12},
+// reading x's rows and writing y's rows once, with no transposition pass on either side.
 //
 // Plane l of block i is Y_il (B x b) = X_il (B x c) W_il^T with X_il[n, k] = x[n, i*c*d + k*d + l]:
 // its K dimension has element stride d, which no wgmma shared-memory layout describes. So:
 // - TMA brings x's rows as they lie: boxes of 64 consecutive elements (k, l) of block i;
-// - each consumer thread builds the wgmma A fragments of all d planes from its own loads: one
-//   load of 2*d consecutive elements (two k of all d planes) feeds all d fragments, sorted into
-//   (k, k+1) pairs per plane with byte permutes, and wgmma reads A from registers;
+// - each consumer thread builds the wgmma A fragments of all d planes from its own loads: the 2*d
+//   consecutive elements (two k of all d planes) that feed all d fragments come in aligned 4-, 8-
+//   or 16-byte loads, sorted into (k, k+1) pairs per plane with byte permutes, and wgmma reads A
+//   from registers;
 // - the weight planes (the (a, d, b, c) copy, K-major) come by TMA as usual;
-// - a block holds the accumulators of all d planes for 128 rows and 256 / d columns j each, so a
-//   row's outputs (j, l) for its columns are one contiguous run of y: the epilogue stages them in
-//   shared memory and TMA stores 512-byte row runs, clipped at the block's and the batch's end.
+// - a block holds the accumulators of all d planes for 128 rows and 256 / d (192 / d for d = 3,
+//   6, 12) columns j each, so a row's outputs (j, l) for its columns are one contiguous run of y:
+//   the epilogue stages them in shared memory and TMA stores 512- (384-) byte row runs, clipped at
+//   the block's and the batch's end.
 // Rows of a warp's fragment are permuted (row_perm) so that both the fragment loads and the
 // epilogue's staging stores are free of shared-memory bank conflicts.
 //
@@ -35,37 +37,55 @@ namespace ks {
 namespace hopper {
 namespace {
 
-// Tile shapes: pure functions of d (FlashAttention's tile_size.h style).
+// Tile shapes: pure functions of d (FlashAttention's tile_size.h style). A row's accumulators
+// for one tile are kCols = kBN * d consecutive outputs of y: 256 for d = 2, 4, 8, and 192 for
+// d = 3, 6, 12, so that both the x stage (kBK * d elements) and the y tile are whole 64-element
+// boxes (a 128-byte swizzled TMA box) and kBN, kBK are multiples of 8 and 16.
 template <int D>
 struct Tiles {
-  static_assert(D == 2 || D == 4 || D == 8, "interleaved GEMM: d");
+  static_assert(D == 2 || D == 3 || D == 4 || D == 6 || D == 8 || D == 12, "interleaved GEMM: d");
+  static constexpr bool kPow2 = (D & (D - 1)) == 0;
   static constexpr int kBM = 128;                   // rows: two consumer warpgroups of 64
-  static constexpr int kBN = 256 / D;               // columns j per plane: 256 accumulators per row
-  static constexpr int kBK = D == 2 ? 32 : 16;      // k per stage
-  static constexpr int kXCols = kBK * D;            // x elements per row per stage (64 or 128)
+  static constexpr int kCols = kPow2 ? 256 : 192;   // accumulators per row: kBN columns j x d planes
+  static constexpr int kBN = kCols / D;             // 128, 64, 32 (d = 2, 4, 8); 64, 32, 16 (d = 3, 6, 12)
+  static constexpr int kBK = kPow2 ? (D == 2 ? 32 : 16) : 192 / D;  // k per stage
+  static constexpr int kXCols = kBK * D;            // x elements per row per stage (64, 128 or 192)
   static constexpr int kXBoxes = kXCols / 64;       // 128-byte swizzled boxes [kBM][64]
   static constexpr int kXBytes = kBM * kXCols * 2;
-  static constexpr int kWSwizzle = kBK * 2;         // the weight tiles' rows: 64 or 32 bytes
+  static constexpr int kWSwizzle = kBK * 2;         // the weight tiles' rows: 128, 64 or 32 bytes
   static constexpr int kWPlaneBytes = kBN * kBK * 2;
   static constexpr int kWBytes = D * kWPlaneBytes;
   static constexpr int kStageBytes = kXBytes + kWBytes;
-  static constexpr int kStages = D == 4 ? 6 : 4;
-  static constexpr int kYBoxes = 4;                 // per warpgroup: 4 boxes [64 rows][64 elements]
+  static constexpr int kYBoxes = kCols / 64;        // per warpgroup: boxes [64 rows][64 elements]
   static constexpr int kYBytes = 2 * kYBoxes * 64 * 64 * 2;
+  // As many stages as fit (d = 3, 6: two stages of 64 and 32 k).
+  static constexpr int kStages = D == 4 ? 6 : (232448 - 1024 - kYBytes - 64) / kStageBytes > 4
+                                                  ? 4
+                                                  : (232448 - 1024 - kYBytes - 64) / kStageBytes;
+  // Bytes per A-fragment load: the 2d elements (k, k + 1) x all planes start 4d bytes apart (k even).
+  static constexpr int kLoadWords = D % 4 == 0 ? 4 : D % 2 == 0 ? 2 : 1;
   static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + kYBytes + 2 * kStages * 8;
   static_assert(kSmemBytes <= 232448, "shared memory per block");
-  static_assert(kXCols % 64 == 0 && kBK % 16 == 0, "stage shape");
+  static_assert(kStages >= 2, "stages");
+  static_assert(kXCols % 64 == 0 && kBK % 16 == 0 && kBN % 8 == 0 && kCols % 64 == 0, "tile shape");
 };
 
 constexpr int kThreads = 384;  // warpgroup 0 produces, 1 and 2 consume
 
 // The physical row (0..7) of fragment row r within each 8-row group: lanes that load or store in
-// the same shared-memory phase must hit different 16-byte chunks of the 128-byte swizzle.
+// the same shared-memory phase must hit different 16-byte chunks of the 128-byte swizzle. Lane
+// (r, q) accesses words 2dq/2 + const of its row; the chunk index is XORed with the row.
 template <int D>
 __device__ __forceinline__ int row_perm(int r) {
-  if constexpr (D == 2) return 2 * (r % 4) + r / 4;  // 8-byte accesses, 4 rows per phase
-  else if constexpr (D == 4) return r / 2 + 4 * (r % 2);  // 16-byte accesses, 2 rows per phase
-  else return r;  // 2 x 16 bytes per (row, k pair): even and odd chunks already apart
+  // 8-byte accesses, 4 rows per phase: q's chunks differ by 3 between lanes that share a word
+  // offset (d = 6) or are one chunk apart (d = 2), so even rows in one phase, odd in the other.
+  if constexpr (D == 2 || D == 6) return 2 * (r % 4) + r / 4;
+  // 16-byte accesses, 2 rows per phase: the 4 q of one row cover one of each chunk pair {y, y^4}
+  // (d = 4: chunks +0..3; d = 12: +0, 3, 6, 9), so the phase's other row is 4 away.
+  else if constexpr (D == 4 || D == 12) return r / 2 + 4 * (r % 2);
+  // d = 8: 2 x 16 bytes per (row, k pair), even and odd chunks already apart; d = 3: 4-byte
+  // accesses, one phase per warp, words 3q + w of 8 rows: distinct mod 4, so distinct banks.
+  else return r;
 }
 
 // Byte offset of element e (< 64) of row `row` in a [rows][64] 16-bit box with the 128-byte swizzle.
@@ -95,6 +115,12 @@ __device__ __forceinline__ Tile tile_at(int64_t t, const Prob& p) {
   return u;
 }
 
+// __byte_perm selector of a (lo, hi) 16-bit pair from the lo_half of the first word and the
+// hi_half of the second (half 0 = bits 0-15).
+__host__ __device__ constexpr uint32_t pair_selector(int lo_half, int hi_half) {
+  return (lo_half ? 0x32u : 0x10u) | (hi_half ? 0x7600u : 0x5400u);
+}
+
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   if constexpr (std::is_same<T, __nv_bfloat16>::value) {
@@ -108,7 +134,9 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
 
 template <int W>
 __device__ __forceinline__ void lds(uint32_t addr, uint32_t* v) {
-  if constexpr (W == 2)
+  if constexpr (W == 1)
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v[0]) : "r"(addr));
+  else if constexpr (W == 2)
     asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v[0]), "=r"(v[1]) : "r"(addr));
   else
     asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(addr));
@@ -116,7 +144,9 @@ __device__ __forceinline__ void lds(uint32_t addr, uint32_t* v) {
 
 template <int W>
 __device__ __forceinline__ void sts(uint32_t addr, const uint32_t* v) {
-  if constexpr (W == 2)
+  if constexpr (W == 1)
+    asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v[0]) : "memory");
+  else if constexpr (W == 2)
     asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(addr), "r"(v[0]), "r"(v[1]) : "memory");
   else
     asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(v[0]), "r"(v[1]), "r"(v[2]), "r"(v[3])
@@ -198,18 +228,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t xb = smem_u32(xs + st * C::kXBytes);
       const uint32_t wb = smem_u32(ws + st * C::kWBytes);
       // Fragment position p: rows row0 (p even) / row0 + 8, k = 16 ks + 2q + 8 (p / 2). Its raw
-      // words: (k, planes 2m and 2m+1) for m < D/2, then the same for k + 1.
+      // words hold elements t = 0 .. 2d-1 of the run at (k, plane 0): t = (k + t / d, plane t % d).
       uint32_t raw[4][D];
 #pragma unroll
       for (int p = 0; p < 4; ++p) {
         const int row = row0 + 8 * (p & 1);
         const int e = (16 * ks + 2 * q + 8 * (p >> 1)) * D;  // x element within the stage's row
-        const uint32_t box = xb + (e / 64) * (C::kBM * 128);
-        if constexpr (D == 8) {
-          lds<4>(box + swizzled(row, e % 64), &raw[p][0]);
-          lds<4>(box + swizzled(row, e % 64 + 8), &raw[p][4]);
-        } else {
-          lds<D>(box + swizzled(row, e % 64), &raw[p][0]);
+#pragma unroll
+        for (int v = 0; v < D / C::kLoadWords; ++v) {  // aligned loads never cross a 16-byte chunk
+          const int ev = e + 2 * C::kLoadWords * v;
+          lds<C::kLoadWords>(xb + (ev / 64) * (C::kBM * 128) + swizzled(row, ev % 64), &raw[p][C::kLoadWords * v]);
         }
       }
 #pragma unroll
@@ -217,10 +245,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int p = 0; p < 4; ++p)
 #pragma unroll
-        for (int m = 0; m < D / 2; ++m) {
-          frag[buf][2 * m][p] = __byte_perm(raw[p][m], raw[p][D / 2 + m], 0x5410);
-          frag[buf][2 * m + 1][p] = __byte_perm(raw[p][m], raw[p][D / 2 + m], 0x7632);
-        }
+        for (int g = 0; g < D; ++g)  // plane g's pair: elements g (k) and d + g (k + 1)
+          frag[buf][g][p] = __byte_perm(raw[p][g / 2], raw[p][(D + g) / 2], pair_selector(g % 2, (D + g) % 2));
+      // The descriptors too are computed before the fence: an address computed between two
+      // wgmmas of the step serialises them (ptxas C7513).
+      uint64_t desc[D];
+#pragma unroll
+      for (int g = 0; g < D; ++g) {
+        desc[g] = wgmma_desc_k<C::kWSwizzle>(wb + g * C::kWPlaneBytes) + 2 * ks;
+        asm volatile("" : "+l"(desc[g]));
+      }
       wgmma_fence();
 #pragma unroll
       for (int g = 0; g < D; ++g) {
@@ -228,8 +262,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         fence_registers(frag[buf][g]);
       }
 #pragma unroll
-      for (int g = 0; g < D; ++g)
-        wgmma_rs<kBf16, C::kBN>(acc[g], frag[buf][g], wgmma_desc_k<C::kWSwizzle>(wb + g * C::kWPlaneBytes) + 2 * ks);
+      for (int g = 0; g < D; ++g) wgmma_rs<kBf16, C::kBN>(acc[g], frag[buf][g], desc[g]);
       wgmma_commit();
       wgmma_wait<1>();  // the previous step is done: its fragments and, if it ended a stage, its stage
 #pragma unroll
@@ -253,13 +286,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       ++it;
       return st;
     };
-    if constexpr (kSteps == 2) {
+    if constexpr (kSteps % 2 == 0) {
       for (int kt = 0; kt < pr.k_tiles; ++kt) {
         const int st = next_stage();
-        step(st, 0, B0{}, false);
-        step(st, 1, B1{}, true);
+        // Not unrolled: with four steps unrolled (d = 3) ptxas moves fragment builds between the
+        // wgmmas of a step and serialises them (C7513).
+#pragma unroll 1
+        for (int ks = 0; ks < kSteps; ks += 2) {
+          step(st, ks, B0{}, false);
+          step(st, ks + 1, B1{}, ks + 2 == kSteps);
+        }
       }
     } else {
+      static_assert(kSteps == 1, "steps per stage");
       int kt = 0;
       for (; kt + 1 < pr.k_tiles; kt += 2) {
         step(next_stage(), 0, B0{}, true);
@@ -287,20 +326,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < C::kBN / 8; ++s)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
-        uint32_t v[D];               // (j, planes 0..D-1) then (j + 1, planes 0..D-1), j = 8 s + 2 q
+        // Elements t = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + t / d, plane t % d).
+        auto out = [&](int t) { return acc[t % D][4 * s + 2 * h + t / D]; };
+        uint32_t v[D];
 #pragma unroll
-        for (int m = 0; m < D / 2; ++m) {
-          v[m] = pack2<T>(acc[2 * m][4 * s + 2 * h], acc[2 * m + 1][4 * s + 2 * h]);
-          v[D / 2 + m] = pack2<T>(acc[2 * m][4 * s + 2 * h + 1], acc[2 * m + 1][4 * s + 2 * h + 1]);
-        }
+        for (int m = 0; m < D; ++m) v[m] = pack2<T>(out(2 * m), out(2 * m + 1));
         const int row = warp * 16 + rho + 8 * h;
         const int e = (8 * s + 2 * q) * D;
-        const uint32_t box = ystage + (e / 64) * (64 * 128);
-        if constexpr (D == 8) {
-          sts<4>(box + swizzled(row, e % 64), &v[0]);
-          sts<4>(box + swizzled(row, e % 64 + 8), &v[4]);
-        } else {
-          sts<D>(box + swizzled(row, e % 64), &v[0]);
+#pragma unroll
+        for (int w = 0; w < D / C::kLoadWords; ++w) {
+          const int ew = e + 2 * C::kLoadWords * w;
+          sts<C::kLoadWords>(ystage + (ew / 64) * (64 * 128) + swizzled(row, ew % 64), &v[C::kLoadWords * w]);
         }
       }
     fence_proxy_async_shared();
@@ -361,8 +397,11 @@ template <typename T>
 cudaError_t launch_for_d(const InterleavedGemmArgs& g, cudaStream_t stream) {
   switch (g.d) {
     case 2: return launch<T, 2>(g, stream);
+    case 3: return launch<T, 3>(g, stream);
     case 4: return launch<T, 4>(g, stream);
+    case 6: return launch<T, 6>(g, stream);
     case 8: return launch<T, 8>(g, stream);
+    case 12: return launch<T, 12>(g, stream);
   }
   return cudaErrorInvalidValue;
 }

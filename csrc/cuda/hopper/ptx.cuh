@@ -70,6 +70,33 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const void* tmap, uint64_
       : "memory");
 }
 
+// The same box into the same shared-memory offset of every block of the cluster in `cta_mask`,
+// completing a transaction on the barrier at `bar`'s offset in each of them.
+__device__ __forceinline__ void tma_load_3d_multicast(void* dst, const void* tmap, uint64_t* bar, int c0, int c1,
+                                                      int c2, uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%3, %4, %5}], [%2], %6;" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "h"(cta_mask)
+      : "memory");
+}
+
+// ---- thread-block clusters ----------------------------------------------------------------------
+
+// Every thread of every block of the cluster, not necessarily warp-converged: writes and barrier
+// initialisations before it are visible after it.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\n"
+               "barrier.cluster.wait.acquire;" ::: "memory");
+}
+
+// Arrives on the barrier at `bar`'s offset in block `rank` of the cluster (this block included).
+__device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t* bar, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(bar)), "r"(rank));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+}
+
 // ---- wgmma ------------------------------------------------------------------------------------
 
 // Shared-memory matrix descriptor of a K-major tile in a SW-byte swizzle (SW = 128, 64 or 32: what
@@ -165,6 +192,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
                ", p, 1, 1, 0;\n}\n"                                                                     \
                : __VA_ARGS__                                                                            \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
+#define KS_WGMMA_REGS_8 "%0, %1, %2, %3, %4, %5, %6, %7"
 #define KS_WGMMA_REGS_16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define KS_WGMMA_REGS_32                                                                                 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                               \
@@ -172,9 +200,14 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
 
 template <bool IsBf16, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
-  static_assert(N == 32 || N == 64 || N == 128, "wgmma_rs: N");
+  static_assert(N == 16 || N == 32 || N == 64 || N == 128, "wgmma_rs: N");
 #if KS_SM90A
-  if constexpr (N == 32) {
+  if constexpr (N == 16) {
+    if constexpr (IsBf16)
+      KS_WGMMA_RS("m64n16k16", "bf16", KS_WGMMA_REGS_8, "%8, %9, %10, %11", "%12", KS_WGMMA_8(0));
+    else
+      KS_WGMMA_RS("m64n16k16", "f16", KS_WGMMA_REGS_8, "%8, %9, %10, %11", "%12", KS_WGMMA_8(0));
+  } else if constexpr (N == 32) {
     if constexpr (IsBf16)
       KS_WGMMA_RS("m64n32k16", "bf16", KS_WGMMA_REGS_16, "%16, %17, %18, %19", "%20", KS_WGMMA_8(0), KS_WGMMA_8(8));
     else
@@ -198,6 +231,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 #undef KS_WGMMA_RS
 #undef KS_WGMMA_REGS_32
 #undef KS_WGMMA_REGS_16
+#undef KS_WGMMA_REGS_8
 #undef KS_WGMMA
 #undef KS_WGMMA_REGS_128
 #undef KS_WGMMA_REGS_64
