@@ -99,8 +99,8 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 // - B <= 16: the fused kernels (weight-streaming gemv; decode sizes are issue decode's);
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
 //   the floor;
-// - batch-first d in {2, 4, 8}, 16-bit, sm_90a, B >= 1024: the Interleaved kernel for mid-sized
-//   planes (below);
+// - batch-first d in {2, 3, 4, 6, 8, 12}, 16-bit, sm_90a, B >= 1024: the Interleaved kernel for
+//   mid-sized planes (below);
 // - batch-first d > 1: the fused kernels where they measured best -- 16-bit with their
 //   chunk-shaped d (2, 4, 8k) and small planes: b*c*d <= 2^20 at B <= 512, b*c*d <= 2^19 with
 //   d % 8 == 0 at any B (beyond, their accumulators of 4-8 planes per block cap the tile and the
@@ -116,14 +116,25 @@ inline Plan choose_plan(const Problem& q) {
   if (q.batch_last || q.d == 1) return Plan::Strided;
   const bool half = q.precision == Precision::F16 || q.precision == Precision::BF16;
   const int64_t dq = q.d;
-  // The interleaved wgmma kernel (sm_90a, d = 2, 4, 8): one pass over x and y at 0.55-0.95x the
+  // The interleaved wgmma kernel (sm_90a), d = 2, 4, 8: one pass over x and y at 0.55-0.95x the
   // best other plan wherever b*c/(b+c) is between the small planes' 50 (c = 48 wastes a third of
   // its k steps, small b of its column tiles: BlockDense wins) and the compute-bound end (its
   // register-fed wgmmas run at ~40 % of cuBLAS's rate: Transposed wins at b = c = 1024), from
   // B = 1024 (at 256 it won on only 6 of 20 rows; 512-4096 not measured apart).
-  if (plan_serves(Plan::Interleaved, q) && q.batch >= 1024 && (dq == 2 || dq == 4 || dq == 8)) {
+  //
+  // d = 3, 6, 12 (192 accumulators per row: 64, 32, 16 columns per plane) from planes of 32 (the
+  // b or c = 48 rows at d = 6 measured 0.43-1.07x the best other plan) with w of at least 64 Ki
+  // elements (below, BlockDense ties or wins by a launch); d = 12 only below 170: its 16 columns
+  // per plane re-read x b / 16 times and its 12 register-starved wgmmas per step lose to
+  // Transposed beyond ((4, 384, 384, 12): 1.09-1.16x). Where taken it measured 0.42-1.07x the best
+  // other plan at B = 1024-25088 (plans12; the 1.07: (32, 48, 192, 6) at 25088 against BlockDense).
+  if (plan_serves(Plan::Interleaved, q) && q.batch >= 1024) {
     const double planes = static_cast<double>(q.b) * static_cast<double>(q.c) / static_cast<double>(q.b + q.c);
-    if (planes >= 50.0 && planes < (dq == 8 ? 300.0 : 480.0)) return Plan::Interleaved;
+    if (dq == 2 || dq == 4 || dq == 8) {
+      if (planes >= 50.0 && planes < (dq == 8 ? 300.0 : 480.0)) return Plan::Interleaved;
+    } else if (planes >= 32.0 && q.a * q.b * q.c * dq >= 65536) {
+      if (planes < (dq == 12 ? 170.0 : dq == 6 ? 300.0 : 480.0)) return Plan::Interleaved;
+    }
   }
   const bool chunk_d = dq == 2 || dq == 4 || dq % 8 == 0;
   const double bcd = static_cast<double>(q.b) * static_cast<double>(q.c) * static_cast<double>(dq);

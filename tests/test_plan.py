@@ -108,7 +108,8 @@ def test_opcheck_private_ops():
 def test_rule_close_to_the_best_plan_on_recorded_sweeps():
     """The rule against the H100 sweeps it was fitted on (every plan timed per row,
     benchmarks/results/: batch-last rows of plans{1,2,3}_*, batch-first rows of plans8_* -- the
-    sweeps after the transposition kernel got 1.8x faster; plans10_* with the interleaved plan): per (dtype, layout, batch) group the rule's plan is at most
+    sweeps after the transposition kernel got 1.8x faster; plans10_* with the interleaved plan,
+    plans12_* with it for d = 3, 6, 12): per (dtype, layout, batch) group the rule's plan is at most
     6 % slower than the best timed plan at the geometric mean, and within 5 % on >= 75 % of rows.
     Guards the rule against edits that undo what was measured."""
     import json
@@ -120,7 +121,8 @@ def test_rule_close_to_the_best_plan_on_recorded_sweeps():
     groups = {}
     sweeps = {"plans1_h100_bf16.jsonl": "bl", "plans2_h100_fp32_tf32.jsonl": "bl", "plans3_h100_op.jsonl": "bl",
               "plans8_h100_sample.jsonl": "bf", "plans8_h100_grid.jsonl": "bf",
-              "plans10_h100_sample_bf16.jsonl": "bf", "plans10_h100_models_bf16.jsonl": "bf"}
+              "plans10_h100_sample_bf16.jsonl": "bf", "plans10_h100_models_bf16.jsonl": "bf",
+              "plans12_h100_d3612_bf16.jsonl": "bf"}
     for name, layout in sweeps.items():
         for line in open(os.path.join(root, name)):
             r = json.loads(line)

@@ -94,22 +94,23 @@ __device__ __forceinline__ uint32_t swizzled(int row, int e) {
 }
 
 struct Prob {
-  int64_t tiles;
-  int m_tiles, n_tiles, k_tiles, a;
+  int64_t tiles;        // (column group, row tile, block i) triples
+  int m_tiles, n_groups, n_tiles, k_tiles, a;
+  int cs;               // blocks per cluster: the column tiles of one group, sharing x's tiles
 };
 
 struct Tile {
   int m, i, n;
 };
 
-// Column tiles fastest (the blocks that share an x tile run together), then row tiles, block i
+// Column groups fastest (the clusters that share an x tile run together), then row tiles, block i
 // slowest: the weight planes of block i (d*b*c elements) stay in L2 while every row tile passes.
 // (Block i in the middle re-read all of w from DRAM for every row tile: 3.5x the floor on
-// (24, 512, 512, 4).)
-__device__ __forceinline__ Tile tile_at(int64_t t, const Prob& p) {
+// (24, 512, 512, 4).) Block `rank` of a cluster takes column tile group * cs + rank.
+__device__ __forceinline__ Tile tile_at(int64_t t, const Prob& p, int rank) {
   Tile u;
-  u.n = static_cast<int>(t % p.n_tiles);
-  const int64_t r = t / p.n_tiles;
+  u.n = static_cast<int>(t % p.n_groups) * p.cs + rank;
+  const int64_t r = t / p.n_groups;
   u.m = static_cast<int>(r % p.m_tiles);
   u.i = static_cast<int>(r / p.m_tiles);
   return u;
@@ -170,11 +171,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < C::kStages; ++s) {
       mbarrier_init(&full[s], 1);
-      mbarrier_init(&empty[s], 8);  // one arrival per consumer warp
+      mbarrier_init(&empty[s], 8 * pr.cs);  // one arrival per consumer warp of the cluster
     }
     fence_barrier_init();
   }
-  __syncthreads();
+  if (pr.cs > 1)
+    cluster_sync();  // the peers' barriers are initialised before any multicast or remote arrival
+  else
+    __syncthreads();
+  const int rank = static_cast<int>(blockIdx.x % pr.cs);  // 1-d grid: a cluster is cs consecutive blocks
+  const int64_t t0 = blockIdx.x / pr.cs, t_step = gridDim.x / pr.cs;
 
   const int wg = threadIdx.x / 128;
   if (wg == 0) {  // producer
@@ -182,186 +188,211 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) {
       tma_prefetch_descriptor(&tm_x);
       tma_prefetch_descriptor(&tm_w);
+      // With a cluster, each block brings rows [rank, rank + 1) * kBM / cs of every x box into the
+      // same place in all the cluster's blocks (so x comes from L2 once per cluster, not once per
+      // column tile); its stage is free once the consumers of every block released it.
+      const int slice = C::kBM / pr.cs;
+      const uint16_t all = static_cast<uint16_t>((1u << pr.cs) - 1);
       uint32_t it = 0;
-      for (int64_t t = blockIdx.x; t < pr.tiles; t += gridDim.x) {
-        const Tile u = tile_at(t, pr);
+      for (int64_t t = t0; t < pr.tiles; t += t_step) {
+        const Tile u = tile_at(t, pr, rank);
         for (int kt = 0; kt < pr.k_tiles; ++kt, ++it) {
           const int st = static_cast<int>(it % C::kStages);
           mbarrier_wait(&empty[st], ((it / C::kStages) & 1) ^ 1);
           mbarrier_arrive_expect_tx(&full[st], C::kStageBytes);
 #pragma unroll
-          for (int bx = 0; bx < C::kXBoxes; ++bx)
-            tma_load_3d(xs + st * C::kXBytes + bx * C::kBM * 128, &tm_x, &full[st], kt * C::kXCols + bx * 64, u.i,
-                        u.m * C::kBM);
+          for (int bx = 0; bx < C::kXBoxes; ++bx) {
+            uint8_t* dst = xs + st * C::kXBytes + bx * C::kBM * 128 + rank * slice * 128;
+            const int k0 = kt * C::kXCols + bx * 64, n0 = u.m * C::kBM + rank * slice;
+            if (pr.cs > 1)
+              tma_load_3d_multicast(dst, &tm_x, &full[st], k0, u.i, n0, all);
+            else
+              tma_load_3d(dst, &tm_x, &full[st], k0, u.i, n0);
+          }
           tma_load_3d(ws + st * C::kWBytes, &tm_w, &full[st], kt * C::kBK, u.n * C::kBN, u.i * D);
         }
       }
     }
-    return;
-  }
+  } else {
+    setmaxnreg_inc<232>();
+    const int cw = wg - 1;                     // rows 64*cw .. 64*cw + 63 of the tile
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int q = lane % 4, rho = row_perm<D>(lane / 4);
+    const int row0 = cw * 64 + warp * 16 + rho;  // fragment rows r and r + 8: physical row0, row0 + 8
+    const uint32_t ystage = smem_u32(ys + cw * (C::kYBytes / 2));
+    uint32_t it = 0;
 
-  setmaxnreg_inc<232>();
-  const int cw = wg - 1;                     // rows 64*cw .. 64*cw + 63 of the tile
-  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int q = lane % 4, rho = row_perm<D>(lane / 4);
-  const int row0 = cw * 64 + warp * 16 + rho;  // fragment rows r and r + 8: physical row0, row0 + 8
-  const uint32_t ystage = smem_u32(ys + cw * (C::kYBytes / 2));
-  uint32_t it = 0;
-
-  for (int64_t t = blockIdx.x; t < pr.tiles; t += gridDim.x) {
-    const Tile u = tile_at(t, pr);
-    float acc[D][C::kBN / 2];
-#pragma unroll
-    for (int g = 0; g < D; ++g)
-#pragma unroll
-      for (int e = 0; e < C::kBN / 2; ++e) acc[g][e] = 0.f;
-    // Two sets of A fragments: step s builds set s % 2 while step s - 1's wgmmas still read the
-    // other; wgmma_wait<1> after each step leaves only the newest step in flight. (At d = 8 ptxas
-    // serialises the wgmmas anyway for want of registers: 128 accumulators + 2 x 32 fragment
-    // registers + the loaded words exceed what setmaxnreg 232-240 leaves.)
-    uint32_t frag[2][D][4];
-    int pending = -1;  // the stage of the step in flight when that step was its stage's last
-
-    // One k16 step: fragments of step ks of stage st into set `buf`, then its D wgmmas.
-    auto step = [&](int st, int ks, auto buf_c, bool last_of_stage) {
-      constexpr int buf = decltype(buf_c)::value;
-      const uint32_t xb = smem_u32(xs + st * C::kXBytes);
-      const uint32_t wb = smem_u32(ws + st * C::kWBytes);
-      // Fragment position p: rows row0 (p even) / row0 + 8, k = 16 ks + 2q + 8 (p / 2). Its raw
-      // words hold elements t = 0 .. 2d-1 of the run at (k, plane 0): t = (k + t / d, plane t % d).
-      uint32_t raw[4][D];
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        const int row = row0 + 8 * (p & 1);
-        const int e = (16 * ks + 2 * q + 8 * (p >> 1)) * D;  // x element within the stage's row
-#pragma unroll
-        for (int v = 0; v < D / C::kLoadWords; ++v) {  // aligned loads never cross a 16-byte chunk
-          const int ev = e + 2 * C::kLoadWords * v;
-          lds<C::kLoadWords>(xb + (ev / 64) * (C::kBM * 128) + swizzled(row, ev % 64), &raw[p][C::kLoadWords * v]);
-        }
-      }
-#pragma unroll
-      for (int g = 0; g < D; ++g) fence_registers(frag[buf][g]);
-#pragma unroll
-      for (int p = 0; p < 4; ++p)
-#pragma unroll
-        for (int g = 0; g < D; ++g)  // plane g's pair: elements g (k) and d + g (k + 1)
-          frag[buf][g][p] = __byte_perm(raw[p][g / 2], raw[p][(D + g) / 2], pair_selector(g % 2, (D + g) % 2));
-      // The descriptors too are computed before the fence: an address computed between two
-      // wgmmas of the step serialises them (ptxas C7513).
-      uint64_t desc[D];
-#pragma unroll
-      for (int g = 0; g < D; ++g) {
-        desc[g] = wgmma_desc_k<C::kWSwizzle>(wb + g * C::kWPlaneBytes) + 2 * ks;
-        asm volatile("" : "+l"(desc[g]));
-      }
-      wgmma_fence();
-#pragma unroll
-      for (int g = 0; g < D; ++g) {
-        fence_registers(acc[g]);
-        fence_registers(frag[buf][g]);
-      }
-#pragma unroll
-      for (int g = 0; g < D; ++g) wgmma_rs<kBf16, C::kBN>(acc[g], frag[buf][g], desc[g]);
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous step is done: its fragments and, if it ended a stage, its stage
-#pragma unroll
-      for (int g = 0; g < D; ++g) {
-        fence_registers(acc[g]);
-        fence_registers(frag[buf][g]);
-      }
-      if (pending >= 0) {
-        __syncwarp();
-        if (lane == 0) mbarrier_arrive(&empty[pending]);
-      }
-      pending = last_of_stage ? st : -1;
-    };
-    // Consecutive steps alternate fragment sets; with one step per stage, stages go in pairs.
-    constexpr int kSteps = C::kBK / 16;
-    using B0 = std::integral_constant<int, 0>;
-    using B1 = std::integral_constant<int, 1>;
-    auto next_stage = [&]() {
-      const int st = static_cast<int>(it % C::kStages);
-      mbarrier_wait(&full[st], (it / C::kStages) & 1);
-      ++it;
-      return st;
-    };
-    if constexpr (kSteps % 2 == 0) {
-      for (int kt = 0; kt < pr.k_tiles; ++kt) {
-        const int st = next_stage();
-        // Not unrolled: with four steps unrolled (d = 3) ptxas moves fragment builds between the
-        // wgmmas of a step and serialises them (C7513).
-#pragma unroll 1
-        for (int ks = 0; ks < kSteps; ks += 2) {
-          step(st, ks, B0{}, false);
-          step(st, ks + 1, B1{}, ks + 2 == kSteps);
-        }
-      }
-    } else {
-      static_assert(kSteps == 1, "steps per stage");
-      int kt = 0;
-      for (; kt + 1 < pr.k_tiles; kt += 2) {
-        step(next_stage(), 0, B0{}, true);
-        step(next_stage(), 0, B1{}, true);
-      }
-      if (kt < pr.k_tiles) step(next_stage(), 0, B0{}, true);
-    }
-    wgmma_wait<0>();
-#pragma unroll
-    for (int g = 0; g < D; ++g) {
-      fence_registers(acc[g]);
-      fence_registers(frag[0][g]);
-      fence_registers(frag[1][g]);
-    }
-    if (pending >= 0) {
+    // Releases stage st to the producers of every block of the cluster (their multicasts write it).
+    auto release = [&](int st) {
       __syncwarp();
-      if (lane == 0) mbarrier_arrive(&empty[pending]);
-    }
-
-    // Epilogue: this warpgroup's 64 x (kBN * D) outputs, rounded to T, into its staging boxes
-    // (once the previous tile's TMA store has read them), then TMA stores of 4 boxes.
-    if (threadIdx.x % 128 == 0) bulk_wait_read<0>();
-    named_barrier(1 + cw, 128);
-#pragma unroll
-    for (int s = 0; s < C::kBN / 8; ++s)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
-        // Elements t = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + t / d, plane t % d).
-        auto out = [&](int t) { return acc[t % D][4 * s + 2 * h + t / D]; };
-        uint32_t v[D];
-#pragma unroll
-        for (int m = 0; m < D; ++m) v[m] = pack2<T>(out(2 * m), out(2 * m + 1));
-        const int row = warp * 16 + rho + 8 * h;
-        const int e = (8 * s + 2 * q) * D;
-#pragma unroll
-        for (int w = 0; w < D / C::kLoadWords; ++w) {
-          const int ew = e + 2 * C::kLoadWords * w;
-          sts<C::kLoadWords>(ystage + (ew / 64) * (64 * 128) + swizzled(row, ew % 64), &v[C::kLoadWords * w]);
-        }
+      if (pr.cs == 1) {
+        if (lane == 0) mbarrier_arrive(&empty[st]);
+      } else if (lane < pr.cs) {
+        mbarrier_arrive_cluster(&empty[st], lane);
       }
-    fence_proxy_async_shared();
-    named_barrier(1 + cw, 128);
-    if (threadIdx.x % 128 == 0) {
+    };
+
+    for (int64_t t = t0; t < pr.tiles; t += t_step) {
+      const Tile u = tile_at(t, pr, rank);
+      float acc[D][C::kBN / 2];
 #pragma unroll
-      for (int bx = 0; bx < C::kYBoxes; ++bx)
-        tma_store_3d(&tm_y, ys + cw * (C::kYBytes / 2) + bx * 64 * 128, u.n * C::kBN * D + bx * 64, u.i,
-                     u.m * C::kBM + cw * 64);
-      bulk_commit();
+      for (int g = 0; g < D; ++g)
+#pragma unroll
+        for (int e = 0; e < C::kBN / 2; ++e) acc[g][e] = 0.f;
+      // Two sets of A fragments: step s builds set s % 2 while step s - 1's wgmmas still read the
+      // other; wgmma_wait<1> after each step leaves only the newest step in flight. (At d = 8 ptxas
+      // serialises the wgmmas anyway for want of registers: 128 accumulators + 2 x 32 fragment
+      // registers + the loaded words exceed what setmaxnreg 232-240 leaves.)
+      uint32_t frag[2][D][4];
+      int pending = -1;  // the stage of the step in flight when that step was its stage's last
+
+      // One k16 step: fragments of step ks of stage st into set `buf`, then its D wgmmas.
+      auto step = [&](int st, int ks, auto buf_c, bool last_of_stage) {
+        constexpr int buf = decltype(buf_c)::value;
+        const uint32_t xb = smem_u32(xs + st * C::kXBytes);
+        const uint32_t wb = smem_u32(ws + st * C::kWBytes);
+        // Fragment position p: rows row0 (p even) / row0 + 8, k = 16 ks + 2q + 8 (p / 2). Its raw
+        // words hold elements t = 0 .. 2d-1 of the run at (k, plane 0): t = (k + t / d, plane t % d).
+        uint32_t raw[4][D];
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+          const int row = row0 + 8 * (p & 1);
+          const int e = (16 * ks + 2 * q + 8 * (p >> 1)) * D;  // x element within the stage's row
+#pragma unroll
+          for (int v = 0; v < D / C::kLoadWords; ++v) {  // aligned loads never cross a 16-byte chunk
+            const int ev = e + 2 * C::kLoadWords * v;
+            lds<C::kLoadWords>(xb + (ev / 64) * (C::kBM * 128) + swizzled(row, ev % 64), &raw[p][C::kLoadWords * v]);
+          }
+        }
+#pragma unroll
+        for (int g = 0; g < D; ++g) fence_registers(frag[buf][g]);
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+#pragma unroll
+          for (int g = 0; g < D; ++g)  // plane g's pair: elements g (k) and d + g (k + 1)
+            frag[buf][g][p] = __byte_perm(raw[p][g / 2], raw[p][(D + g) / 2], pair_selector(g % 2, (D + g) % 2));
+        // The descriptors too are computed before the fence: an address computed between two
+        // wgmmas of the step serialises them (ptxas C7513).
+        uint64_t desc[D];
+#pragma unroll
+        for (int g = 0; g < D; ++g) {
+          desc[g] = wgmma_desc_k<C::kWSwizzle>(wb + g * C::kWPlaneBytes) + 2 * ks;
+          asm volatile("" : "+l"(desc[g]));
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int g = 0; g < D; ++g) {
+          fence_registers(acc[g]);
+          fence_registers(frag[buf][g]);
+        }
+#pragma unroll
+        for (int g = 0; g < D; ++g) wgmma_rs<kBf16, C::kBN>(acc[g], frag[buf][g], desc[g]);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous step is done: its fragments and, if it ended a stage, its stage
+#pragma unroll
+        for (int g = 0; g < D; ++g) {
+          fence_registers(acc[g]);
+          fence_registers(frag[buf][g]);
+        }
+        if (pending >= 0) release(pending);
+        pending = last_of_stage ? st : -1;
+      };
+      // Consecutive steps alternate fragment sets; with one step per stage, stages go in pairs.
+      constexpr int kSteps = C::kBK / 16;
+      using B0 = std::integral_constant<int, 0>;
+      using B1 = std::integral_constant<int, 1>;
+      auto next_stage = [&]() {
+        const int st = static_cast<int>(it % C::kStages);
+        mbarrier_wait(&full[st], (it / C::kStages) & 1);
+        ++it;
+        return st;
+      };
+      if constexpr (kSteps % 2 == 0) {
+        for (int kt = 0; kt < pr.k_tiles; ++kt) {
+          const int st = next_stage();
+          // Not unrolled: with four steps unrolled (d = 3) ptxas moves fragment builds between the
+          // wgmmas of a step and serialises them (C7513).
+#pragma unroll 1
+          for (int ks = 0; ks < kSteps; ks += 2) {
+            step(st, ks, B0{}, false);
+            step(st, ks + 1, B1{}, ks + 2 == kSteps);
+          }
+        }
+      } else {
+        static_assert(kSteps == 1, "steps per stage");
+        int kt = 0;
+        for (; kt + 1 < pr.k_tiles; kt += 2) {
+          step(next_stage(), 0, B0{}, true);
+          step(next_stage(), 0, B1{}, true);
+        }
+        if (kt < pr.k_tiles) step(next_stage(), 0, B0{}, true);
+      }
+      wgmma_wait<0>();
+#pragma unroll
+      for (int g = 0; g < D; ++g) {
+        fence_registers(acc[g]);
+        fence_registers(frag[0][g]);
+        fence_registers(frag[1][g]);
+      }
+      if (pending >= 0) release(pending);
+
+      // Epilogue: this warpgroup's 64 x (kBN * D) outputs, rounded to T, into its staging boxes
+      // (once the previous tile's TMA store has read them), then TMA stores of 4 boxes.
+      if (threadIdx.x % 128 == 0) bulk_wait_read<0>();
+      named_barrier(1 + cw, 128);
+#pragma unroll
+      for (int s = 0; s < C::kBN / 8; ++s)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
+          // Elements t = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + t / d, plane t % d).
+          auto out = [&](int t) { return acc[t % D][4 * s + 2 * h + t / D]; };
+          uint32_t v[D];
+#pragma unroll
+          for (int m = 0; m < D; ++m) v[m] = pack2<T>(out(2 * m), out(2 * m + 1));
+          const int row = warp * 16 + rho + 8 * h;
+          const int e = (8 * s + 2 * q) * D;
+#pragma unroll
+          for (int w = 0; w < D / C::kLoadWords; ++w) {
+            const int ew = e + 2 * C::kLoadWords * w;
+            sts<C::kLoadWords>(ystage + (ew / 64) * (64 * 128) + swizzled(row, ew % 64), &v[C::kLoadWords * w]);
+          }
+        }
+      fence_proxy_async_shared();
+      named_barrier(1 + cw, 128);
+      if (threadIdx.x % 128 == 0 && u.n < pr.n_tiles) {  // a cluster's last group may overhang b
+#pragma unroll
+        for (int bx = 0; bx < C::kYBoxes; ++bx)
+          tma_store_3d(&tm_y, ys + cw * (C::kYBytes / 2) + bx * 64 * 128, u.n * C::kBN * D + bx * 64, u.i,
+                       u.m * C::kBM + cw * 64);
+        bulk_commit();
+      }
     }
+    if (threadIdx.x % 128 == 0) bulk_wait<0>();  // the staging buffers outlive the stores
   }
-  if (threadIdx.x % 128 == 0) bulk_wait<0>();  // the staging buffers outlive the stores
+  // No block leaves while a peer may still multicast into its stages or arrive on its barriers.
+  if (pr.cs > 1) cluster_sync();
 }
+
+// Blocks per cluster: 4 column tiles share each x tile (x's L2 reads fall 4x) where that measured
+// faster: d = 4 with long k loops (c*d >= 2048) and >= 8 column tiles, 0.82-0.90x the time of one
+// block per tile at (2, 1024, 1024, 4) and (24, 512, 512, 4) (H100,
+// benchmarks/results/interleaved4_h100_cluster_ab_*.json). Elsewhere it lost (up to 1.46x): the
+// cluster's blocks advance in lockstep stage by stage, only 120 of 132 SMs hold clusters of 4, and
+// at d = 6, 8, 12 the consumers are bound by their fragment builds and serialised wgmmas, not by x.
+constexpr int cluster_size(int d, int64_t c, int n_tiles) { return d == 4 && c * d >= 2048 && n_tiles >= 8 ? 4 : 1; }
 
 template <typename T, int D>
 cudaError_t launch(const InterleavedGemmArgs& g, cudaStream_t stream) {
   using C = Tiles<D>;
   const int64_t c8 = interleaved_padded_c(g.c);
+  const int n_tiles = static_cast<int>((g.b + C::kBN - 1) / C::kBN);
+  const int cs = cluster_size(D, g.c, n_tiles);
   CUtensorMap tm_x, tm_w, tm_y;
   // x: (c*d, a, B) with row stride ldx; w planes: (c8, b, a*d); y: (b*d, a, B).
   const int64_t x_dims[3] = {g.c * D, g.a, g.B}, x_strides[2] = {g.c * D, g.ldx};
   const int64_t w_dims[3] = {c8, g.b, g.a * D}, w_strides[2] = {c8, g.b * c8};
   const int64_t y_dims[3] = {g.b * D, g.a, g.B}, y_strides[2] = {g.b * D, g.a * g.b * D};
-  const uint32_t x_box[3] = {64, 1, C::kBM}, w_box[3] = {C::kBK, C::kBN, D}, y_box[3] = {64, 1, 64};
+  const uint32_t x_box[3] = {64, 1, static_cast<uint32_t>(C::kBM / cs)}, w_box[3] = {C::kBK, C::kBN, D}, y_box[3] = {64, 1, 64};
   if (!encode_tile_map(&tm_x, g.x, g.bf16, x_dims, x_strides, x_box, 128) ||
       !encode_tile_map(&tm_w, g.wp, g.bf16, w_dims, w_strides, w_box, C::kWSwizzle) ||
       !encode_tile_map(&tm_y, g.y, g.bf16, y_dims, y_strides, y_box, 128))
@@ -378,18 +409,44 @@ cudaError_t launch(const InterleavedGemmArgs& g, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
     configured.fetch_or(bit);
   }
-  int sms = 0;
-  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (e != cudaSuccess) return e;
 
   Prob pr{};
   pr.m_tiles = static_cast<int>((g.B + C::kBM - 1) / C::kBM);
-  pr.n_tiles = static_cast<int>((g.b + C::kBN - 1) / C::kBN);
+  pr.n_tiles = n_tiles;
+  pr.cs = cs;
+  pr.n_groups = (n_tiles + cs - 1) / cs;
   pr.k_tiles = static_cast<int>((g.c + C::kBK - 1) / C::kBK);
   pr.a = static_cast<int>(g.a);
-  pr.tiles = static_cast<int64_t>(pr.m_tiles) * pr.n_tiles * pr.a;
-  const int grid = static_cast<int>(pr.tiles < sms ? pr.tiles : sms);
-  kernel<<<grid, kThreads, C::kSmemBytes, stream>>>(tm_x, tm_w, tm_y, pr);
+  pr.tiles = static_cast<int64_t>(pr.m_tiles) * pr.n_groups * pr.a;
+
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(cs);
+  cluster[0].val.clusterDim.y = cluster[0].val.clusterDim.z = 1;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = C::kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = cluster;
+  cfg.numAttrs = cs > 1 ? 1 : 0;
+  // Resident clusters (one block per SM; a cluster's blocks share a GPC), asked once per device
+  // and cluster size: a runtime query, but not free at small sizes.
+  static std::atomic<int> resident[64][5];
+  int clusters = resident[device & 63][cs].load();
+  if (clusters == 0) {
+    if (cs == 1) {
+      e = cudaDeviceGetAttribute(&clusters, cudaDevAttrMultiProcessorCount, device);
+    } else {
+      cfg.gridDim = dim3(static_cast<unsigned>(cs));
+      e = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
+    }
+    if (e != cudaSuccess) return e;
+    if (clusters < 1) return cudaErrorInvalidConfiguration;
+    resident[device & 63][cs].store(clusters);
+  }
+  cfg.gridDim = dim3(static_cast<unsigned>((pr.tiles < clusters ? pr.tiles : clusters) * cs));
+  e = cudaLaunchKernelEx(&cfg, kernel, tm_x, tm_w, tm_y, pr);
+  if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
 

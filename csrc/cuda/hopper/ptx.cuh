@@ -74,11 +74,16 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const void* tmap, uint64_
 // completing a transaction on the barrier at `bar`'s offset in each of them.
 __device__ __forceinline__ void tma_load_3d_multicast(void* dst, const void* tmap, uint64_t* bar, int c0, int c1,
                                                       int c2, uint16_t cta_mask) {
+#if KS_SM90A  // (ptxas advises against .multicast::cluster on a plain sm_90 target)
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
       " [%0], [%1, {%3, %4, %5}], [%2], %6;" ::"r"(smem_u32(dst)),
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "h"(cta_mask)
       : "memory");
+#else
+  (void)dst, (void)tmap, (void)bar, (void)c0, (void)c1, (void)c2, (void)cta_mask;
+  __trap();
+#endif
 }
 
 // ---- thread-block clusters ----------------------------------------------------------------------
@@ -91,10 +96,13 @@ __device__ __forceinline__ void cluster_sync() {
 }
 
 // Arrives on the barrier at `bar`'s offset in block `rank` of the cluster (this block included).
+// Release at CTA scope, as CUTLASS's ClusterBarrier does: what it orders are this block's finished
+// wgmma reads of a stage, not writes a peer reads; .release.cluster made every stage release a
+// cluster-wide fence on the consumers' path (the multicast kernel ran 2x slower, H100).
 __device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t* bar, uint32_t rank) {
   uint32_t remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(bar)), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
 }
 
 // ---- wgmma ------------------------------------------------------------------------------------
