@@ -124,16 +124,17 @@ inline Plan choose_plan(const Problem& q) {
   //
   // d = 3, 6, 12 (192 accumulators per row: 64, 32, 16 columns per plane) from planes of 32 (the
   // b or c = 48 rows at d = 6 measured 0.43-1.07x the best other plan) with w of at least 64 Ki
-  // elements (below, BlockDense ties or wins by a launch); d = 12 only below 170: its 16 columns
-  // per plane re-read x b / 16 times and its 12 register-starved wgmmas per step lose to
-  // Transposed beyond ((4, 384, 384, 12): 1.09-1.16x). Where taken it measured 0.42-1.07x the best
-  // other plan at B = 1024-25088 (plans12; the 1.07: (32, 48, 192, 6) at 25088 against BlockDense).
+  // elements (below, BlockDense ties or wins by a launch); d = 12 only below 200: its 16 columns
+  // per plane re-read x b / 16 times and it loses to Transposed beyond ((6, 256, 1024, 12), planes
+  // 205: a tie; (4, 768, 768, 12): 2x). Where taken it measured 0.42-1.07x the best other plan at
+  // B = 1024-25088 (plans12; the 1.07: (32, 48, 192, 6) at 25088 against BlockDense); d = 12 with
+  // one fragment set then gained 8-21 % more ((4, 384, 384, 12): 2201 vs Transposed's 2343 us).
   if (plan_serves(Plan::Interleaved, q) && q.batch >= 1024) {
     const double planes = static_cast<double>(q.b) * static_cast<double>(q.c) / static_cast<double>(q.b + q.c);
     if (dq == 2 || dq == 4 || dq == 8) {
       if (planes >= 50.0 && planes < (dq == 8 ? 300.0 : 480.0)) return Plan::Interleaved;
     } else if (planes >= 32.0 && q.a * q.b * q.c * dq >= 65536) {
-      if (planes < (dq == 12 ? 170.0 : dq == 6 ? 300.0 : 480.0)) return Plan::Interleaved;
+      if (planes < (dq == 12 ? 200.0 : dq == 6 ? 300.0 : 480.0)) return Plan::Interleaved;
     }
   }
   const bool chunk_d = dq == 2 || dq == 4 || dq % 8 == 0;

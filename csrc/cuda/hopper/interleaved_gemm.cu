@@ -66,6 +66,11 @@ struct Tiles {
                                                   : (232448 - 1024 - kYBytes - 64) / kStageBytes;
   // Bytes per A-fragment load: the 2d elements (k, k + 1) x all planes start 4d bytes apart (k even).
   static constexpr int kLoadWords = D % 4 == 0 ? 4 : D % 2 == 0 ? 2 : 1;
+  // A-fragment sets: two (one built while the other's wgmmas run) where registers allow. At d = 12
+  // two sets (96 words) beside 96 accumulators made ptxas serialise every wgmma (C7512); with one
+  // set the step's loads still overlap the previous step's wgmmas, and it ran 0.79-0.92x the time
+  // (H100, results/interleaved7_h100_d12_oneset_ab_*.json).
+  static constexpr int kFragSets = D == 12 ? 1 : 2;
   static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + kYBytes + 2 * kStages * 8;
   static_assert(kSmemBytes <= 232448, "shared memory per block");
   static_assert(kStages >= 2, "stages");
@@ -241,16 +246,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int g = 0; g < D; ++g)
 #pragma unroll
         for (int e = 0; e < C::kBN / 2; ++e) acc[g][e] = 0.f;
-      // Two sets of A fragments: step s builds set s % 2 while step s - 1's wgmmas still read the
-      // other; wgmma_wait<1> after each step leaves only the newest step in flight. (At d = 8 ptxas
-      // serialises the wgmmas anyway for want of registers: 128 accumulators + 2 x 32 fragment
-      // registers + the loaded words exceed what setmaxnreg 232-240 leaves.)
-      uint32_t frag[2][D][4];
+      // Two sets of A fragments (kFragSets): step s builds set s % 2 while step s - 1's wgmmas
+      // still read the other; wgmma_wait<1> after each step leaves only the newest step in flight.
+      // (At d = 8 ptxas serialises the wgmmas anyway for want of registers: 128 accumulators +
+      // 2 x 32 fragment registers + the loaded words exceed what setmaxnreg 232-240 leaves; 192
+      // accumulators per row there avoided that but ran 1.10-1.22x slower: 24 columns per plane
+      // re-read x from L2 a third more often; results/interleaved6_h100_d8cols192_d12oneset_ab_*.json.)
+      uint32_t frag[C::kFragSets][D][4];
       int pending = -1;  // the stage of the step in flight when that step was its stage's last
 
       // One k16 step: fragments of step ks of stage st into set `buf`, then its D wgmmas.
       auto step = [&](int st, int ks, auto buf_c, bool last_of_stage) {
-        constexpr int buf = decltype(buf_c)::value;
+        constexpr int buf = decltype(buf_c)::value % C::kFragSets;
         const uint32_t xb = smem_u32(xs + st * C::kXBytes);
         const uint32_t wb = smem_u32(ws + st * C::kWBytes);
         // Fragment position p: rows row0 (p even) / row0 + 8, k = 16 ks + 2q + 8 (p / 2). Its raw
@@ -265,6 +272,13 @@ __global__ void __launch_bounds__(kThreads, 1)
             const int ev = e + 2 * C::kLoadWords * v;
             lds<C::kLoadWords>(xb + (ev / 64) * (C::kBM * 128) + swizzled(row, ev % 64), &raw[p][C::kLoadWords * v]);
           }
+        }
+        if constexpr (C::kFragSets == 1) {  // the previous step's wgmmas still read the one set
+          wgmma_wait<0>();
+#pragma unroll
+          for (int g = 0; g < D; ++g) fence_registers(acc[g]);
+          if (pending >= 0) release(pending);
+          pending = -1;
         }
 #pragma unroll
         for (int g = 0; g < D; ++g) fence_registers(frag[buf][g]);
@@ -333,8 +347,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int g = 0; g < D; ++g) {
         fence_registers(acc[g]);
-        fence_registers(frag[0][g]);
-        fence_registers(frag[1][g]);
+#pragma unroll
+        for (int b = 0; b < C::kFragSets; ++b) fence_registers(frag[b][g]);
       }
       if (pending >= 0) release(pending);
 
