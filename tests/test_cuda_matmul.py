@@ -290,10 +290,13 @@ def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_la
 
 # The interleaved plan's persistent loop: more tiles than SMs (each block runs several, its stage
 # ring wraps, its staging buffers are reused), for each d; leading dims; a contiguous x that starts
-# 2 bytes past a 16-byte boundary (copied for TMA) and rows wider than the features.
+# 2 bytes past a 16-byte boundary (copied for TMA) and rows wider than the features. (1, 456, 520, 4)
+# and (2, 520, 512, 4) take its clusters of 4 blocks with x multicast (d = 4, c*d >= 2048, >= 8
+# column tiles of 64): the last column tile 8 wide, k and row tails, and 9 column tiles in clusters
+# of 4, so that whole blocks of the last cluster have no columns.
 @pytest.mark.parametrize("dtype_name", ["bf16", "fp16"])
 @pytest.mark.parametrize("pattern", [(2, 260, 100, 2), (3, 70, 46, 4), (2, 40, 37, 8), (1, 768, 192, 2), (2, 136, 64, 3),
-                                     (3, 100, 36, 6), (1, 130, 20, 12)], ids=str)
+                                     (3, 100, 36, 6), (1, 130, 20, 12), (1, 456, 520, 4), (2, 520, 512, 4)], ids=str)
 def test_interleaved_plan_many_tiles(pattern, dtype_name):
     if not serves("interleaved", pattern, False, dtype_name):
         pytest.skip("the interleaved plan needs sm_90a")

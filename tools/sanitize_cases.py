@@ -39,10 +39,11 @@ CUBLAS_CASES = [((3, 20, 12, 6), 40), ((2, 13, 11, 3), 24), ((1, 5, 9, 64), 8)]
 CHAIN_CASES = [([(3, 5, 7, 2), (1, 4, 15, 2)], 37), ([(6, 8, 8, 1), (1, 10, 12, 4)], 29), ([(1, 7, 5, 1)], 300)]
 # The interleaved GEMM (hopper/interleaved_gemm.cu): d = 2, 3, 4, 6, 8, 12; row, column and k tails,
 # padded weight planes (c = 46, 37, 36, 20), and more tiles than SMs at B = 4099 (the persistent
-# loop, the stage ring's wrap, the staging buffers' reuse).
+# loop, the stage ring's wrap, the staging buffers' reuse); the last two run in clusters of 4 with
+# x multicast (a last column tile 8 wide; 9 tiles, so the last cluster has 3 idle blocks).
 INTERLEAVED_CASES = [((3, 36, 20, 2), 37), ((2, 260, 100, 2), 4099), ((3, 70, 46, 4), 4099), ((2, 40, 37, 8), 4099),
                      ((1, 200, 64, 8), 300), ((2, 40, 56, 3), 37), ((2, 136, 64, 3), 4099), ((3, 100, 36, 6), 4099),
-                     ((5, 24, 20, 12), 4099)]
+                     ((5, 24, 20, 12), 4099), ((1, 456, 520, 4), 300), ((2, 520, 512, 4), 1000)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
