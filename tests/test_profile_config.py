@@ -94,6 +94,8 @@ DELETE = object()
     ("model", DELETE, r"^config\.model: is required"),
     ("workload", {"generate": {"prompt_len": 8}}, r"^workload\.generate\.new_tokens: is required"),
     ("workload", "train", r"^workload: must be 'forward' or"),
+    ("workload", {"generate": {"prompt_len": 8, "new_tokens": 4, "cache": "paged"}},
+     r"^workload\.generate\.cache: must be one of \['auto', 'dynamic', 'static'\]"),
     ("variants", [], r"^variants: must be a non-empty list"),
     ("variants.1.name", "dense", r"^variants\[1\]\.name: duplicate variant name 'dense'"),
     ("variants.1.replace.modules", [], r"^variants\[1\]\.replace\.modules: must be a non-empty list"),
@@ -116,7 +118,8 @@ def test_generate_needs_tokens():
         config.parse(raw)
 
 
-@pytest.mark.parametrize("name", ["vit_s16.yaml", "gpt2_medium.yaml", "cpu_small.yaml"])
+@pytest.mark.parametrize("name", ["vit_s16.yaml", "gpt2_medium.yaml", "cpu_small.yaml", "gpt2_medium_compiled.yaml",
+                                  "gpt2_medium_decode_compiled.yaml"])
 def test_committed_profiles_are_valid(name):
     cfg = config.load(ROOT / "profiles" / name)
     assert cfg.variants[0].name == "dense" and cfg.output.json

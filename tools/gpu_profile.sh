@@ -13,6 +13,7 @@
 #   vit    profiles/vit_s16.yaml: 6 variants (2 compiled) x {bf16, fp32}, 3 trials  ~3-4 min
 #   gpt2c  profiles/gpt2_medium_compiled.yaml: dense and KS compiled x {fp32, bf16}  ~3-4 min
 #   gpt2   profiles/gpt2_medium.yaml: 2 variants x {forward, generate} x {fp32, bf16}, 3 trials  ~2.5 min
+#   gpt2d  profiles/gpt2_medium_decode_compiled.yaml: generate under reduce-overhead, static cache, bf16
 #   bench  tools/bench_energy.py: the 6 ViT-S/16 factors in fp32 and bf16 and 2 grid patterns in
 #          bf16, B = 25088, backends kernel/bmm/dense interleaved, 2 trials  ~3.3 min
 # plus the build (~1 min for the C++ op; more if CUDA sources compile): 8-9 minutes in all. The
@@ -86,6 +87,10 @@ PY
         timeout -s INT -k 30 300 python3 -m ks_ops.profile profiles/gpt2_medium_compiled.yaml --out-dir "$OUT" --no-progress || status=1
         meter_was_zeus "$OUT/gpt2_medium_compiled.json" || status=1
         ;;
+      gpt2d)
+        timeout -s INT -k 30 300 python3 -m ks_ops.profile profiles/gpt2_medium_decode_compiled.yaml --out-dir "$OUT" --no-progress || status=1
+        meter_was_zeus "$OUT/gpt2_medium_decode_compiled.json" || status=1
+        ;;
       bench)  # rows go straight to $OUT (kept if the call is cut short) and back to $WORK to resume
         [ -f "$WORK/bench_energy.jsonl" ] && cp "$WORK/bench_energy.jsonl" "$OUT/"
         local common=(--trials 2 --warmup-s 0.3 --out "$OUT/bench_energy.jsonl")
@@ -93,7 +98,7 @@ PY
         timeout -s INT -k 30 60 python3 tools/bench_energy.py --patterns "4,64,64,4;1,256,256,4" --dtypes bfloat16 "${common[@]}" || status=1
         cp "$OUT/bench_energy.jsonl" "$WORK/" 2>/dev/null
         ;;
-      *) echo "unknown stage $stage (check, vit, gpt2, gpt2c, bench)"; status=2 ;;
+      *) echo "unknown stage $stage (check, vit, gpt2, gpt2c, gpt2d, bench)"; status=2 ;;
     esac
   done
   rm -f "$OUT"/.*.tmp

@@ -7,7 +7,9 @@ pass silently). The schema (defaults in brackets):
              | {source: timm, name: vit_small_patch16_224, config?: {create_model kwargs}}
              | {source: python, target: "module:function", config?: {kwargs}}   # runs user code
     input:     {batch_size, seq_len} (tokens) | {batch_size, image_size, channels? [3]} (images)
-    workload:  forward | {generate: {prompt_len, new_tokens}} | a list of these   [forward]
+    workload:  forward | {generate: {prompt_len, new_tokens, cache?}} | a list of these   [forward]
+               cache: auto | dynamic | static [auto: static where the variant is compiled, so that
+               decode runs at fixed shapes, as a deployed compiled model does (transformers StaticCache)]
     dtype:     float32 | bfloat16 | float16 (fp32, bf16, fp16) | auto | a list    [auto: bf16 on GPU]
     device:    auto | cpu | cuda | cuda:N                                          [auto]
     compile:   false | default | max-autotune | reduce-overhead                   [false]
@@ -38,6 +40,7 @@ from ..meters import PREFERENCES
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+CACHES = ("auto", "dynamic", "static")
 SOURCES = ("transformers", "timm", "python")
 
 # The built-in profile of `python -m ks_ops.profile` with no argument: a small GPT-2, dense vs KS
@@ -88,6 +91,7 @@ class Workload:
     kind: str  # forward | generate
     prompt_len: int = 0
     new_tokens: int = 0
+    cache: str = "auto"  # generate: auto | dynamic | static (KV cache of prefill and decode)
 
     @property
     def label(self) -> str:
@@ -232,9 +236,13 @@ def _workload(raw, path: str) -> Workload:
     if raw == "forward":
         return Workload("forward")
     if isinstance(raw, dict) and list(raw) == ["generate"]:
-        g = _mapping(raw["generate"], f"{path}.generate", ("prompt_len", "new_tokens"), ("prompt_len", "new_tokens"))
+        g = _mapping(raw["generate"], f"{path}.generate", ("prompt_len", "new_tokens", "cache"),
+                     ("prompt_len", "new_tokens"))
+        cache = g.get("cache", "auto")
+        if cache not in CACHES:
+            raise _fail(f"{path}.generate.cache", f"must be one of {list(CACHES)}, got {cache!r}")
         return Workload("generate", _int(g["prompt_len"], f"{path}.generate.prompt_len"),
-                        _int(g["new_tokens"], f"{path}.generate.new_tokens"))
+                        _int(g["new_tokens"], f"{path}.generate.new_tokens"), cache)
     raise _fail(path, f"must be 'forward' or {{generate: {{prompt_len, new_tokens}}}}, got {raw!r}")
 
 

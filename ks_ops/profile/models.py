@@ -106,6 +106,19 @@ def _input(inp: InputSpec, model: nn.Module, device, dtype, gen, seq_len=None):
     return x.to(device=device, dtype=dtype)
 
 
+def _static_cache(model: nn.Module, batch: int, length: int, device, dtype):
+    """A transformers StaticCache of `length` positions (its constructor differs between 4.x and 5.x)."""
+    try:
+        from transformers import StaticCache
+    except ImportError as e:
+        raise ConfigError(f"workload: generate.cache: static needs transformers' StaticCache ({e})") from None
+    params = inspect.signature(StaticCache.__init__).parameters
+    kwargs = {"config": model.config, "max_cache_len": length}
+    if "max_batch_size" in params:
+        kwargs.update(max_batch_size=batch, device=device, dtype=dtype)
+    return StaticCache(**kwargs)
+
+
 def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSpec, workload: Workload,
            device, dtype, seed: int) -> list[Phase]:
     """The phases of workload; model may be compiled, raw_model is the module it wraps."""
@@ -123,25 +136,46 @@ def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSp
         return [Phase("forward", "token" if inp.kind == "tokens" else "image", units, call)]
 
     prompt = _input(inp, raw_model, device, dtype, gen, seq_len=workload.prompt_len)
+    params = inspect.signature(raw_model.forward).parameters
     # Only the last position's logits are needed, as generate() does (older versions lack it).
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(raw_model.forward).parameters else {}
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    static = workload.cache == "static" or (workload.cache == "auto" and model is not raw_model)
+    cache = _static_cache(raw_model, inp.batch_size, workload.prompt_len + workload.new_tokens, device, dtype) \
+        if static else None
+    # transformers 4.x writes a static cache where cache_position says; 5.x counts in the cache.
+    positions = static and "cache_position" in params
+    past = "cache" if "cache" in params else "past_key_values"  # 5.x renamed the argument
     state = {}
 
+    def at(start, n):
+        return {"cache_position": torch.arange(start, start + n, device=device)} if positions else {}
+
+    def rewind(cache, length):
+        grown = cache.get_seq_length() - length
+        if grown > 0:
+            cache.crop(-grown)  # back to `length`: every run writes the same positions
+
     def prefill():
-        out = model(input_ids=prompt, use_cache=True, **keep)
-        state["cache"], state["first"] = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        if static:
+            if not positions:
+                rewind(cache, 0)
+            out = model(input_ids=prompt, use_cache=True, **{past: cache}, **keep, **at(0, workload.prompt_len))
+            state["cache"] = cache
+        else:
+            out = model(input_ids=prompt, use_cache=True, **keep)
+            state["cache"] = out.past_key_values
+        state["first"] = out.logits[:, -1:].argmax(-1)
         return out
 
     def decode():
         if "cache" not in state:
             prefill()
-        cache = state["cache"]
-        grown = cache.get_seq_length() - workload.prompt_len
-        if grown > 0:
-            cache.crop(-grown)  # back to the prompt: every run decodes the same positions
+        kv = state["cache"]
+        if not positions:
+            rewind(kv, workload.prompt_len)
         token = state["first"]
-        for _ in range(workload.new_tokens):
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        for i in range(workload.new_tokens):
+            out = model(input_ids=token, use_cache=True, **{past: kv}, **at(workload.prompt_len + i, 1))
             token = out.logits[:, -1:].argmax(-1)
         return token
 

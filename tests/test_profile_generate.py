@@ -1,0 +1,63 @@
+"""The profiler's generate workload on the CPU: a static KV cache (what a compiled deployment uses,
+and the default for compiled variants) decodes the same tokens as the dynamic one, run after run."""
+import copy
+
+import pytest
+import torch
+
+from ks_ops.profile import config, models
+
+pytest.importorskip("transformers")
+
+
+def tiny(cache: str):
+    raw = copy.deepcopy(config.DEFAULT)
+    raw["model"]["config"] = {"n_layer": 2, "n_embd": 32, "n_head": 4, "n_positions": 64, "vocab_size": 97,
+                              "bos_token_id": 0, "eos_token_id": 0}
+    raw.update(input={"batch_size": 3, "seq_len": 8}, device="cpu", dtype="float32",
+               workload=[{"generate": {"prompt_len": 7, "new_tokens": 5, "cache": cache}}])
+    cfg = config.parse(raw)
+    torch.manual_seed(0)
+    model = models.build_model(cfg.model, cfg.input, cfg.workloads).eval()
+    return cfg, model
+
+
+def decode_tokens(cfg, model, compiled=None, runs=2):
+    ph = {p.name: p for p in models.phases(model if compiled is None else compiled, model, cfg.model, cfg.input, cfg.workloads[0],
+                                           torch.device("cpu"), torch.float32, cfg.seed)}
+    with torch.no_grad():
+        outs = []
+        for _ in range(runs):  # prefill and decode again and again: the runner's timed loops
+            ph["prefill"].step()
+            outs.append(ph["decode"].step())
+            outs.append(ph["decode"].step())
+    return outs
+
+
+def test_workload_cache_parses():
+    cfg, _ = tiny("static")
+    assert cfg.workloads[0].cache == "static"
+    raw = copy.deepcopy(config.DEFAULT)
+    raw["workload"] = [{"generate": {"prompt_len": 4, "new_tokens": 2}}]
+    assert config.parse(raw).workloads[0].cache == "auto"
+
+
+def test_static_cache_decodes_what_the_dynamic_one_does():
+    cfg_d, model = tiny("dynamic")
+    cfg_s, _ = tiny("static")
+    dynamic, static = decode_tokens(cfg_d, model), decode_tokens(cfg_s, model)
+    assert all(torch.equal(t, dynamic[0]) for t in dynamic + static)
+    assert dynamic[0].shape == (3, 1)
+
+
+def test_compiled_variant_defaults_to_a_static_cache(monkeypatch):
+    cfg, model = tiny("auto")
+    made = []
+    real = models._static_cache
+    monkeypatch.setattr(models, "_static_cache", lambda *a: made.append(a) or real(*a))
+    eager = decode_tokens(cfg, model)
+    assert not made  # eager: the dynamic cache
+    torch._dynamo.reset()
+    compiled = decode_tokens(cfg, model, torch.compile(model, backend="eager"))
+    assert len(made) == 1 and made[0][2] == 7 + 5  # one cache of prompt + new tokens
+    assert all(torch.equal(t, eager[0]) for t in compiled)
