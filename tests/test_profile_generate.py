@@ -61,3 +61,10 @@ def test_compiled_variant_defaults_to_a_static_cache(monkeypatch):
     compiled = decode_tokens(cfg, model, torch.compile(model, backend="eager"))
     assert len(made) == 1 and made[0][2] == 7 + 5  # one cache of prompt + new tokens
     assert all(torch.equal(t, eager[0]) for t in compiled)
+
+
+def test_model_without_static_cache_is_named(monkeypatch):
+    cfg, model = tiny("static")
+    monkeypatch.setattr(type(model), "_supports_static_cache", False, raising=False)
+    with pytest.raises(config.ConfigError, match=r"^workload: generate\.cache: GPT2LMHeadModel has no static KV cache"):
+        models.phases(model, model, cfg.model, cfg.input, cfg.workloads[0], torch.device("cpu"), torch.float32, 0)

@@ -112,6 +112,9 @@ def _static_cache(model: nn.Module, batch: int, length: int, device, dtype):
         from transformers import StaticCache
     except ImportError as e:
         raise ConfigError(f"workload: generate.cache: static needs transformers' StaticCache ({e})") from None
+    if getattr(model, "_supports_static_cache", True) is False:  # transformers 4.x marks models without it
+        raise ConfigError(f"workload: generate.cache: {type(model).__name__} has no static KV cache in this "
+                          "transformers version; set generate.cache: dynamic (compiled variants default to static)")
     params = inspect.signature(StaticCache.__init__).parameters
     kwargs = {"config": model.config, "max_cache_len": length}
     if "max_batch_size" in params:
