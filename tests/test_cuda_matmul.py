@@ -388,6 +388,60 @@ def test_plans_under_cuda_graph_capture(plan):
     torch.testing.assert_close(yg, fn(), rtol=0, atol=0)
 
 
+# A plan's very first launch in a process happening inside CUDA-graph capture (a decode loop
+# captured before any eager call of the op): its one-time host work (shared-memory attributes, the
+# cluster occupancy query, device-side pointer arrays) must be legal during capture. A fresh
+# process per case, since that work is done once per process. torch.mm runs once before: PyTorch
+# creates its cuBLAS handle lazily and cublasCreate fails inside capture, for torch.mm itself too
+# (H100: without it every cuBLAS-based plan failed with CUBLAS_STATUS_NOT_INITIALIZED, while the
+# fused and interleaved kernels, clusters included, passed).
+FIRST_LAUNCH = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from support import make_inputs
+from ks_ops.ops import matmul_with_plan
+torch.mm(torch.ones(8, 8, device="cuda"), torch.ones(8, 8, device="cuda"))
+torch.cuda.synchronize()
+pattern, batch, plan = {pattern!r}, {batch}, {plan!r}
+bl = plan == "strided" and pattern[3] > 1  # strided serves d > 1 batch-last
+x, w = make_inputs(pattern, batch, batch_last=bl, dtype=torch.bfloat16, device="cuda")
+if plan == "chain":  # ks::chain with its bias + activation epilogue; w feeds (1, 10, 12, 4)
+    _, w2 = make_inputs((1, 10, 12, 4), 1, dtype=torch.bfloat16, device="cuda")
+    bias = torch.randn(40, dtype=torch.bfloat16, device="cuda")
+    fn = lambda: torch.ops.ks.chain(x, [w, w2], bias, "gelu")
+else:
+    fn = lambda: matmul_with_plan(x, w, plan, batch_last=bl)
+g = torch.cuda.CUDAGraph()
+s = torch.cuda.Stream()
+s.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(s):
+    with torch.cuda.graph(g):
+        yg = fn()
+torch.cuda.current_stream().wait_stream(s)
+x.copy_(torch.randn_like(x))
+g.replay()
+torch.testing.assert_close(yg, fn(), rtol=0, atol=0)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("plan,pattern,batch", [
+    ("fused", (2, 48, 24, 4), 300), ("fused", (2, 48, 24, 4), 8), ("strided", (2, 48, 24, 1), 300),
+    ("strided", (2, 48, 24, 4), 300), ("blockdense", (2, 48, 24, 4), 300), ("transposed", (2, 48, 24, 4), 300),
+    ("bmm", (2, 48, 24, 4), 300), ("dense", (2, 48, 24, 4), 300), ("interleaved", (2, 48, 24, 4), 300),
+    ("interleaved", (1, 520, 512, 4), 300), ("chain", (6, 8, 8, 1), 300)], ids=str)  # 520: clusters of 4
+def test_first_launch_inside_graph_capture(plan, pattern, batch):
+    import os
+    import subprocess
+    import sys
+    if plan == "interleaved" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the interleaved plan needs sm_90a")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    code = FIRST_LAUNCH.format(tests=tests, pattern=pattern, batch=batch, plan=plan)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
 @pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("pattern,batch", [((1, 768, 768, 4), 37), ((2, 384, 384, 16), 2053),
