@@ -113,3 +113,56 @@ def test_compile_and_graph_capture():
     static_x.copy_(torch.randn_like(x))
     graph.replay()
     torch.testing.assert_close(out, ks_ops.chain(static_x, factors, b, "gelu"))
+
+
+# The fused 2-factor kernel (hopper/chain_gemm.cu, private plan 'fused' of ks::_chain_plan): F1 =
+# (a1, 64, c1, 1), F2 = (1, b2, c2, d2), a1 * 64 <= 384, d2 in {2, 4}. ViT-S/16's fc1 chain; d2 = 4
+# with a k tail in F1 (c1 = 40 < 64) and 400 outputs (the last column tile 16 of 64 wide, its last
+# boxes past b2*d2); one column tile larger than b2 (36 < 128). Rows: a partial tile, and more row
+# tiles than SMs (the persistent loop, both stage rings wrapping, the staging buffers reused).
+FUSED_CHAINS = [[(6, 64, 64, 1), (1, 768, 192, 2)], [(4, 64, 40, 1), (1, 100, 64, 4)], [(3, 64, 24, 1), (1, 36, 96, 2)]]
+
+
+def fused_serves():
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+@pytest.mark.parametrize("chain", FUSED_CHAINS, ids=str)
+def test_fused_chain_matches_reference(chain, name, bias, activation):
+    from ks_ops.ops import chain_with_plan
+    if not fused_serves():
+        pytest.skip("the fused chain kernel needs sm_90a")
+    dtype, _ = DTYPES[name]
+    for batch in (37, 20011):
+        x, factors, b = make(chain, batch, dtype, bias)
+        y = chain_with_plan(x, factors, b, activation, plan="fused")
+        ref = ks_chain_reference(x, factors, b, activation)
+        assert y.shape == ref.shape and y.dtype == dtype and torch.isfinite(y).all()
+        err, tol = rel_err(y, ref), tolerance(x, factors, b, activation, name)
+        assert err <= tol, f"{name} {activation} bias={bias} B={batch}: rel err {err:.3g} > {tol:.3g}"
+
+
+def test_fused_chain_layouts_and_refusals():
+    from ks_ops.ops import chain_with_plan
+    if not fused_serves():
+        pytest.skip("the fused chain kernel needs sm_90a")
+    chain = FUSED_CHAINS[0]
+    x, factors, b = make(chain, 999, torch.bfloat16)
+    ref = ks_chain_reference(x, factors, b, "gelu")
+    tol = tolerance(x, factors, b, "gelu", "bf16")
+    lead = chain_with_plan(x[:996].view(3, 332, -1), factors, b, "gelu", plan="fused")
+    assert lead.shape == (3, 332, 1536) and rel_err(lead.reshape(996, -1), ref[:996]) <= tol
+    off = torch.randn(999 * 384 + 1, dtype=torch.bfloat16, device=DEV)[1:].view(999, 384)  # 2 bytes off
+    off.copy_(x)
+    assert rel_err(chain_with_plan(off, factors, b, "gelu", plan="fused"), ref) <= tol
+    assert chain_with_plan(x[:0], factors, b, "gelu", plan="fused").shape == (0, 1536)
+    with pytest.raises(RuntimeError, match=r"fused chain kernel does not serve"):
+        chain_with_plan(x.float(), [f.float() for f in factors], b.float(), "gelu", plan="fused")
+    w1, w2 = make([(6, 32, 64, 1), (1, 384, 96, 2)], 1, torch.bfloat16)[1]  # b1 = 32
+    with pytest.raises(RuntimeError, match=r"fused chain kernel does not serve"):
+        chain_with_plan(x, [w1, w2], None, "none", plan="fused")
+    with pytest.raises(RuntimeError, match=r"plan must be 'factors' or 'fused'"):
+        chain_with_plan(x, factors, b, "gelu", plan="nope")

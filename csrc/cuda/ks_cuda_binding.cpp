@@ -245,6 +245,25 @@ at::Tensor weight_grad_plan_cuda(const at::Tensor& grad_y, const at::Tensor& x, 
   return run_weight_grad(grad_y, x, pattern, batch_last, name == "fused");
 }
 
+// ks::_chain_plan: 'factors' is ks::chain as the rule runs it today; 'fused' the fused 2-factor
+// kernel (hopper/chain_gemm.cu) or an error naming why it cannot run.
+at::Tensor chain_plan_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                           c10::string_view activation, c10::string_view plan) {
+  const std::string name(plan);
+  TORCH_CHECK(name == "factors" || name == "fused", "ks::_chain_plan: plan must be 'factors' or 'fused', got '",
+              name, "'");
+  if (name == "factors") return chain_cuda(x, factors, bias, activation);
+  const Activation act = parse_activation(std::string(activation));
+  check_chain(x, factors, bias);
+  TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK(hopper::hopper_kernels_built() && prop->major == 9 && prop->minor == 0,
+              "ks::_chain_plan: plan 'fused' needs an sm_90 GPU and a build with the sm_90a kernels");
+  TORCH_CHECK(factors.size() == 2, "ks::_chain_plan: plan 'fused' takes 2 factors, got ", factors.size());
+  return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));
+}
+
 }  // namespace
 }  // namespace ks
 
@@ -254,4 +273,5 @@ TORCH_LIBRARY_IMPL(ks, CUDA, m) {
   m.impl("chain", &ks::chain_cuda);
   m.impl("_matmul_plan", &ks::matmul_plan_cuda);
   m.impl("_weight_grad_plan", &ks::weight_grad_plan_cuda);
+  m.impl("_chain_plan", &ks::chain_plan_cuda);
 }
