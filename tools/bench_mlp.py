@@ -1,0 +1,152 @@
+"""MLP block, dense vs KS: Linear(d, h) -> GELU -> Linear(h, d) against what ks_surgery makes of it,
+KSLinear(auto chain, GELU folded into its epilogue) -> KSLinear(auto chain), per token count.
+
+On a GPU each block is timed as CUDA-graph replays (device time; --eager: per-call wall time with
+the host's work included), median over rotating fresh inputs (ks_ops.bench.time_cuda), with the
+ceilings measured in the same run and each block's roofline floor: every layer reads its input and
+weights and writes its output once. On the CPU (a smoke run) wall-clock medians. The issues'
+targets: fused-chain (1024 -> 4096 -> 1024 at 25088 tokens, bf16: KS <= 0.6x dense) and decode
+(tokens 1-256 under CUDA graphs: KS <= 0.7x dense at 4096 -> 16384, <= 1.0x at 1024 -> 4096).
+Rows go to a JSONL file as they finish (a finished row survives Ctrl-C).
+
+  python tools/bench_mlp.py --blocks 1024x4096,4096x16384 --tokens 1,4,16,64,256 --dtypes bf16,fp16
+  python tools/bench_mlp.py --blocks 1024x4096 --tokens 25088 --dtypes bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from ks_ops import KSLinear, auto_chain  # noqa: E402
+from ks_ops.bench import measure_ceilings, time_cuda  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def blocks_of(spec: str) -> list[tuple[int, int]]:
+    out = []
+    for item in spec.split(","):
+        try:
+            d, h = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--blocks: each block is DxH (e.g. 1024x4096), got {item!r}") from None
+        if d < 1 or h < 1:
+            raise SystemExit(f"--blocks: sizes must be positive, got {item!r}")
+        out.append((d, h))
+    return out
+
+
+def dense_block(d: int, h: int, device, dtype) -> nn.Module:
+    return nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, d)).to(device=device, dtype=dtype).eval()
+
+
+def ks_block(d: int, h: int, device, dtype) -> nn.Module:
+    return nn.Sequential(KSLinear(auto_chain(d, h), activation="gelu"),
+                         KSLinear(auto_chain(h, d))).to(device=device, dtype=dtype).eval()
+
+
+def block_bytes_flops(block: nn.Module, tokens: int, esz: int) -> tuple[int, int]:
+    """Each linear layer reads its input and its weights and writes its output once."""
+    nbytes = flops = 0
+    for layer in block:
+        if isinstance(layer, nn.Linear):
+            i, o = layer.in_features, layer.out_features
+            nbytes += esz * (tokens * (i + o) + i * o + o)
+            flops += 2 * tokens * i * o
+        elif isinstance(layer, KSLinear):
+            i, o = layer.in_features, layer.out_features
+            weights = sum(p.numel() for p in layer.parameters())
+            nbytes += esz * (tokens * (i + o) + weights)
+            flops += sum(2 * tokens * f.numel() for f in layer.factors)
+    return nbytes, flops
+
+
+def time_cpu(fn, arg_sets, samples: int) -> dict:
+    for a in arg_sets[:2]:
+        fn(*a)
+    times = []
+    for s in range(samples):
+        t0 = time.perf_counter()
+        fn(*arg_sets[s % len(arg_sets)])
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "samples": len(times), "inner": 1}
+
+
+def write_row(path: str, row: dict) -> None:
+    with open(path, "a") as f:  # one line per finished row
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blocks", default="1024x4096,4096x16384", help="DxH list: d -> h -> d blocks")
+    ap.add_argument("--tokens", default="1,4,16,64,256,4096,25088", help="comma list of token counts")
+    ap.add_argument("--dtypes", default="bf16", help=f"comma list of {','.join(DTYPES)}")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--eager", action="store_true", help="time eager calls (host included), not graph replays")
+    ap.add_argument("--samples", type=int, default=15)
+    ap.add_argument("--max-row-s", type=float, default=0.5, help="timed seconds per block and row, at most")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_mlp.jsonl"))
+    args = ap.parse_args(argv)
+
+    blocks = blocks_of(args.blocks)
+    try:
+        tokens = [int(t) for t in args.tokens.split(",")]
+        dtypes = [DTYPES[t] for t in args.dtypes.split(",")]
+    except (ValueError, KeyError):
+        raise SystemExit(f"--tokens: integers; --dtypes: of {list(DTYPES)}; got {args.tokens!r}, {args.dtypes!r}") from None
+    if any(t < 1 for t in tokens):
+        raise SystemExit("--tokens: counts must be positive")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    ceil = measure_ceilings() if cuda else None
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    meta = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+            "timing": "cpu-wall" if not cuda else ("eager" if args.eager else "cuda-graph"),
+            "date": time.strftime("%Y-%m-%d")}
+    if ceil is not None:
+        meta["ceilings"] = ceil.as_dict()
+    print(f"{'block':>12} {'dtype':>5} {'tokens':>6} {'dense us':>9} {'ks us':>9} {'ks/dense':>8} {'ks/floor':>8}")
+    torch.manual_seed(0)
+    for d, h in blocks:
+        for dtype in dtypes:
+            esz = torch.tensor([], dtype=dtype).element_size()
+            models = {"dense": dense_block(d, h, device, dtype), "ks": ks_block(d, h, device, dtype)}
+            for n in tokens:
+                sets = [(torch.randn(n, d, device=device, dtype=dtype),) for _ in range(3)]
+                row = {"block": [d, h], "dtype": str(dtype).replace("torch.", ""), "tokens": n, **meta}
+                for name, model in models.items():
+                    fn = torch.no_grad()(model)
+                    r = (time_cuda(fn, sets, samples=args.samples, max_total_s=args.max_row_s, graph=not args.eager)
+                         if cuda else time_cpu(fn, sets, min(args.samples, 5)))
+                    nbytes, flops = block_bytes_flops(model, n, esz)
+                    row[f"{name}_us"] = r["median_s"] * 1e6
+                    row[f"{name}_bytes"], row[f"{name}_flops"] = nbytes, flops
+                    if ceil is not None:
+                        row[f"{name}_floor_us"] = max(flops / ceil.rate(dtype), nbytes / ceil.copy_bytes_per_s) * 1e6
+                row["ks_over_dense"] = row["ks_us"] / row["dense_us"]
+                write_row(args.out, row)
+                floor = f"{row['ks_us'] / row['ks_floor_us']:8.2f}" if ceil is not None else f"{'-':>8}"
+                print(f"{d:>5}x{h:<6} {row['dtype']:>5} {n:>6} "
+                      f"{row['dense_us']:9.1f} {row['ks_us']:9.1f} {row['ks_over_dense']:8.3f} {floor}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the finished rows are in the output file", file=sys.stderr)
+        sys.exit(130)
