@@ -202,19 +202,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         constexpr int buf = decltype(buf_c)::value % C::kFragSets;
         const uint32_t xb = smem_u32(xs + st * C::kXBytes);
         const uint32_t wb = smem_u32(ws + st * C::kWBytes);
-        // Fragment position p: rows row0 (p even) / row0 + 8, k = 16 ks + 2q + 8 (p / 2). Its raw
-        // words hold elements t = 0 .. 2d-1 of the run at (k, plane 0): t = (k + t / d, plane t % d).
-        uint32_t raw[4][D];
-#pragma unroll
-        for (int p = 0; p < 4; ++p) {
-          const int row = row0 + 8 * (p & 1);
-          const int e = (16 * ks + 2 * q + 8 * (p >> 1)) * D;  // x element within the stage's row
-#pragma unroll
-          for (int v = 0; v < D / C::kLoadWords; ++v) {  // aligned loads never cross a 16-byte chunk
-            const int ev = e + 2 * C::kLoadWords * v;
-            lds<C::kLoadWords>(xb + (ev / 64) * (C::kBM * 128) + swizzled(row, ev % 64), &raw[p][C::kLoadWords * v]);
-          }
-        }
+        uint32_t raw[4][D];  // the (k, k + 1) x all planes runs of the 4 fragment positions
+        load_pair_runs<D, C::kLoadWords>(xb, C::kBM * 128, row0, q, ks, raw);
         if constexpr (C::kFragSets == 1) {  // the previous step's wgmmas still read the one set
           wgmma_wait<0>();
 #pragma unroll
@@ -224,11 +213,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
 #pragma unroll
         for (int g = 0; g < D; ++g) fence_registers(frag[buf][g]);
-#pragma unroll
-        for (int p = 0; p < 4; ++p)
-#pragma unroll
-          for (int g = 0; g < D; ++g)  // plane g's pair: elements g (k) and d + g (k + 1)
-            frag[buf][g][p] = __byte_perm(raw[p][g / 2], raw[p][(D + g) / 2], pair_selector(g % 2, (D + g) % 2));
+        sort_pairs<D>(raw, frag[buf]);
         // The descriptors too are computed before the fence: an address computed between two
         // wgmmas of the step serialises them (ptxas C7513).
         uint64_t desc[D];

@@ -73,5 +73,35 @@ __device__ __forceinline__ void sts(uint32_t addr, const uint32_t* v) {
                  : "memory");
 }
 
+// The raw words of one k16 step's A fragments: for fragment position p (rows row0 (p even) and
+// row0 + 8, k = 16 ks + 2q + 8 (p / 2)) the 2d elements (k, k + 1) x all planes, element t of the
+// run = (k + t / d, plane t % d), from [rows][64] boxes box_bytes apart starting at `boxes`, in
+// aligned LW-word loads (4 LW bytes; they never cross a 16-byte chunk).
+template <int D, int LW>
+__device__ __forceinline__ void load_pair_runs(uint32_t boxes, int box_bytes, int row0, int q, int ks,
+                                               uint32_t (&raw)[4][D]) {
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const int row = row0 + 8 * (p & 1);
+    const int e = (16 * ks + 2 * q + 8 * (p >> 1)) * D;  // element within the stage's row
+#pragma unroll
+    for (int v = 0; v < D / LW; ++v) {
+      const int ev = e + 2 * LW * v;
+      lds<LW>(boxes + (ev / 64) * box_bytes + swizzled(row, ev % 64), &raw[p][LW * v]);
+    }
+  }
+}
+
+// The per-plane A fragments (mma.m16n8k16's A layout: one (k, k + 1) pair per register) sorted
+// out of load_pair_runs' words: plane g's pair is elements g and d + g of each run.
+template <int D>
+__device__ __forceinline__ void sort_pairs(const uint32_t (&raw)[4][D], uint32_t (&frag)[D][4]) {
+#pragma unroll
+  for (int p = 0; p < 4; ++p)
+#pragma unroll
+    for (int g = 0; g < D; ++g)
+      frag[g][p] = __byte_perm(raw[p][g / 2], raw[p][(D + g) / 2], pair_selector(g % 2, (D + g) % 2));
+}
+
 }  // namespace hopper
 }  // namespace ks
