@@ -8,7 +8,8 @@
 //   shared-memory wgmma m64n64k16. Its accumulators are written as H box i1, in exactly the
 //   layout TMA gives the interleaved kernel for x: [128 rows][64 features], 128-byte swizzle.
 // - phase 2: the interleaved kernel's consumer (interleaved_gemm.cu) with H as its x: per column
-//   tile of F2, A fragments of all d2 planes built in registers from H (row_perm, byte permutes),
+//   tile of F2, A fragments of all d2 planes built in registers from H (row_perm, load_pair_runs,
+//   sort_pairs of interleaved_tile.cuh),
 //   register-A wgmma against w2's planes streamed by TMA; the epilogue adds the bias, applies the
 //   activation and stores y's rows by TMA, box by box through two staging buffers per warpgroup.
 // A warp reads in phase 2 only the 16 rows it wrote in phase 1 (row_perm permutes within them), so
@@ -192,20 +193,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           const uint32_t wb = smem_u32(bs + st * C::kW2Bytes);
 #pragma unroll
           for (int ks = 0; ks < C::kBK / 16; ++ks) {
-            uint32_t raw[4][D], frag[D][4];
-#pragma unroll
-            for (int p = 0; p < 4; ++p) {
-              const int row = row0 + 8 * (p & 1);
-              const int e = (16 * ks + 2 * q + 8 * (p >> 1)) * D;  // < 64: one box per k stage
-#pragma unroll
-              for (int v = 0; v < D / C::kLoadWords; ++v)
-                lds<C::kLoadWords>(xb + swizzled(row, e + 2 * C::kLoadWords * v), &raw[p][C::kLoadWords * v]);
-            }
-#pragma unroll
-            for (int p = 0; p < 4; ++p)
-#pragma unroll
-              for (int g = 0; g < D; ++g)
-                frag[g][p] = __byte_perm(raw[p][g / 2], raw[p][(D + g) / 2], pair_selector(g % 2, (D + g) % 2));
+            uint32_t raw[4][D], frag[D][4];  // as the interleaved kernel builds them from x
+            load_pair_runs<D, C::kLoadWords>(xb, C::kBM * 128, row0, q, ks, raw);  // within box kt
+            sort_pairs<D>(raw, frag);
             wgmma_fence();
 #pragma unroll
             for (int g = 0; g < D; ++g) {
