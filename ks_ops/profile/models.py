@@ -150,8 +150,12 @@ def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSp
     past = "cache" if "cache" in params else "past_key_values"  # 5.x renamed the argument
     state = {}
 
+    # The positions every run writes (4.x), built once rather than in the timed steps.
     def at(start, n):
         return {"cache_position": torch.arange(start, start + n, device=device)} if positions else {}
+
+    prefill_at = at(0, workload.prompt_len)
+    step_at = [at(workload.prompt_len + i, 1) for i in range(workload.new_tokens)]
 
     def rewind(cache, length):
         grown = cache.get_seq_length() - length
@@ -162,7 +166,7 @@ def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSp
         if static:
             if not positions:
                 rewind(cache, 0)
-            out = model(input_ids=prompt, use_cache=True, **{past: cache}, **keep, **at(0, workload.prompt_len))
+            out = model(input_ids=prompt, use_cache=True, **{past: cache}, **keep, **prefill_at)
             state["cache"] = cache
         else:
             out = model(input_ids=prompt, use_cache=True, **keep)
@@ -178,7 +182,7 @@ def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSp
             rewind(kv, workload.prompt_len)
         token = state["first"]
         for i in range(workload.new_tokens):
-            out = model(input_ids=token, use_cache=True, **{past: kv}, **at(workload.prompt_len + i, 1))
+            out = model(input_ids=token, use_cache=True, **{past: kv}, **step_at[i])
             token = out.logits[:, -1:].argmax(-1)
         return token
 

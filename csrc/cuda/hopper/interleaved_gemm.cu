@@ -61,10 +61,9 @@ struct Tiles {
   static constexpr int kStageBytes = kXBytes + kWBytes;
   static constexpr int kYBoxes = kCols / 64;        // per warpgroup: boxes [64 rows][64 elements]
   static constexpr int kYBytes = 2 * kYBoxes * 64 * 64 * 2;
-  // As many stages as fit (d = 3, 6: two stages of 64 and 32 k).
-  static constexpr int kStages = D == 4 ? 6 : (232448 - 1024 - kYBytes - 64) / kStageBytes > 4
-                                                  ? 4
-                                                  : (232448 - 1024 - kYBytes - 64) / kStageBytes;
+  // As many stages as fit, at most 4 (6 at d = 4; d = 3, 6: two stages of 64 and 32 k).
+  static constexpr int kStagesFit = (232448 - 1024 - kYBytes - 64) / kStageBytes;
+  static constexpr int kStages = D == 4 ? 6 : kStagesFit < 4 ? kStagesFit : 4;
   // Bytes per A-fragment load: the 2d elements (k, k + 1) x all planes start 4d bytes apart (k even).
   static constexpr int kLoadWords = D % 4 == 0 ? 4 : D % 2 == 0 ? 2 : 1;
   // A-fragment sets: two (one built while the other's wgmmas run) where registers allow. At d = 12

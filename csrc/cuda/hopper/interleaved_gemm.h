@@ -1,6 +1,6 @@
-// The sm_90a interleaved GEMM (interleaved_gemm.cu): batch-first ks::matmul for d in
-// {2, 3, 4, 6, 8, 12}
-// straight from x's rows into y's rows, one pass over each. No torch types: bare nvcc compiles it.
+// The sm_90a interleaved GEMM (interleaved_gemm.cu): batch-first ks::matmul for d in {2, 3, 4, 6,
+// 8, 12} straight from x's rows into y's rows, one pass over each. No torch types: bare nvcc
+// compiles it.
 #pragma once
 #include <cuda_runtime.h>
 
