@@ -118,9 +118,12 @@ def test_compile_and_graph_capture():
 # The fused 2-factor kernel (hopper/chain_gemm.cu, private plan 'fused' of ks::_chain_plan): F1 =
 # (a1, 64, c1, 1), F2 = (1, b2, c2, d2), a1 * 64 <= 384, d2 in {2, 4}. ViT-S/16's fc1 chain; d2 = 4
 # with a k tail in F1 (c1 = 40 < 64) and 400 outputs (the last column tile 16 of 64 wide, its last
-# boxes past b2*d2); one column tile larger than b2 (36 < 128). Rows: a partial tile, and more row
-# tiles than SMs (the persistent loop, both stage rings wrapping, the staging buffers reused).
-FUSED_CHAINS = [[(6, 64, 64, 1), (1, 768, 192, 2)], [(4, 64, 40, 1), (1, 100, 64, 4)], [(3, 64, 24, 1), (1, 36, 96, 2)]]
+# boxes past b2*d2); one column tile larger than b2 (36 < 128); 7 column tiles, which the blocks
+# split unevenly over a row tile at 20011 rows (runs of 4 and 3). Rows: a partial tile, and more row
+# tiles than SMs (the persistent loop, the stage ring wrapping, the staging buffers reused); at 37
+# rows every column tile is a block of its own, each recomputing phase 1.
+FUSED_CHAINS = [[(6, 64, 64, 1), (1, 768, 192, 2)], [(4, 64, 40, 1), (1, 100, 64, 4)], [(3, 64, 24, 1), (1, 36, 96, 2)],
+                [(6, 64, 64, 1), (1, 896, 192, 2)]]
 
 
 def fused_serves():
@@ -158,6 +161,9 @@ def test_fused_chain_layouts_and_refusals():
     off = torch.randn(999 * 384 + 1, dtype=torch.bfloat16, device=DEV)[1:].view(999, 384)  # 2 bytes off
     off.copy_(x)
     assert rel_err(chain_with_plan(off, factors, b, "gelu", plan="fused"), ref) <= tol
+    b_off = torch.randn(1537, dtype=torch.bfloat16, device=DEV)[1:]  # the bias 2 bytes off 16
+    b_off.copy_(b)
+    assert rel_err(chain_with_plan(x, factors, b_off, "gelu", plan="fused"), ref) <= tol
     assert chain_with_plan(x[:0], factors, b, "gelu", plan="fused").shape == (0, 1536)
     with pytest.raises(RuntimeError, match=r"fused chain kernel does not serve"):
         chain_with_plan(x.float(), [f.float() for f in factors], b.float(), "gelu", plan="fused")

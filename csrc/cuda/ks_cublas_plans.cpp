@@ -219,7 +219,7 @@ bool fused_chain_serves(const at::Tensor& x, const at::Tensor& w1, const at::Ten
                                    w2.size(2), w2.size(3));
 }
 
-// The fused chain (hopper/chain_gemm.cu): x's rows contiguous and 16-byte aligned (else one copy),
+// The fused chain (hopper/chain_gemm.cu): x's rows and the bias contiguous and 16-byte aligned (else one copy),
 // w1 as it lies (contiguous (a1, 64, c1, 1) is K-major per block), w2's planes (d2, b2, c2).
 at::Tensor fused_chain(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
                        const std::optional<at::Tensor>& bias, int activation) {
@@ -230,7 +230,8 @@ at::Tensor fused_chain(const at::Tensor& x, const at::Tensor& w1, const at::Tens
   at::Tensor xk = x.contiguous();
   if (reinterpret_cast<uintptr_t>(xk.const_data_ptr()) % 16 != 0) xk = xk.clone();  // fresh: aligned
   const at::Tensor w1c = w1.contiguous(), w2p = planes_of(w2);
-  const at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
+  at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
+  if (bias && reinterpret_cast<uintptr_t>(bc.const_data_ptr()) % 16 != 0) bc = bc.clone();  // 16-byte bias loads
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_f;
   at::Tensor y = at::empty(shape, x.options());

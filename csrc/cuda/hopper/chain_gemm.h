@@ -13,7 +13,7 @@ struct ChainGemmArgs {
   const void* x;     // rows of x (a1, c1) at row stride ldx (elements); 16-byte aligned, ldx % 8 == 0
   const void* w1;    // F1's w (a1, 64, c1, 1), contiguous: block i's rows j, K-major
   const void* w2p;   // F2's planes (d2, b2, c2), contiguous, K-major
-  const void* bias;  // (b2 * d2) or nullptr
+  const void* bias;  // (b2 * d2), 16-byte aligned, or nullptr
   void* y;           // rows of y (b2 * d2), contiguous; 16-byte aligned
   int64_t B, a1, c1, b2, c2, d2, ldx;
   int activation;    // ks_checks.h Activation
