@@ -177,6 +177,44 @@ def test_rule_runs_served_chains_fused():
     assert not cuda_kernel_ran(lambda: ks_ops.chain(xf, ff, bf, "gelu"), ("chain_kernel",))
 
 
+def _identity_chain(dtype):
+    """F1 = (6, 64, 64, 1) and F2 = (1, 768, 192, 2) (the fused kernel's form) whose product copies
+    input feature f % 384 to output f: every output is one input times 1, exact in any dtype."""
+    w1 = torch.eye(64, dtype=dtype, device=DEV).expand(6, 64, 64).unsqueeze(-1).contiguous()
+    j = torch.arange(768, device=DEV)
+    w2 = (torch.arange(192, device=DEV)[None, :] == (j % 192)[:, None]).to(dtype)
+    return [w1, w2[None, :, :, None].expand(1, 768, 192, 2).contiguous()]
+
+
+def _ordered(t):
+    """16-bit floats as integers in value order (sign-magnitude to two's complement)."""
+    b = t.view(torch.int16).int()
+    return torch.where(b < 0, -(b & 0x7FFF), b)
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_gelu_within_one_unit_on_every_16bit_value(name):
+    """GELU on 16-bit outputs (the epilogue kernel's and the fused kernel's fast form) is within one
+    unit in the last place of the float64 GELU for every normal value in [-6, 6], and within 1e-8 |x|
+    beyond, up to 10 (its Phi(x) stops at Phi(-6) ~ 1e-9; fp16 rounds those values to 0)."""
+    from ks_ops.ops import chain_with_plan
+    dtype = DTYPES[name][0]
+    v = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    v = v[torch.isfinite(v) & (v.abs() <= 10) & (v.abs() >= torch.finfo(dtype).tiny)].unique()
+    rows = -(-v.numel() // 384)
+    x = torch.zeros(rows * 384)
+    x[:v.numel()] = v
+    x = x.view(rows, 384).to(dtype).to(DEV)
+    xd = x.double()[:, torch.arange(1536, device=DEV) % 384]
+    want = (xd * 0.5 * torch.special.erfc(-xd / 2 ** 0.5)).to(dtype)
+    inner = xd.abs() <= 6
+    for plan in ["factors"] + (["fused"] if fused_serves() else []):
+        y = chain_with_plan(x, _identity_chain(dtype), None, "gelu", plan=plan)
+        ulps = (_ordered(y) - _ordered(want))[inner].abs().max().item()
+        assert ulps <= 1, f"{plan}: GELU {ulps} units from the float64 value"
+        assert ((y.double() - want.double()).abs() <= 1e-8 * xd.abs())[~inner].all()
+
+
 def test_fused_chain_layouts_and_refusals():
     from ks_ops.ops import chain_with_plan
     if not fused_serves():

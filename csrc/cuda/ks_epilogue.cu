@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) ks_bias_activation_kernel(T* __restr
     const T* be = reinterpret_cast<const T*>(&bv);
     if (bias) bv = reinterpret_cast<const Vec*>(bias)[v % row_vectors];
 #pragma unroll
-    for (int k = 0; k < V; ++k) ze[k] = from_f<T>(activate<ACT>(to_f(ze[k]) + (bias ? to_f(be[k]) : 0.f)));
+    for (int k = 0; k < V; ++k) ze[k] = from_f<T>(activate<ACT, !std::is_same<T, float>::value>(to_f(ze[k]) + (bias ? to_f(be[k]) : 0.f)));
     reinterpret_cast<Vec*>(z)[v] = zv;
   }
 }

@@ -89,7 +89,7 @@ __device__ __forceinline__ void bias_act_box(uint32_t buf, int t, const float (&
     for (int w = 0; w < 4; ++w) {
       float lo, hi;
       unpack2<T>(v[w], lo, hi);
-      v[w] = pack2<T>(activate<ACT>(lo + bias8[2 * w]), activate<ACT>(hi + bias8[2 * w + 1]));
+      v[w] = pack2<T>(activate<ACT, true>(lo + bias8[2 * w]), activate<ACT, true>(hi + bias8[2 * w + 1]));
     }
     sts<4>(addr, v);
   }
