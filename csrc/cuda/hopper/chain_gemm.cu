@@ -3,24 +3,20 @@
 // features per row) stays in shared memory.
 //
 // A unit of work is a row tile of 128 rows and a run of F2's column tiles (persistent blocks;
-// column_splits below sizes the runs). Warpgroup 0 produces (two threads, one stage ring each),
-// warpgroups 1 and 2 consume, each from its own ring:
-// - phase 1, per block i1 of F1: consumer p computes rows 64p .. 64p + 63 of H box i1 =
-//   X[:, c1 i1 ..] W1_i1^T, a plain GEMM (d1 = 1: x's rows and w1 are K-major as they lie): TMA
-//   boxes of x [64][64] and w1 [64][64], shared-memory wgmma m64n64k16. Its accumulators are
-//   written in exactly the layout TMA gives the interleaved kernel for x: [128 rows][64 features],
-//   128-byte swizzle.
-// - phase 2, per pair of column tiles of 128 outputs: consumer p takes tile p of the pair for all
-//   128 rows (two 64-row blocks), through the interleaved kernel's mainloop
-//   (interleaved_mainloop.cuh) with H as its x, against w2's planes streamed by TMA. The two
-//   consumers take turns on the tensor cores (FlashAttention 3's ping-pong): one runs its mainloop
-//   while the other runs its epilogue. Epilogue per box of 64 outputs: the accumulators rounded to
-//   T into a staging box (as the unfused chain rounds F2's output), then a pass over the box adds
-//   the bias and applies the activation (8 contiguous outputs per thread, the activation chosen
-//   once per box: a small loop, not one inlined copy per accumulator), and a TMA store; two
-//   staging buffers per consumer.
-// H is shared: a block barrier of the consumers before phase 1 (the previous unit's reads are
-// done) and after it (every row written).
+// warpgroup 0 produces, 1 and 2 consume 64 rows each; column_splits below sizes the runs):
+// - phase 1, per block i1 of F1: H[:, 64 i1 .. 64 i1 + 63] = X[:, c1 i1 ..] W1_i1^T, a plain GEMM
+//   (d1 = 1: x's rows and w1 are K-major as they lie): TMA boxes of x [128][64] and w1 [64][64],
+//   shared-memory wgmma m64n64k16. Its accumulators are written as H box i1, in exactly the
+//   layout TMA gives the interleaved kernel for x: [128 rows][64 features], 128-byte swizzle.
+// - phase 2, per column tile: the interleaved kernel's mainloop (interleaved_mainloop.cuh) with H
+//   as its x, against w2's planes streamed by TMA. Epilogue per box of 64 outputs: the
+//   accumulators rounded to T into a staging box (as the unfused chain rounds F2's output), then
+//   a pass over the box adds the bias and applies the activation (8 contiguous outputs per thread,
+//   the activation chosen once per box: a small loop, not one inlined copy per accumulator), and a
+//   TMA store; two staging buffers per warpgroup.
+// Both phases stream through one ring of stages (x + w1 boxes, or one w2 tile).
+// A warp reads in phase 2 only the 16 rows it wrote in phase 1 (row_perm permutes within them), so
+// __syncwarp orders the phases; A reaches wgmma through registers, not the async proxy.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -45,39 +41,35 @@ namespace {
 template <int D>
 struct ChainTiles {
   static_assert(D == 2 || D == 4, "fused chain: d2");
-  static constexpr int kBM = 128;                  // rows per unit: two 64-row blocks
+  static constexpr int kBM = 128;                  // rows: two consumer warpgroups of 64
   static constexpr int kB1 = 64;                   // F1's b: block i1's outputs are one H box
   static constexpr int kK1 = 64;                   // F1's k per stage (128-byte boxes)
   static constexpr int kHMax = 384;                // H features in shared memory: 6 boxes
   static constexpr int kHBytes = kHMax / 64 * kBM * 128;
-  static constexpr int kXBytes = 64 * kK1 * 2;     // a consumer's 64 rows
+  static constexpr int kXBytes = kBM * kK1 * 2;
   static constexpr int kW1Bytes = kB1 * kK1 * 2;
-  // F2: a consumer's tile is 128 outputs of 128 rows; k per stage = two H boxes (kBK * d2 = 128).
-  // (At d2 = 4 ptxas spills 36 bytes: 128 accumulators + 2 x 32 fragment words; one fragment set
-  // spilled 40.)
-  using Loop = MainloopShape<D, 128 / D, 128 / D, 2, 2>;
+  // F2: 256 outputs per row and column tile; k per stage = one H box (kBK * d2 = 64 features).
+  using Loop = MainloopShape<D, 256 / D, 64 / D, 2>;
   static constexpr int kW2Bytes = D * Loop::kWPlaneBytes;
   static constexpr int kSlotBytes = kXBytes + kW1Bytes;  // a stage of either phase
-  static constexpr int kSlots = 3;                 // per consumer
-  static constexpr int kYBuf = 64 * 128;           // one staging box [64 rows][64]
-  static constexpr int kSmemBytes = 1024 + kHBytes + 2 * kSlots * kSlotBytes + 4 * kYBuf + 4 * kSlots * 8;
+  static constexpr int kSlots = 4;
+  static constexpr int kYBoxes = 4;                // 256 outputs per row: 4 boxes of 64
+  static constexpr int kYBuf = 64 * 128;           // one staging box [64 rows][64] per warpgroup
+  static constexpr int kSmemBytes = 1024 + kHBytes + kSlots * kSlotBytes + 4 * kYBuf + 2 * kSlots * 8;
   static_assert(kW2Bytes <= kSlotBytes, "w2 tile in a stage");
   static_assert(kSmemBytes <= 232448, "shared memory per block");
 };
 
 constexpr int kThreads = 384;
-// Named barriers: 1, 2 = a consumer's epilogue; 3, 4 = consumer 0's and 1's turn on the tensor
-// cores; 5 = both consumers around phase 1.
-constexpr int kBarTurn = 3, kBarH = 5;
 
 struct ChainProb {
-  int m_tiles, a1, k1_tiles, n_tiles, n_pairs, k2_tiles, out_f, activation;
-  int splits, per_split;  // column-tile pairs: splits runs of per_split per row tile
+  int m_tiles, a1, k1_tiles, n_tiles, k2_tiles, out_f, activation;
+  int splits, per_split;  // column tiles: splits runs of per_split per row tile
 };
 
 // Bias + activation over one staging box [64 rows][64 outputs] (T, 128-byte swizzle) of a
-// consumer: thread t takes 8 outputs (one 16-byte chunk) of rows t / 8 + 16 i; bias8 holds the
-// chunk's 8 bias values.
+// warpgroup: thread t takes 8 outputs (one 16-byte chunk) of rows t / 8 + 16 i; `col` is the
+// chunk's first output feature, bias8 its 8 bias values.
 template <typename T, int ACT>
 __device__ __forceinline__ void bias_act_box(uint32_t buf, int t, const float (&bias8)[8]) {
 #pragma unroll 1
@@ -120,103 +112,85 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* hs = smem;                                   // [kHMax / 64][kBM][64]
-  uint8_t* rings = hs + C::kHBytes;                     // [2 consumers][kSlots][x box | w1 box, or w2 tile]
-  uint8_t* ys = rings + 2 * C::kSlots * C::kSlotBytes;  // [2 consumers][2 buffers][64][64]
-  uint64_t* full = reinterpret_cast<uint64_t*>(ys + 4 * C::kYBuf);  // [2][kSlots]
-  uint64_t* empty = full + 2 * C::kSlots;                           // [2][kSlots]
+  uint8_t* ring = hs + C::kHBytes;                      // [kSlots][x box | w1 box], or [kSlots][w2 tile]
+  uint8_t* ys = ring + C::kSlots * C::kSlotBytes;       // [2 warpgroups][2 buffers][64][64]
+  uint64_t* full = reinterpret_cast<uint64_t*>(ys + 4 * C::kYBuf);
+  uint64_t* empty = full + C::kSlots;
   const int64_t units = static_cast<int64_t>(pr.m_tiles) * pr.splits;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < 2 * C::kSlots; ++s) {
+    for (int s = 0; s < C::kSlots; ++s) {
       mbarrier_init(&full[s], 1);
-      mbarrier_init(&empty[s], 4);  // one arrival per warp of the ring's consumer
+      mbarrier_init(&empty[s], 8);  // one arrival per consumer warp
     }
     fence_barrier_init();
   }
   __syncthreads();
 
   const int wg = threadIdx.x / 128;
-  if (wg == 0) {  // producers: thread 0 fills consumer 0's ring, thread 32 consumer 1's
+  if (wg == 0) {  // producer: per unit, phase 1's x and w1 boxes, then phase 2's w2 tiles
     setmaxnreg_dec<40>();
-    if (threadIdx.x % 32 == 0 && threadIdx.x < 64) {
-      const int p = threadIdx.x / 32;
-      if (p == 0) {
-        tma_prefetch_descriptor(&tm_x);
-        tma_prefetch_descriptor(&tm_w1);
-        tma_prefetch_descriptor(&tm_w2);
-      }
-      uint8_t* ring = rings + p * C::kSlots * C::kSlotBytes;
-      uint64_t* rfull = full + p * C::kSlots;
-      uint64_t* rempty = empty + p * C::kSlots;
+    if (threadIdx.x == 0) {
+      tma_prefetch_descriptor(&tm_x);
+      tma_prefetch_descriptor(&tm_w1);
+      tma_prefetch_descriptor(&tm_w2);
       uint32_t it = 0;
       auto slot = [&](uint32_t bytes) {
         const int st = static_cast<int>(it % C::kSlots);
-        mbarrier_wait(&rempty[st], ((it / C::kSlots) & 1) ^ 1);
-        mbarrier_arrive_expect_tx(&rfull[st], bytes);
+        mbarrier_wait(&empty[st], ((it / C::kSlots) & 1) ^ 1);
+        mbarrier_arrive_expect_tx(&full[st], bytes);
         ++it;
         return st;
       };
       for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
-        const int m = static_cast<int>(u / pr.splits), np0 = static_cast<int>(u % pr.splits) * pr.per_split;
-        const int np1 = np0 + pr.per_split < pr.n_pairs ? np0 + pr.per_split : pr.n_pairs;
+        const int m = static_cast<int>(u / pr.splits), n0 = static_cast<int>(u % pr.splits) * pr.per_split;
+        const int n1 = n0 + pr.per_split < pr.n_tiles ? n0 + pr.per_split : pr.n_tiles;
         for (int i1 = 0; i1 < pr.a1; ++i1)
           for (int kt = 0; kt < pr.k1_tiles; ++kt) {
             const int st = slot(C::kSlotBytes);
             uint8_t* dst = ring + st * C::kSlotBytes;
-            tma_load_3d(dst, &tm_x, &rfull[st], kt * C::kK1, i1, m * C::kBM + 64 * p);
-            tma_load_3d(dst + C::kXBytes, &tm_w1, &rfull[st], kt * C::kK1, 0, i1);
+            tma_load_3d(dst, &tm_x, &full[st], kt * C::kK1, i1, m * C::kBM);
+            tma_load_3d(dst + C::kXBytes, &tm_w1, &full[st], kt * C::kK1, 0, i1);
           }
-        for (int np = np0; np < np1; ++np) {
-          const int n = 2 * np + p;
-          if (n >= pr.n_tiles) continue;  // the last pair's second tile past b2
+        for (int n = n0; n < n1; ++n)
           for (int kt = 0; kt < pr.k2_tiles; ++kt) {
             const int st = slot(C::kW2Bytes);
-            tma_load_3d(ring + st * C::kSlotBytes, &tm_w2, &rfull[st], kt * L::kBK, n * L::kBN, 0);
+            tma_load_3d(ring + st * C::kSlotBytes, &tm_w2, &full[st], kt * L::kBK, n * L::kBN, 0);
           }
-        }
       }
     }
   } else {
     setmaxnreg_inc<232>();
-    const int p = wg - 1;  // consumer p: H rows 64p .. 64p + 63 in phase 1, tile p of each pair in phase 2
+    const int cw = wg - 1;  // rows 64*cw .. 64*cw + 63 of the tile
     const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
     const int q = lane % 4, r = lane / 4, rho = row_perm<D>(r);
-    const int row0 = warp * 16 + rho;  // phase 2's fragment rows row0 (+ 8) of each 64-row block
+    const int row0 = cw * 64 + warp * 16 + rho;  // phase 2's fragment rows row0, row0 + 8
     const uint32_t hb = smem_u32(hs);
-    uint8_t* ring = rings + p * C::kSlots * C::kSlotBytes;
-    uint64_t* rfull = full + p * C::kSlots;
-    uint64_t* rempty = empty + p * C::kSlots;
     uint32_t it = 0;
     auto next_stage = [&]() {
       const int st = static_cast<int>(it % C::kSlots);
-      mbarrier_wait(&rfull[st], (it / C::kSlots) & 1);
+      mbarrier_wait(&full[st], (it / C::kSlots) & 1);
       ++it;
       return st;
     };
     auto release = [&](int st) {
       __syncwarp();
-      if (lane == 0) mbarrier_arrive(&rempty[st]);
+      if (lane == 0) mbarrier_arrive(&empty[st]);
     };
-    if (pr.a1 % 2 == 1) {  // a stage of phase 2 takes two H boxes: the one past an odd a1 reads zeros
-      const uint32_t z[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) sts<4>(hb + pr.a1 * (C::kBM * 128) + (64 * p + t / 2) * 128 + (t % 2) * 64 + 16 * i, z);
-    }
-    if (p == 1) named_barrier_arrive(kBarTurn, 256);  // consumer 0 takes the tensor cores first
 
     for (int64_t u = blockIdx.x; u < units; u += gridDim.x) {
-      const int m = static_cast<int>(u / pr.splits), np0 = static_cast<int>(u % pr.splits) * pr.per_split;
-      const int np1 = np0 + pr.per_split < pr.n_pairs ? np0 + pr.per_split : pr.n_pairs;
-      named_barrier(kBarH, 256);  // both consumers are done reading H (the previous unit)
-      // Phase 1: H box i1 = X_i1 W1_i1^T for this consumer's 64 rows.
+      const int m = static_cast<int>(u / pr.splits), n0 = static_cast<int>(u % pr.splits) * pr.per_split;
+      const int n1 = n0 + pr.per_split < pr.n_tiles ? n0 + pr.per_split : pr.n_tiles;
+      // Phase 1: H box i1 = X_i1 W1_i1^T for this warpgroup's 64 rows. (The previous unit's phase 2
+      // read only this warp's rows, and its last wgmmas completed: the mainloop's final wait.)
       for (int i1 = 0; i1 < pr.a1; ++i1) {
         float acc1[32];
 #pragma unroll
         for (int e = 0; e < 32; ++e) acc1[e] = 0.f;
         for (int kt = 0; kt < pr.k1_tiles; ++kt) {
           const int st = next_stage();
-          const uint32_t xa = smem_u32(ring + st * C::kSlotBytes);
-          const uint32_t wa = xa + C::kXBytes;
+          const uint32_t xa = smem_u32(ring + st * C::kSlotBytes) + cw * 64 * 128;
+          const uint32_t wa = smem_u32(ring + st * C::kSlotBytes + C::kXBytes);
           wgmma_fence();
           fence_registers(acc1);
 #pragma unroll
@@ -234,57 +208,48 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const uint32_t v[1] = {pack2<T>(acc1[4 * s + 2 * h], acc1[4 * s + 2 * h + 1])};
-            sts<1>(hbox + swizzled(64 * p + warp * 16 + r + 8 * h, 8 * s + 2 * q), v);
+            sts<1>(hbox + swizzled(cw * 64 + warp * 16 + r + 8 * h, 8 * s + 2 * q), v);
           }
       }
-      named_barrier(kBarH, 256);  // every row of H is written
+      __syncwarp();  // phase 2's loads of these rows come from other lanes of this warp
 
-      // Phase 2: tile n = 2 np + p of each pair: all d2 planes of 128 rows x kBN columns.
-      for (int np = np0; np < np1; ++np) {
-        const int n = 2 * np + p;
-        const bool live = n < pr.n_tiles;  // the turns go on past b2: the other consumer counts on them
-        float acc[2][D][L::kBN / 2];
-        named_barrier(kBarTurn + p, 256);  // this consumer's turn on the tensor cores
-        if (live) {
+      // Phase 2: per column tile n of F2, all d2 planes of 128 rows x kBN columns.
+      for (int n = n0; n < n1; ++n) {
+        float acc[D][L::kBN / 2];
 #pragma unroll
-          for (int mb = 0; mb < 2; ++mb)
+        for (int g = 0; g < D; ++g)
 #pragma unroll
-            for (int g = 0; g < D; ++g)
-#pragma unroll
-              for (int e = 0; e < L::kBN / 2; ++e) acc[mb][g][e] = 0.f;
-          interleaved_mainloop<T, L>(
-              acc, pr.k2_tiles, row0, q, C::kBM * 128, next_stage,
-              [&](int kt, int) { return hb + 2 * kt * (C::kBM * 128); },  // H boxes 2kt, 2kt + 1
-              [&](int st) { return smem_u32(ring + st * C::kSlotBytes); }, release);
-        }
-        named_barrier_arrive(kBarTurn + 1 - p, 256);  // the other consumer's turn
-        if (!live) continue;
+          for (int e = 0; e < L::kBN / 2; ++e) acc[g][e] = 0.f;
+        interleaved_mainloop<T, L>(
+            acc, pr.k2_tiles, row0, q, C::kBM * 128, next_stage,
+            [&](int kt, int) { return hb + kt * (C::kBM * 128); },  // H box kt: k = kt*kBK .., all planes
+            [&](int st) { return smem_u32(ring + st * C::kSlotBytes); }, release);
 
-        // Epilogue: outputs n*128 .. n*128 + 127 of the unit's 128 rows, box by box (64 x 64).
+        // Epilogue: outputs (n*kBN + j)*d2 + l of this warpgroup's rows, box by box (64 outputs).
+        const int col0 = n * L::kBN * D;
 #pragma unroll
-        for (int bx = 0; bx < 4; ++bx) {
-          const int mb = bx / 2, cb = bx % 2, col = n * 128 + cb * 64;
-          const uint32_t buf = smem_u32(ys + (p * 2 + (bx & 1)) * C::kYBuf);
+        for (int bx = 0; bx < C::kYBoxes; ++bx) {
+          const uint32_t buf = smem_u32(ys + (cw * 2 + (bx & 1)) * C::kYBuf);
           float bias8[8];
-          load_bias8(bias, col + (t % 8) * 8, pr.out_f, bias8);
+          load_bias8(bias, col0 + bx * 64 + (t % 8) * 8, pr.out_f, bias8);
           if (t == 0) bulk_wait_read<1>();  // the store that read buf two boxes ago
-          named_barrier(1 + p, 128);
+          named_barrier(1 + cw, 128);
 #pragma unroll
-          for (int s = cb * 8 / D; s < (cb + 1) * 8 / D; ++s)
+          for (int s = bx * 8 / D; s < (bx + 1) * 8 / D; ++s)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8 of block mb
-              // Elements e = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + e / d, plane e % d).
-              auto out = [&](int e) { return acc[mb][e % D][4 * s + 2 * h + e / D]; };
+            for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
+              // Elements t = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + t / d, plane t % d).
+              auto out = [&](int e) { return acc[e % D][4 * s + 2 * h + e / D]; };
               uint32_t v[D];
 #pragma unroll
               for (int k = 0; k < D; ++k) v[k] = pack2<T>(out(2 * k), out(2 * k + 1));
-              const int row = row0 + 8 * h;
+              const int row = warp * 16 + rho + 8 * h;
               const int e = (8 * s + 2 * q) * D;
 #pragma unroll
               for (int w = 0; w < D / L::kLoadWords; ++w)
                 sts<L::kLoadWords>(buf + swizzled(row, e % 64 + 2 * L::kLoadWords * w), &v[L::kLoadWords * w]);
             }
-          named_barrier(1 + p, 128);  // the pass reads other threads' outputs
+          named_barrier(1 + cw, 128);  // the pass reads other threads' outputs
           switch (pr.activation) {
             case 1: bias_act_box<T, 1>(buf, t, bias8); break;
             case 2: bias_act_box<T, 2>(buf, t, bias8); break;
@@ -293,16 +258,15 @@ __global__ void __launch_bounds__(kThreads, 1)
             default: bias_act_box<T, 0>(buf, t, bias8); break;
           }
           fence_proxy_async_shared();
-          named_barrier(1 + p, 128);
+          named_barrier(1 + cw, 128);
           if (t == 0) {  // one bulk group per box, empty past b2*d2: wait_read<1> above
-            if (col < pr.out_f)  // then always finds the group of this buffer's last use
-              tma_store_3d(&tm_y, ys + (p * 2 + (bx & 1)) * C::kYBuf, col, 0, m * C::kBM + 64 * mb);
+            if (col0 + bx * 64 < pr.out_f)  // then always finds the group of this buffer's last use
+              tma_store_3d(&tm_y, ys + (cw * 2 + (bx & 1)) * C::kYBuf, col0 + bx * 64, 0, m * C::kBM + cw * 64);
             bulk_commit();
           }
         }
       }
     }
-    if (p == 0) named_barrier(kBarTurn, 256);  // consumer 1's last hand-over
     if (t == 0) bulk_wait<0>();  // the staging buffers outlive the stores
   }
 }
@@ -335,7 +299,7 @@ cudaError_t launch(const ChainGemmArgs& g, cudaStream_t stream) {
   const int64_t w1_dims[3] = {g.c1, C::kB1, g.a1}, w1_strides[2] = {g.c1, C::kB1 * g.c1};
   const int64_t w2_dims[3] = {g.c2, g.b2, D}, w2_strides[2] = {g.c2, g.b2 * g.c2};
   const int64_t y_dims[3] = {out_f, 1, g.B}, y_strides[2] = {out_f, out_f};
-  const uint32_t x_box[3] = {C::kK1, 1, 64}, w1_box[3] = {C::kK1, C::kB1, 1}, w2_box[3] = {L::kBK, L::kBN, D},
+  const uint32_t x_box[3] = {C::kK1, 1, C::kBM}, w1_box[3] = {C::kK1, C::kB1, 1}, w2_box[3] = {L::kBK, L::kBN, D},
                  y_box[3] = {64, 1, 64};
   if (!encode_tile_map(&tm_x, g.x, g.bf16, x_dims, x_strides, x_box, 128) ||
       !encode_tile_map(&tm_w1, g.w1, g.bf16, w1_dims, w1_strides, w1_box, 128) ||
@@ -363,12 +327,11 @@ cudaError_t launch(const ChainGemmArgs& g, cudaStream_t stream) {
   pr.a1 = static_cast<int>(g.a1);
   pr.k1_tiles = static_cast<int>((g.c1 + C::kK1 - 1) / C::kK1);
   pr.n_tiles = static_cast<int>((g.b2 + L::kBN - 1) / L::kBN);
-  pr.n_pairs = (pr.n_tiles + 1) / 2;
-  pr.k2_tiles = static_cast<int>((g.c2 + L::kBK - 1) / L::kBK);  // c2 * d2 = 64 a1: H box pairs
+  pr.k2_tiles = static_cast<int>(g.c2 / L::kBK);  // c2 * d2 = 64 a1: whole H boxes
   pr.out_f = static_cast<int>(out_f);
   pr.activation = g.activation;
-  pr.splits = column_splits(pr.m_tiles, pr.n_pairs, sms, g.a1 * C::kB1 * g.c1, 256 * g.c2);
-  pr.per_split = (pr.n_pairs + pr.splits - 1) / pr.splits;
+  pr.splits = column_splits(pr.m_tiles, pr.n_tiles, sms, g.a1 * C::kB1 * g.c1, 256 * g.c2);
+  pr.per_split = (pr.n_tiles + pr.splits - 1) / pr.splits;
   const int64_t units = static_cast<int64_t>(pr.m_tiles) * pr.splits;
   const int grid = static_cast<int>(units < sms ? units : sms);
   kernel<<<grid, kThreads, C::kSmemBytes, stream>>>(tm_x, tm_w1, tm_w2, tm_y, static_cast<const T*>(g.bias), pr);

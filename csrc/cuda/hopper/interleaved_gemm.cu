@@ -178,11 +178,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     for (int64_t t = t0; t < pr.tiles; t += t_step) {
       const Tile u = tile_at(t, pr, rank);
-      float acc[1][D][C::kBN / 2];
+      float acc[D][C::kBN / 2];
 #pragma unroll
       for (int g = 0; g < D; ++g)
 #pragma unroll
-        for (int e = 0; e < C::kBN / 2; ++e) acc[0][g][e] = 0.f;
+        for (int e = 0; e < C::kBN / 2; ++e) acc[g][e] = 0.f;
       // (At d = 8 ptxas serialises the wgmmas anyway for want of registers: 128 accumulators +
       // 2 x 32 fragment registers + the loaded words exceed what setmaxnreg 232-240 leaves; 192
       // accumulators per row there avoided that but ran 1.10-1.22x slower: 24 columns per plane
@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
           // Elements t = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + t / d, plane t % d).
-          auto out = [&](int t) { return acc[0][t % D][4 * s + 2 * h + t / D]; };
+          auto out = [&](int t) { return acc[t % D][4 * s + 2 * h + t / D]; };
           uint32_t v[D];
 #pragma unroll
           for (int m = 0; m < D; ++m) v[m] = pack2<T>(out(2 * m), out(2 * m + 1));

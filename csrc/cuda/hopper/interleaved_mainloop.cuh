@@ -1,5 +1,5 @@
-// The consumer mainloop of the interleaved GEMM: one warpgroup's MB blocks of 64 rows x (BN columns
-// x D planes) of fp32 accumulators over a tile's k loop, A fragments built in registers from interleaved rows
+// The consumer mainloop of the interleaved GEMM: one warpgroup's 64 rows x (BN columns x D planes)
+// of fp32 accumulators over a tile's k loop, A fragments built in registers from interleaved rows
 // in shared memory (interleaved_tile.cuh), B = the planes of w streamed in stages. Shared by the
 // interleaved kernel (x streamed in the same stages as w) and the fused chain's second factor (x =
 // the intermediate resident in shared memory). Device code only; bare nvcc compiles it.
@@ -14,10 +14,9 @@ namespace ks {
 namespace hopper {
 
 // The tile shape of one mainloop: accumulators, A-fragment loads, the w tiles' layout.
-template <int D_, int BN_, int BK_, int FragSets_, int MB_ = 1>
+template <int D_, int BN_, int BK_, int FragSets_>
 struct MainloopShape {
   static constexpr int D = D_;
-  static constexpr int kMB = MB_;                // blocks of 64 rows: rows row0 + 64 mb
   static constexpr int kBN = BN_;                // columns per plane
   static constexpr int kBK = BK_;                // k per stage: kBK / 16 steps
   static constexpr int kFragSets = FragSets_;    // A-fragment sets (see below)
@@ -38,12 +37,12 @@ struct MainloopShape {
 // read the other; wgmma_wait<1> after each step leaves only the newest step in flight. With one set
 // the step's loads still overlap the previous step's wgmmas.
 template <typename T, typename S, typename NextStage, typename XOf, typename WOf, typename Release>
-__device__ __forceinline__ void interleaved_mainloop(float (&acc)[S::kMB][S::D][S::kBN / 2], int k_tiles, int row0, int q,
+__device__ __forceinline__ void interleaved_mainloop(float (&acc)[S::D][S::kBN / 2], int k_tiles, int row0, int q,
                                                      int box_bytes, NextStage&& next_stage, XOf&& x_of, WOf&& w_of,
                                                      Release&& release) {
-  constexpr int D = S::D, MB = S::kMB;
+  constexpr int D = S::D;
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
-  uint32_t frag[S::kFragSets][MB][D][4];
+  uint32_t frag[S::kFragSets][D][4];
   int pending = -1;  // the stage of the step in flight when that step was its stage's last
 
   // One k16 step: fragments of step ks of stage st into set `buf`, then its D wgmmas.
@@ -51,33 +50,18 @@ __device__ __forceinline__ void interleaved_mainloop(float (&acc)[S::kMB][S::D][
     constexpr int buf = decltype(buf_c)::value % S::kFragSets;
     const uint32_t xb = x_of(kt, st);
     const uint32_t wb = w_of(st);
-    if constexpr (S::kFragSets == 1) {
-      uint32_t raw[MB][4][D];  // the (k, k + 1) x all planes runs of the 4 fragment positions
+    uint32_t raw[4][D];  // the (k, k + 1) x all planes runs of the 4 fragment positions
+    load_pair_runs<D, S::kLoadWords>(xb, box_bytes, row0, q, ks, raw);
+    if constexpr (S::kFragSets == 1) {  // the previous step's wgmmas still read the one set
+      wgmma_wait<0>();
 #pragma unroll
-      for (int mb = 0; mb < MB; ++mb) load_pair_runs<D, S::kLoadWords>(xb, box_bytes, row0 + 64 * mb, q, ks, raw[mb]);
-      wgmma_wait<0>();  // the previous step's wgmmas still read the one set
-#pragma unroll
-      for (int mb = 0; mb < MB; ++mb)
-#pragma unroll
-        for (int g = 0; g < D; ++g) fence_registers(acc[mb][g]);
+      for (int g = 0; g < D; ++g) fence_registers(acc[g]);
       if (pending >= 0) release(pending);
       pending = -1;
-#pragma unroll
-      for (int mb = 0; mb < MB; ++mb) {
-#pragma unroll
-        for (int g = 0; g < D; ++g) fence_registers(frag[buf][mb][g]);
-        sort_pairs<D>(raw[mb], frag[buf][mb]);
-      }
-    } else {  // block by block: one block's loaded words live at a time
-#pragma unroll
-      for (int mb = 0; mb < MB; ++mb) {
-        uint32_t raw[4][D];
-        load_pair_runs<D, S::kLoadWords>(xb, box_bytes, row0 + 64 * mb, q, ks, raw);
-#pragma unroll
-        for (int g = 0; g < D; ++g) fence_registers(frag[buf][mb][g]);
-        sort_pairs<D>(raw, frag[buf][mb]);
-      }
     }
+#pragma unroll
+    for (int g = 0; g < D; ++g) fence_registers(frag[buf][g]);
+    sort_pairs<D>(raw, frag[buf]);
     // The descriptors too are computed before the fence: an address computed between two
     // wgmmas of the step serialises them (ptxas C7513).
     uint64_t desc[D];
@@ -88,25 +72,19 @@ __device__ __forceinline__ void interleaved_mainloop(float (&acc)[S::kMB][S::D][
     }
     wgmma_fence();
 #pragma unroll
-    for (int mb = 0; mb < MB; ++mb)
+    for (int g = 0; g < D; ++g) {
+      fence_registers(acc[g]);
+      fence_registers(frag[buf][g]);
+    }
 #pragma unroll
-      for (int g = 0; g < D; ++g) {
-        fence_registers(acc[mb][g]);
-        fence_registers(frag[buf][mb][g]);
-      }
-#pragma unroll
-    for (int mb = 0; mb < MB; ++mb)
-#pragma unroll
-      for (int g = 0; g < D; ++g) wgmma_rs<kBf16, S::kBN>(acc[mb][g], frag[buf][mb][g], desc[g]);
+    for (int g = 0; g < D; ++g) wgmma_rs<kBf16, S::kBN>(acc[g], frag[buf][g], desc[g]);
     wgmma_commit();
     wgmma_wait<1>();  // the previous step is done: its fragments and, if it ended a stage, its stage
 #pragma unroll
-    for (int mb = 0; mb < MB; ++mb)
-#pragma unroll
-      for (int g = 0; g < D; ++g) {
-        fence_registers(acc[mb][g]);
-        fence_registers(frag[buf][mb][g]);
-      }
+    for (int g = 0; g < D; ++g) {
+      fence_registers(acc[g]);
+      fence_registers(frag[buf][g]);
+    }
     if (pending >= 0) release(pending);
     pending = last_of_stage ? st : -1;
   };
@@ -135,13 +113,11 @@ __device__ __forceinline__ void interleaved_mainloop(float (&acc)[S::kMB][S::D][
   }
   wgmma_wait<0>();
 #pragma unroll
-  for (int mb = 0; mb < MB; ++mb)
+  for (int g = 0; g < D; ++g) {
+    fence_registers(acc[g]);
 #pragma unroll
-    for (int g = 0; g < D; ++g) {
-      fence_registers(acc[mb][g]);
-#pragma unroll
-      for (int b = 0; b < S::kFragSets; ++b) fence_registers(frag[b][mb][g]);
-    }
+    for (int b = 0; b < S::kFragSets; ++b) fence_registers(frag[b][g]);
+  }
   if (pending >= 0) release(pending);
 }
 

@@ -269,11 +269,6 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
-// Arrives at named barrier `id` without waiting (the producer side of a bar.sync elsewhere).
-__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-
 // Keeps the compiler from moving reads or writes of 32-bit registers across an asynchronous wgmma
 // (the A operand of wgmma_rs).
 template <int R>
