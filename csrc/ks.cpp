@@ -87,6 +87,16 @@ at::Tensor chain_cpu(const at::Tensor& x, at::TensorList factors, const std::opt
   return h;
 }
 
+// ks::_chain_plan on the CPU: only 'factors' (the fused chain kernel needs an sm_90a GPU).
+at::Tensor chain_plan_cpu(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                          c10::string_view activation, c10::string_view plan) {
+  const std::string name(plan);
+  TORCH_CHECK(name == "factors" || name == "fused", "ks::_chain_plan: plan must be 'factors' or 'fused', got '",
+              name, "'");
+  TORCH_CHECK(name == "factors", "ks::_chain_plan: plan 'fused' needs a CUDA device with the sm_90a kernels");
+  return chain_cpu(x, factors, bias, activation);
+}
+
 // ks::_matmul_plan on the CPU: the plans that need no GPU (bmm is the CPU kernel).
 at::Tensor matmul_plan_cpu(const at::Tensor& x, const at::Tensor& w, c10::string_view plan,
                            bool batch_last) {
@@ -142,6 +152,9 @@ TORCH_LIBRARY(ks, m) {
   // Private: ks::matmul run by the named plan (benchmarks, tests); and the rule's choice.
   m.def("_matmul_plan(Tensor x, Tensor w, str plan, *, bool batch_last=False) -> Tensor");
   m.def("_weight_grad_plan(Tensor grad_y, Tensor x, int[] pattern, str plan, *, bool batch_last=False) -> Tensor");
+  // Private: ks::chain by 'factors' (each factor by the rule's plan, then the epilogue) or 'fused'
+  // (the fused 2-factor kernel, hopper/chain_gemm.cu, where it serves).
+  m.def("_chain_plan(Tensor x, Tensor[] factors, Tensor? bias, str activation, str plan) -> Tensor");
   m.def("_plan_for(int[] pattern, int batch, int precision, bool batch_last, int sm) -> int",
         &ks::plan_for);
   m.def("_plan_serves(str plan, int[] pattern, int batch, int precision, bool batch_last, int sm) -> bool",
@@ -154,6 +167,7 @@ TORCH_LIBRARY_IMPL(ks, CPU, m) {
   m.impl("chain", &ks::chain_cpu);
   m.impl("_matmul_plan", &ks::matmul_plan_cpu);
   m.impl("_weight_grad_plan", &ks::weight_grad_plan_cpu);
+  m.impl("_chain_plan", &ks::chain_plan_cpu);
 }
 
 // A plain module: importing ks_ops._C runs the registrations above.

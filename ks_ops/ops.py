@@ -66,6 +66,12 @@ def matmul_with_plan(x: torch.Tensor, w: torch.Tensor, plan: str, *, batch_last:
     return torch.ops.ks._matmul_plan(x, w, plan, batch_last=batch_last)
 
 
+def chain_with_plan(x: torch.Tensor, factors, bias=None, activation: str = "none", *, plan: str) -> torch.Tensor:
+    """ks::chain run by 'factors' (each factor by the rule's plan, then the epilogue) or 'fused' (the
+    fused 2-factor kernel where it serves, else an error): for benchmarks and tests. No autograd."""
+    return torch.ops.ks._chain_plan(x, list(factors), bias, activation, plan)
+
+
 def _check_operand(x, features: int, batch_last: bool, name: str, what: str, pattern) -> None:
     if batch_last:
         torch._check(x.dim() == 2, lambda: f"ks: batch-last {name} must be 2-D ({what}={features}, B) "
@@ -126,6 +132,11 @@ def _chain_fake(x, factors, bias=None, activation="none"):
 @torch.library.register_fake("ks::_matmul_plan")
 def _matmul_plan_fake(x, w, plan, *, batch_last=False):
     return _matmul_fake(x, w, batch_last=batch_last)
+
+
+@torch.library.register_fake("ks::_chain_plan")
+def _chain_plan_fake(x, factors, bias, activation, plan):
+    return _chain_fake(x, factors, bias, activation)
 
 
 @torch.library.register_fake("ks::_weight_grad_plan")

@@ -113,3 +113,129 @@ def test_compile_and_graph_capture():
     static_x.copy_(torch.randn_like(x))
     graph.replay()
     torch.testing.assert_close(out, ks_ops.chain(static_x, factors, b, "gelu"))
+
+
+# The fused 2-factor kernel (hopper/chain_gemm.cu, private plan 'fused' of ks::_chain_plan): F1 =
+# (a1, 64, c1, 1), F2 = (1, b2, c2, d2), a1 * 64 <= 384, d2 in {2, 4}. ViT-S/16's fc1 chain; d2 = 4
+# with a k tail in F1 (c1 = 40 < 64) and 400 outputs (the last column tile 16 of 64 wide, its last
+# boxes past b2*d2); one column tile larger than b2 (36 < 128); 7 column tiles, which the blocks
+# split unevenly over a row tile at 20011 rows (runs of 4 and 3). Rows: a partial tile, and more row
+# tiles than SMs (the persistent loop, the stage ring wrapping, the staging buffers reused); at 37
+# rows every column tile is a block of its own, each recomputing phase 1.
+FUSED_CHAINS = [[(6, 64, 64, 1), (1, 768, 192, 2)], [(4, 64, 40, 1), (1, 100, 64, 4)], [(3, 64, 24, 1), (1, 36, 96, 2)],
+                [(6, 64, 64, 1), (1, 896, 192, 2)]]
+
+
+def fused_serves():
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+@pytest.mark.parametrize("chain", FUSED_CHAINS, ids=str)
+def test_fused_chain_matches_reference(chain, name, bias, activation):
+    from ks_ops.ops import chain_with_plan
+    if not fused_serves():
+        pytest.skip("the fused chain kernel needs sm_90a")
+    dtype, _ = DTYPES[name]
+    for batch in (37, 20011):
+        x, factors, b = make(chain, batch, dtype, bias)
+        y = chain_with_plan(x, factors, b, activation, plan="fused")
+        ref = ks_chain_reference(x, factors, b, activation)
+        assert y.shape == ref.shape and y.dtype == dtype and torch.isfinite(y).all()
+        err, tol = rel_err(y, ref), tolerance(x, factors, b, activation, name)
+        assert err <= tol, f"{name} {activation} bias={bias} B={batch}: rel err {err:.3g} > {tol:.3g}"
+
+
+def test_rule_runs_served_chains_fused():
+    """ks::chain itself takes the fused kernel where the rule picks it (16-bit, the kernel's form),
+    with autograd through it, and keeps the factors one by one elsewhere."""
+    if not fused_serves():
+        pytest.skip("the fused chain kernel needs sm_90a")
+    x, factors, b = make(FUSED_CHAINS[0], 301, torch.bfloat16)
+    assert cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, "gelu"), ("chain_kernel",))
+    assert not cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, "gelu"), ("ks_bias_activation",))
+    ref = ks_chain_reference(x, factors, b, "gelu")
+    assert rel_err(ks_ops.chain(x, factors, b, "gelu"), ref) <= tolerance(x, factors, b, "gelu", "bf16")
+    inputs = [t.requires_grad_() for t in (x, *factors, b)]
+    torch.library.opcheck(torch.ops.ks.chain.default, (x, factors, b, "gelu"))
+    # Gradients of x and the bias against float64, within 3x the error of PyTorch's dense layer in
+    # bf16 (the same product as one matrix) plus a rounding floor.
+    gy = torch.randn(301, 1536, dtype=torch.bfloat16, device=DEV)
+    got = torch.autograd.grad(ks_ops.chain(x, factors, b, "gelu"), (x, b), gy)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, *factors, b)]
+    want = torch.autograd.grad(ks_chain_reference(ref_in[0], ref_in[1:3], ref_in[3], "gelu"),
+                               (ref_in[0], ref_in[3]), gy.double())
+    dense = KSPattern.of_weights(factors[1]).to_dense(factors[1].detach()) @ \
+        KSPattern.of_weights(factors[0]).to_dense(factors[0].detach())
+    xd, bd = x.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    same = torch.autograd.grad(_F.gelu(_F.linear(xd, dense, bd)), (xd, bd), gy)
+    for g, r, d in zip(got, want, same):
+        assert rel_err(g, r) <= 3 * rel_err(d, r) + 1e-6
+    xf, ff, bf = make(FUSED_CHAINS[0], 301, torch.float32)
+    assert not cuda_kernel_ran(lambda: ks_ops.chain(xf, ff, bf, "gelu"), ("chain_kernel",))
+
+
+def _identity_chain(dtype):
+    """F1 = (6, 64, 64, 1) and F2 = (1, 768, 192, 2) (the fused kernel's form) whose product copies
+    input feature f % 384 to output f: every output is one input times 1, exact in any dtype."""
+    w1 = torch.eye(64, dtype=dtype, device=DEV).expand(6, 64, 64).unsqueeze(-1).contiguous()
+    j = torch.arange(768, device=DEV)
+    w2 = (torch.arange(192, device=DEV)[None, :] == (j % 192)[:, None]).to(dtype)
+    return [w1, w2[None, :, :, None].expand(1, 768, 192, 2).contiguous()]
+
+
+def _ordered(t):
+    """16-bit floats as integers in value order (sign-magnitude to two's complement)."""
+    b = t.view(torch.int16).int()
+    return torch.where(b < 0, -(b & 0x7FFF), b)
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_gelu_within_one_unit_on_every_16bit_value(name):
+    """GELU on 16-bit outputs (the epilogue kernel's and the fused kernel's fast form) is within one
+    unit in the last place of the float64 GELU for every normal value in [-6, 6], and within 1e-8 |x|
+    beyond, up to 10 (its Phi(x) stops at Phi(-6) ~ 1e-9; fp16 rounds those values to 0)."""
+    from ks_ops.ops import chain_with_plan
+    dtype = DTYPES[name][0]
+    v = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    v = v[torch.isfinite(v) & (v.abs() <= 10) & (v.abs() >= torch.finfo(dtype).tiny)].unique()
+    rows = -(-v.numel() // 384)
+    x = torch.zeros(rows * 384)
+    x[:v.numel()] = v
+    x = x.view(rows, 384).to(dtype).to(DEV)
+    xd = x.double()[:, torch.arange(1536, device=DEV) % 384]
+    want = (xd * 0.5 * torch.special.erfc(-xd / 2 ** 0.5)).to(dtype)
+    inner = xd.abs() <= 6
+    for plan in ["factors"] + (["fused"] if fused_serves() else []):
+        y = chain_with_plan(x, _identity_chain(dtype), None, "gelu", plan=plan)
+        ulps = (_ordered(y) - _ordered(want))[inner].abs().max().item()
+        assert ulps <= 1, f"{plan}: GELU {ulps} units from the float64 value"
+        assert ((y.double() - want.double()).abs() <= 1e-8 * xd.abs())[~inner].all()
+
+
+def test_fused_chain_layouts_and_refusals():
+    from ks_ops.ops import chain_with_plan
+    if not fused_serves():
+        pytest.skip("the fused chain kernel needs sm_90a")
+    chain = FUSED_CHAINS[0]
+    x, factors, b = make(chain, 999, torch.bfloat16)
+    ref = ks_chain_reference(x, factors, b, "gelu")
+    tol = tolerance(x, factors, b, "gelu", "bf16")
+    lead = chain_with_plan(x[:996].view(3, 332, -1), factors, b, "gelu", plan="fused")
+    assert lead.shape == (3, 332, 1536) and rel_err(lead.reshape(996, -1), ref[:996]) <= tol
+    off = torch.randn(999 * 384 + 1, dtype=torch.bfloat16, device=DEV)[1:].view(999, 384)  # 2 bytes off
+    off.copy_(x)
+    assert rel_err(chain_with_plan(off, factors, b, "gelu", plan="fused"), ref) <= tol
+    b_off = torch.randn(1537, dtype=torch.bfloat16, device=DEV)[1:]  # the bias 2 bytes off 16
+    b_off.copy_(b)
+    assert rel_err(chain_with_plan(x, factors, b_off, "gelu", plan="fused"), ref) <= tol
+    assert chain_with_plan(x[:0], factors, b, "gelu", plan="fused").shape == (0, 1536)
+    with pytest.raises(RuntimeError, match=r"fused chain kernel does not serve"):
+        chain_with_plan(x.float(), [f.float() for f in factors], b.float(), "gelu", plan="fused")
+    w1, w2 = make([(6, 32, 64, 1), (1, 384, 96, 2)], 1, torch.bfloat16)[1]  # b1 = 32
+    with pytest.raises(RuntimeError, match=r"fused chain kernel does not serve"):
+        chain_with_plan(x, [w1, w2], None, "none", plan="fused")
+    with pytest.raises(RuntimeError, match=r"plan must be 'factors' or 'fused'"):
+        chain_with_plan(x, factors, b, "gelu", plan="nope")

@@ -103,6 +103,11 @@ def test_opcheck_private_ops():
     gy = torch.randn(6, KSPattern(3, 5, 7, 2).out_features)
     torch.library.opcheck(torch.ops.ks._weight_grad_plan.default, (gy, x, [3, 5, 7, 2], "bmm"),
                           {"batch_last": False})
+    w1, w2 = KSPattern(3, 64, 8, 1).random_weights(), KSPattern(1, 20, 96, 2).random_weights()
+    xc = torch.randn(5, 24)
+    torch.library.opcheck(torch.ops.ks._chain_plan.default, (xc, [w1, w2], torch.randn(40), "gelu", "factors"))
+    with pytest.raises(RuntimeError, match="plan 'fused' needs a CUDA device"):
+        torch.ops.ks._chain_plan(xc, [w1, w2], None, "none", "fused")
 
 
 def test_rule_close_to_the_best_plan_on_recorded_sweeps():

@@ -44,6 +44,10 @@ CHAIN_CASES = [([(3, 5, 7, 2), (1, 4, 15, 2)], 37), ([(6, 8, 8, 1), (1, 10, 12, 
 INTERLEAVED_CASES = [((3, 36, 20, 2), 37), ((2, 260, 100, 2), 4099), ((3, 70, 46, 4), 4099), ((2, 40, 37, 8), 4099),
                      ((1, 200, 64, 8), 300), ((2, 40, 56, 3), 37), ((2, 136, 64, 3), 4099), ((3, 100, 36, 6), 4099),
                      ((5, 24, 20, 12), 4099), ((1, 456, 520, 4), 300), ((2, 520, 512, 4), 1000)]
+# The fused 2-factor chain (hopper/chain_gemm.cu, group hopper): F1's k tail (c1 = 40), a last
+# column tile 16 wide with boxes past b2*d2, b2 smaller than a tile, partial and many row tiles.
+FUSED_CHAIN_CASES = [([(4, 64, 40, 1), (1, 100, 64, 4)], 37), ([(3, 64, 24, 1), (1, 36, 96, 2)], 4099),
+                     ([(6, 64, 64, 1), (1, 768, 192, 2)], 300), ([(6, 64, 64, 1), (1, 896, 192, 2)], 4099)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
@@ -106,17 +110,20 @@ def main(groups=ALL_GROUPS):
             bad += mismatch(y, ks_matmul_reference(x.cpu(), w.cpu(), batch_last=bl), 3e-2,
                             f"{plan} {pattern} B={batch} {dtype} bl={bl}")
             n += 1
-    for chain, batch in CHAIN_CASES if "chain" in groups else []:
+    fused = "hopper" in groups and torch.cuda.get_device_capability() == (9, 0)
+    chain_cases = [(c, "factors") for c in CHAIN_CASES] if "chain" in groups else []
+    chain_cases += [(c, "fused") for c in FUSED_CHAIN_CASES] if fused else []
+    for (chain, batch), plan in chain_cases:
         ps = [KSPattern.of(q) for q in chain]
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for dtype in (torch.bfloat16, torch.float16) + ((torch.float32,) if plan == "factors" else ()):
             factors = [q.random_weights(dtype=dtype, device="cuda") for q in ps]
             x = torch.randn(batch, ps[0].in_features, dtype=dtype, device="cuda")
             for bias in (None, torch.randn(ps[-1].out_features, dtype=dtype, device="cuda")):
                 for act in ACTIVATIONS:
-                    y = torch.ops.ks.chain(x, factors, bias, act)
+                    y = torch.ops.ks._chain_plan(x, factors, bias, act, plan)
                     ref = ks_chain_reference(x.cpu(), [f.cpu() for f in factors],
                                              None if bias is None else bias.cpu(), act)
-                    bad += mismatch(y, ref, 3e-2, f"chain {chain} B={batch} {dtype} {act} bias={bias is not None}")
+                    bad += mismatch(y, ref, 3e-2, f"chain {plan} {chain} B={batch} {dtype} {act} bias={bias is not None}")
                     n += 1
     torch.cuda.synchronize()
     print(f"sanitize cases: {n} launches, {bad} mismatches")

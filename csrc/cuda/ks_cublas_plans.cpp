@@ -12,8 +12,10 @@
 
 #include <cstdint>
 #include <utility>
+#include <vector>
 #include <c10/cuda/CUDAStream.h>
 
+#include "hopper/chain_gemm.h"
 #include "hopper/interleaved_gemm.h"
 #include "ks_cublas_plans.h"
 #include "ks_kernels.h"
@@ -207,6 +209,39 @@ void interleaved_batch_first(const at::Tensor& x, const at::Tensor& w, at::Tenso
                                       a * c * d, x.scalar_type() == at::kBFloat16};
   const cudaError_t e = hopper::interleaved_gemm(g, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, "ks::matmul (interleaved plan): the kernel failed: ", cudaGetErrorString(e));
+}
+
+bool fused_chain_serves(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2) {
+  if (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kHalf) return false;
+  if (w1.dim() != 4 || w2.dim() != 4 || x.dim() < 1) return false;
+  const int64_t in = x.size(-1), B = in > 0 ? x.numel() / in : 0;
+  return hopper::chain_gemm_serves(B, w1.size(0), w1.size(1), w1.size(2), w1.size(3), w2.size(0), w2.size(1),
+                                   w2.size(2), w2.size(3));
+}
+
+// The fused chain (hopper/chain_gemm.cu): x's rows and the bias contiguous and 16-byte aligned (else one copy),
+// w1 as it lies (contiguous (a1, 64, c1, 1) is K-major per block), w2's planes (d2, b2, c2).
+at::Tensor fused_chain(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                       const std::optional<at::Tensor>& bias, int activation) {
+  TORCH_CHECK(fused_chain_serves(x, w1, w2), "ks::chain (fused plan): the fused chain kernel does not serve x ",
+              x.sizes(), " with factors ", w1.sizes(), " and ", w2.sizes(),
+              " (it takes 16-bit (a1, 64, c1, 1) then (1, b2, c2, d2), d2 in {2, 4}, a1 * 64 <= 384)");
+  const int64_t in = x.size(-1), B = x.numel() / in, d2 = w2.size(3), out_f = w2.size(1) * d2;
+  at::Tensor xk = x.contiguous();
+  if (reinterpret_cast<uintptr_t>(xk.const_data_ptr()) % 16 != 0) xk = xk.clone();  // fresh: aligned
+  const at::Tensor w1c = w1.contiguous(), w2p = planes_of(w2);
+  at::Tensor bc = bias ? bias->contiguous() : at::Tensor();
+  if (bias && reinterpret_cast<uintptr_t>(bc.const_data_ptr()) % 16 != 0) bc = bc.clone();  // 16-byte bias loads
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_f;
+  at::Tensor y = at::empty(shape, x.options());
+  const hopper::ChainGemmArgs g{xk.const_data_ptr(), w1c.const_data_ptr(), w2p.const_data_ptr(),
+                                bias ? bc.const_data_ptr() : nullptr, y.mutable_data_ptr(), B, w1.size(0),
+                                w1.size(2), w2.size(1), w2.size(2), d2, in, activation,
+                                x.scalar_type() == at::kBFloat16};
+  const cudaError_t e = hopper::chain_gemm(g, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, "ks::chain (fused plan): the kernel failed: ", cudaGetErrorString(e));
+  return y;
 }
 
 }  // namespace ks

@@ -158,14 +158,10 @@ at::Tensor matmul_plan_cuda(const at::Tensor& x, const at::Tensor& w, c10::strin
   return run_matmul(x, w, batch_last, static_cast<Plan>(idx));
 }
 
-// ks::chain: every factor by the rule's plan (a fused chain kernel is issue fused-chain's next
-// step), then the bias and the activation in one pass (ks_epilogue.cu; float64 through ATen).
-at::Tensor chain_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
-                      c10::string_view activation) {
-  const Activation act = parse_activation(std::string(activation));
-  check_chain(x, factors, bias);
-  TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
-  c10::cuda::CUDAGuard guard(x.device());
+// ks::chain's plan 'factors': every factor by the rule's plan, then the bias and the activation in
+// one pass (ks_epilogue.cu; float64 through ATen). Arguments checked by the caller.
+at::Tensor chain_factors(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                         Activation act) {
   at::Tensor h = x;
   for (const at::Tensor& w : factors) h = run_matmul(h, w, false, std::nullopt);  // a new tensor each
   if (!bias && act == Activation::None) return h;
@@ -181,6 +177,28 @@ at::Tensor chain_cuda(const at::Tensor& x, at::TensorList factors, const std::op
                                                   c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "ks::chain: CUDA epilogue launch failed: ", cudaGetErrorString(err));
   return h;
+}
+
+// The problem of one factor of a batch-first chain applied to rows of x (for the rule).
+Problem chain_factor_problem(const at::Tensor& x, const at::Tensor& w) {
+  const int64_t in = x.size(-1), B = in > 0 ? x.numel() / in : 0;
+  Problem q{w.size(0), w.size(1), w.size(2), w.size(3), B, precision_of(x.scalar_type()), false, device_sm(x)};
+  q.sm90a_kernels = hopper::hopper_kernels_built();
+  return q;
+}
+
+// ks::chain: the fused kernel where the rule (ks_plan.h, choose_fused_chain) picks it and the
+// kernel serves the arguments; the factors one by one otherwise.
+at::Tensor chain_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                      c10::string_view activation) {
+  const Activation act = parse_activation(std::string(activation));
+  check_chain(x, factors, bias);
+  TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  if (factors.size() == 2 && choose_fused_chain(chain_factor_problem(x, factors[0]), chain_factor_problem(x, factors[1])) &&
+      fused_chain_serves(x, factors[0], factors[1]))
+    return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));
+  return chain_factors(x, factors, bias, act);
 }
 
 // The fused kernel (ks_wgrad.cu) where the rule (ks_plan.h, choose_weight_grad_plan) picks it and
@@ -245,6 +263,25 @@ at::Tensor weight_grad_plan_cuda(const at::Tensor& grad_y, const at::Tensor& x, 
   return run_weight_grad(grad_y, x, pattern, batch_last, name == "fused");
 }
 
+// ks::_chain_plan: 'factors' runs the factors one by one (each by the rule's plan); 'fused' the fused
+// 2-factor kernel (hopper/chain_gemm.cu) or an error naming why it cannot run.
+at::Tensor chain_plan_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                           c10::string_view activation, c10::string_view plan) {
+  const std::string name(plan);
+  TORCH_CHECK(name == "factors" || name == "fused", "ks::_chain_plan: plan must be 'factors' or 'fused', got '",
+              name, "'");
+  const Activation act = parse_activation(std::string(activation));
+  check_chain(x, factors, bias);
+  TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
+  c10::cuda::CUDAGuard guard(x.device());
+  if (name == "factors") return chain_factors(x, factors, bias, act);
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK(hopper::hopper_kernels_built() && prop->major == 9 && prop->minor == 0,
+              "ks::_chain_plan: plan 'fused' needs an sm_90 GPU and a build with the sm_90a kernels");
+  TORCH_CHECK(factors.size() == 2, "ks::_chain_plan: plan 'fused' takes 2 factors, got ", factors.size());
+  return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));
+}
+
 }  // namespace
 }  // namespace ks
 
@@ -254,4 +291,5 @@ TORCH_LIBRARY_IMPL(ks, CUDA, m) {
   m.impl("chain", &ks::chain_cuda);
   m.impl("_matmul_plan", &ks::matmul_plan_cuda);
   m.impl("_weight_grad_plan", &ks::weight_grad_plan_cuda);
+  m.impl("_chain_plan", &ks::chain_plan_cuda);
 }

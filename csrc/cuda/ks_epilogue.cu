@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "activation.cuh"
 #include "ks_kernels.h"
 
 namespace ks {
@@ -25,19 +26,6 @@ template <> __device__ __forceinline__ float from_f<float>(float v) { return v; 
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// The activations of ks::chain (ks_checks.h Activation), as PyTorch defines them.
-template <int ACT>
-__device__ __forceinline__ float activate(float z) {
-  if constexpr (ACT == 1) return z < 0.f ? 0.f : z;  // relu (NaN stays NaN)
-  if constexpr (ACT == 2) return 0.5f * z * (1.f + erff(z * 0.70710678118654752f));  // gelu
-  if constexpr (ACT == 3) {                                                           // gelu, tanh
-    const float u = 0.79788456080286536f * (z + 0.044715f * z * z * z);
-    return 0.5f * z * (1.f + tanhf(u));
-  }
-  if constexpr (ACT == 4) return z / (1.f + expf(-z));  // silu
-  return z;
-}
-
 // V elements per thread and step (16 bytes, or 1); features % V == 0.
 template <typename T, int ACT, int V>
 __global__ void __launch_bounds__(kThreads) ks_bias_activation_kernel(T* __restrict__ z, const T* __restrict__ bias,
@@ -50,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) ks_bias_activation_kernel(T* __restr
     const T* be = reinterpret_cast<const T*>(&bv);
     if (bias) bv = reinterpret_cast<const Vec*>(bias)[v % row_vectors];
 #pragma unroll
-    for (int k = 0; k < V; ++k) ze[k] = from_f<T>(activate<ACT>(to_f(ze[k]) + (bias ? to_f(be[k]) : 0.f)));
+    for (int k = 0; k < V; ++k) ze[k] = from_f<T>(activate<ACT, !std::is_same<T, float>::value>(to_f(ze[k]) + (bias ? to_f(be[k]) : 0.f)));
     reinterpret_cast<Vec*>(z)[v] = zv;
   }
 }

@@ -32,6 +32,7 @@
 #include <type_traits>
 
 #include "interleaved_gemm.h"
+#include "interleaved_mainloop.cuh"
 #include "interleaved_tile.cuh"
 #include "ptx.cuh"
 #include "tensor_map.h"
@@ -55,22 +56,18 @@ struct Tiles {
   static constexpr int kXCols = kBK * D;            // x elements per row per stage (64, 128 or 192)
   static constexpr int kXBoxes = kXCols / 64;       // 128-byte swizzled boxes [kBM][64]
   static constexpr int kXBytes = kBM * kXCols * 2;
-  static constexpr int kWSwizzle = kBK * 2;         // the weight tiles' rows: 128, 64 or 32 bytes
-  static constexpr int kWPlaneBytes = kBN * kBK * 2;
-  static constexpr int kWBytes = D * kWPlaneBytes;
+  static constexpr int kWBytes = D * kBN * kBK * 2;  // the weight tiles: D planes [kBN][kBK]
   static constexpr int kStageBytes = kXBytes + kWBytes;
   static constexpr int kYBoxes = kCols / 64;        // per warpgroup: boxes [64 rows][64 elements]
   static constexpr int kYBytes = 2 * kYBoxes * 64 * 64 * 2;
   // As many stages as fit, at most 4 (6 at d = 4; d = 3, 6: two stages of 64 and 32 k).
   static constexpr int kStagesFit = (232448 - 1024 - kYBytes - 64) / kStageBytes;
   static constexpr int kStages = D == 4 ? 6 : kStagesFit < 4 ? kStagesFit : 4;
-  // Bytes per A-fragment load: the 2d elements (k, k + 1) x all planes start 4d bytes apart (k even).
-  static constexpr int kLoadWords = D % 4 == 0 ? 4 : D % 2 == 0 ? 2 : 1;
   // A-fragment sets: two (one built while the other's wgmmas run) where registers allow. At d = 12
   // two sets (96 words) beside 96 accumulators made ptxas serialise every wgmma (C7512); with one
   // set the step's loads still overlap the previous step's wgmmas, and it ran 0.79-0.92x the time
   // (H100, results/interleaved7_h100_d12_oneset_ab_*.json).
-  static constexpr int kFragSets = D == 12 ? 1 : 2;
+  using Loop = MainloopShape<D, kBN, kBK, D == 12 ? 1 : 2>;
   static constexpr int kSmemBytes = 1024 + kStages * kStageBytes + kYBytes + 2 * kStages * 8;
   static_assert(kSmemBytes <= 232448, "shared memory per block");
   static_assert(kStages >= 2, "stages");
@@ -107,7 +104,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     interleaved_kernel(const __grid_constant__ CUtensorMap tm_x, const __grid_constant__ CUtensorMap tm_w,
                        const __grid_constant__ CUtensorMap tm_y, const Prob pr) {
   using C = Tiles<D>;
-  constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   uint8_t* xs = smem;                                  // [kStages][kXBoxes][kBM][64]
@@ -187,96 +183,20 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int g = 0; g < D; ++g)
 #pragma unroll
         for (int e = 0; e < C::kBN / 2; ++e) acc[g][e] = 0.f;
-      // Two sets of A fragments (kFragSets): step s builds set s % 2 while step s - 1's wgmmas
-      // still read the other; wgmma_wait<1> after each step leaves only the newest step in flight.
       // (At d = 8 ptxas serialises the wgmmas anyway for want of registers: 128 accumulators +
       // 2 x 32 fragment registers + the loaded words exceed what setmaxnreg 232-240 leaves; 192
       // accumulators per row there avoided that but ran 1.10-1.22x slower: 24 columns per plane
       // re-read x from L2 a third more often; results/interleaved6_h100_d8cols192_d12oneset_ab_*.json.)
-      uint32_t frag[C::kFragSets][D][4];
-      int pending = -1;  // the stage of the step in flight when that step was its stage's last
-
-      // One k16 step: fragments of step ks of stage st into set `buf`, then its D wgmmas.
-      auto step = [&](int st, int ks, auto buf_c, bool last_of_stage) {
-        constexpr int buf = decltype(buf_c)::value % C::kFragSets;
-        const uint32_t xb = smem_u32(xs + st * C::kXBytes);
-        const uint32_t wb = smem_u32(ws + st * C::kWBytes);
-        uint32_t raw[4][D];  // the (k, k + 1) x all planes runs of the 4 fragment positions
-        load_pair_runs<D, C::kLoadWords>(xb, C::kBM * 128, row0, q, ks, raw);
-        if constexpr (C::kFragSets == 1) {  // the previous step's wgmmas still read the one set
-          wgmma_wait<0>();
-#pragma unroll
-          for (int g = 0; g < D; ++g) fence_registers(acc[g]);
-          if (pending >= 0) release(pending);
-          pending = -1;
-        }
-#pragma unroll
-        for (int g = 0; g < D; ++g) fence_registers(frag[buf][g]);
-        sort_pairs<D>(raw, frag[buf]);
-        // The descriptors too are computed before the fence: an address computed between two
-        // wgmmas of the step serialises them (ptxas C7513).
-        uint64_t desc[D];
-#pragma unroll
-        for (int g = 0; g < D; ++g) {
-          desc[g] = wgmma_desc_k<C::kWSwizzle>(wb + g * C::kWPlaneBytes) + 2 * ks;
-          asm volatile("" : "+l"(desc[g]));
-        }
-        wgmma_fence();
-#pragma unroll
-        for (int g = 0; g < D; ++g) {
-          fence_registers(acc[g]);
-          fence_registers(frag[buf][g]);
-        }
-#pragma unroll
-        for (int g = 0; g < D; ++g) wgmma_rs<kBf16, C::kBN>(acc[g], frag[buf][g], desc[g]);
-        wgmma_commit();
-        wgmma_wait<1>();  // the previous step is done: its fragments and, if it ended a stage, its stage
-#pragma unroll
-        for (int g = 0; g < D; ++g) {
-          fence_registers(acc[g]);
-          fence_registers(frag[buf][g]);
-        }
-        if (pending >= 0) release(pending);
-        pending = last_of_stage ? st : -1;
-      };
-      // Consecutive steps alternate fragment sets; with one step per stage, stages go in pairs.
-      constexpr int kSteps = C::kBK / 16;
-      using B0 = std::integral_constant<int, 0>;
-      using B1 = std::integral_constant<int, 1>;
-      auto next_stage = [&]() {
-        const int st = static_cast<int>(it % C::kStages);
-        mbarrier_wait(&full[st], (it / C::kStages) & 1);
-        ++it;
-        return st;
-      };
-      if constexpr (kSteps % 2 == 0) {
-        for (int kt = 0; kt < pr.k_tiles; ++kt) {
-          const int st = next_stage();
-          // Not unrolled: with four steps unrolled (d = 3) ptxas moves fragment builds between the
-          // wgmmas of a step and serialises them (C7513).
-#pragma unroll 1
-          for (int ks = 0; ks < kSteps; ks += 2) {
-            step(st, ks, B0{}, false);
-            step(st, ks + 1, B1{}, ks + 2 == kSteps);
-          }
-        }
-      } else {
-        static_assert(kSteps == 1, "steps per stage");
-        int kt = 0;
-        for (; kt + 1 < pr.k_tiles; kt += 2) {
-          step(next_stage(), 0, B0{}, true);
-          step(next_stage(), 0, B1{}, true);
-        }
-        if (kt < pr.k_tiles) step(next_stage(), 0, B0{}, true);
-      }
-      wgmma_wait<0>();
-#pragma unroll
-      for (int g = 0; g < D; ++g) {
-        fence_registers(acc[g]);
-#pragma unroll
-        for (int b = 0; b < C::kFragSets; ++b) fence_registers(frag[b][g]);
-      }
-      if (pending >= 0) release(pending);
+      interleaved_mainloop<T, typename C::Loop>(
+          acc, pr.k_tiles, row0, q, C::kBM * 128,
+          [&]() {
+            const int st = static_cast<int>(it % C::kStages);
+            mbarrier_wait(&full[st], (it / C::kStages) & 1);
+            ++it;
+            return st;
+          },
+          [&](int, int st) { return smem_u32(xs + st * C::kXBytes); },
+          [&](int st) { return smem_u32(ws + st * C::kWBytes); }, release);
 
       // Epilogue: this warpgroup's 64 x (kBN * D) outputs, rounded to T, into its staging boxes
       // (once the previous tile's TMA store has read them), then TMA stores of 4 boxes.
@@ -294,9 +214,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int row = warp * 16 + rho + 8 * h;
           const int e = (8 * s + 2 * q) * D;
 #pragma unroll
-          for (int w = 0; w < D / C::kLoadWords; ++w) {
-            const int ew = e + 2 * C::kLoadWords * w;
-            sts<C::kLoadWords>(ystage + (ew / 64) * (64 * 128) + swizzled(row, ew % 64), &v[C::kLoadWords * w]);
+          for (int w = 0; w < D / C::Loop::kLoadWords; ++w) {
+            const int ew = e + 2 * C::Loop::kLoadWords * w;
+            sts<C::Loop::kLoadWords>(ystage + (ew / 64) * (64 * 128) + swizzled(row, ew % 64), &v[C::Loop::kLoadWords * w]);
           }
         }
       fence_proxy_async_shared();
@@ -336,7 +256,7 @@ cudaError_t launch(const InterleavedGemmArgs& g, cudaStream_t stream) {
   const int64_t y_dims[3] = {g.b * D, g.a, g.B}, y_strides[2] = {g.b * D, g.a * g.b * D};
   const uint32_t x_box[3] = {64, 1, static_cast<uint32_t>(C::kBM / cs)}, w_box[3] = {C::kBK, C::kBN, D}, y_box[3] = {64, 1, 64};
   if (!encode_tile_map(&tm_x, g.x, g.bf16, x_dims, x_strides, x_box, 128) ||
-      !encode_tile_map(&tm_w, g.wp, g.bf16, w_dims, w_strides, w_box, C::kWSwizzle) ||
+      !encode_tile_map(&tm_w, g.wp, g.bf16, w_dims, w_strides, w_box, C::Loop::kWSwizzle) ||
       !encode_tile_map(&tm_y, g.y, g.bf16, y_dims, y_strides, y_box, 128))
     return cudaErrorInvalidValue;
 

@@ -51,6 +51,18 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   }
 }
 
+// The two 16-bit values of a word (pack2's inverse), in fp32.
+template <typename T>
+__device__ __forceinline__ void unpack2(uint32_t w, float& lo, float& hi) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w));
+    lo = f.x, hi = f.y;
+  } else {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+    lo = f.x, hi = f.y;
+  }
+}
+
 // Shared-memory loads and stores of W = 1, 2 or 4 consecutive 32-bit words (4W-byte aligned).
 template <int W>
 __device__ __forceinline__ void lds(uint32_t addr, uint32_t* v) {

@@ -159,6 +159,9 @@ __device__ __forceinline__ void fence_registers(float (&d)[R]) {
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
   "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
   "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define KS_WGMMA_REGS_32_SS                                                                              \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                               \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define KS_WGMMA_REGS_128 \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
@@ -175,6 +178,21 @@ __device__ __forceinline__ void fence_registers(float (&d)[R]) {
                DESC_B ", p, 1, 1, 0, 0;\n}\n"                                                           \
                : __VA_ARGS__                                                                           \
                : "l"(desc_a), "l"(desc_b))
+
+// D (64 x 64, fp32, 32 registers per thread) += A (64 x 16) * B (64 x 16)^T, both K-major in shared
+// memory (descriptors); bf16 or fp16.
+template <bool IsBf16>
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
+#if KS_SM90A
+  if constexpr (IsBf16)
+    KS_WGMMA("m64n64k16", "bf16", KS_WGMMA_REGS_32_SS, "%32", "%33", KS_WGMMA_8(0), KS_WGMMA_8(8), KS_WGMMA_8(16), KS_WGMMA_8(24));
+  else
+    KS_WGMMA("m64n64k16", "f16", KS_WGMMA_REGS_32_SS, "%32", "%33", KS_WGMMA_8(0), KS_WGMMA_8(8), KS_WGMMA_8(16), KS_WGMMA_8(24));
+#else
+  (void)d, (void)desc_a, (void)desc_b;
+  __trap();
+#endif
+}
 
 // D (64 x 256, fp32, 128 registers per thread) += A (64 x 16) * B (256 x 16)^T, both K-major in shared
 // memory (descriptors); bf16 or fp16. (Only benchmarks/experiments/plane_gemm_128x256.cu uses it.)
@@ -242,6 +260,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 #undef KS_WGMMA_REGS_8
 #undef KS_WGMMA
 #undef KS_WGMMA_REGS_128
+#undef KS_WGMMA_REGS_32_SS
 #undef KS_WGMMA_REGS_64
 #undef KS_WGMMA_8
 
