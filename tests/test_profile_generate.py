@@ -68,3 +68,25 @@ def test_model_without_static_cache_is_named(monkeypatch):
     monkeypatch.setattr(type(model), "_supports_static_cache", False, raising=False)
     with pytest.raises(config.ConfigError, match=r"^workload: generate\.cache: GPT2LMHeadModel has no static KV cache"):
         models.phases(model, model, cfg.model, cfg.input, cfg.workloads[0], torch.device("cpu"), torch.float32, 0)
+
+
+def test_rewind_sets_the_length_counter_of_layers_that_cannot_crop():
+    """transformers 5.17's static layers have no crop: their tensor counter goes back in place."""
+    from ks_ops.profile.models import _rewind
+
+    class Layer:  # StaticLayer of transformers 5.17: a tensor length counter, no crop
+        def __init__(self):
+            self.cumulative_length = torch.tensor(9)
+
+    class Cache:
+        def __init__(self):
+            self.layers = [Layer(), Layer()]
+
+        def get_seq_length(self):
+            raise AssertionError("no host read of the length")
+
+    cache = Cache()
+    counters = [layer.cumulative_length for layer in cache.layers]
+    _rewind(cache, 4)
+    assert [c.item() for c in counters] == [4, 4]
+    assert all(layer.cumulative_length is c for layer, c in zip(cache.layers, counters))  # same tensors

@@ -122,6 +122,21 @@ def _static_cache(model: nn.Module, batch: int, length: int, device, dtype):
     return StaticCache(**kwargs)
 
 
+def _rewind(cache, length: int) -> None:
+    """Back to `length` cached positions, so that every run writes the same ones. transformers 5.x
+    layers crop; its earlier 5.x static layers (5.17) cannot, but count their length in a tensor,
+    set in place here (no host sync, the compiled graphs keep its address)."""
+    layers = getattr(cache, "layers", None) or []
+    counters = [getattr(layer, "cumulative_length", None) for layer in layers]
+    if layers and not hasattr(layers[0], "crop") and all(torch.is_tensor(c) for c in counters):
+        for c in counters:
+            c.fill_(length)
+        return
+    grown = cache.get_seq_length() - length
+    if grown > 0:
+        cache.crop(-grown)
+
+
 def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSpec, workload: Workload,
            device, dtype, seed: int) -> list[Phase]:
     """The phases of workload; model may be compiled, raw_model is the module it wraps."""
@@ -157,15 +172,10 @@ def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSp
     prefill_at = at(0, workload.prompt_len)
     step_at = [at(workload.prompt_len + i, 1) for i in range(workload.new_tokens)]
 
-    def rewind(cache, length):
-        grown = cache.get_seq_length() - length
-        if grown > 0:
-            cache.crop(-grown)  # back to `length`: every run writes the same positions
-
     def prefill():
         if static:
             if not positions:
-                rewind(cache, 0)
+                _rewind(cache, 0)
             out = model(input_ids=prompt, use_cache=True, **{past: cache}, **keep, **prefill_at)
             state["cache"] = cache
         else:
@@ -179,7 +189,7 @@ def phases(model: nn.Module, raw_model: nn.Module, spec: ModelSpec, inp: InputSp
             prefill()
         kv = state["cache"]
         if not positions:
-            rewind(kv, workload.prompt_len)
+            _rewind(kv, workload.prompt_len)
         token = state["first"]
         for i in range(workload.new_tokens):
             out = model(input_ids=token, use_cache=True, **{past: kv}, **step_at[i])
