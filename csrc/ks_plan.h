@@ -173,15 +173,15 @@ inline Plan choose_weight_grad_plan(const Problem& q) {
 
 // ks::chain of two factors: the fused kernel (hopper/chain_gemm.cu; the intermediate stays in
 // shared memory, bias and activation in its epilogue) for 16-bit batch-first chains of its form,
-// F1 = (a1, 64, c1, 1) then F2 = (1, b2, c2, d2 in {2, 4}) with a1 * 64 <= 384 (the `auto` and
-// paper chains of layers up to 384 wide, e.g. ViT-S/16's fc1); the factors one by one otherwise.
+// F1 = (a1, 64, c1, 1) then F2 = (1, b2, c2, d2 in {2, 3, 4}) with a1 * 64 <= 384: the `auto` and
+// paper chains of layers up to 384 wide, e.g. ViT-S/16's fc1 and fc2; the factors one by one otherwise.
 // (The binding also asks the kernel's own preconditions: 16-byte strides, 32-bit sizes.) On
 // ViT-S/16's fc1 chain with GELU it took 0.81-1.0x the time of the factors plus the epilogue
 // kernel at 128-25216 rows (H100, bf16, benchmarks/results/chain2_h100_fused_vs_factors.txt).
 inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
   const bool half = f1.precision == Precision::F16 || f1.precision == Precision::BF16;
   return f1.sm == 90 && f1.sm90a_kernels && half && !f1.batch_last && f1.d == 1 && f1.b == 64 && f1.a * 64 <= 384 &&
-         f2.a == 1 && (f2.d == 2 || f2.d == 4) && f1.a * f1.b == f2.c * f2.d;
+         f2.a == 1 && (f2.d == 2 || f2.d == 3 || f2.d == 4) && f1.a * f1.b == f2.c * f2.d;
 }
 
 }  // namespace ks

@@ -47,7 +47,8 @@ INTERLEAVED_CASES = [((3, 36, 20, 2), 37), ((2, 260, 100, 2), 4099), ((3, 70, 46
 # The fused 2-factor chain (hopper/chain_gemm.cu, group hopper): F1's k tail (c1 = 40), a last
 # column tile 16 wide with boxes past b2*d2, b2 smaller than a tile, partial and many row tiles.
 FUSED_CHAIN_CASES = [([(4, 64, 40, 1), (1, 100, 64, 4)], 37), ([(3, 64, 24, 1), (1, 36, 96, 2)], 4099),
-                     ([(6, 64, 64, 1), (1, 768, 192, 2)], 300), ([(6, 64, 64, 1), (1, 896, 192, 2)], 4099)]
+                     ([(6, 64, 64, 1), (1, 768, 192, 2)], 300), ([(6, 64, 64, 1), (1, 896, 192, 2)], 4099),
+                     ([(6, 64, 256, 1), (1, 128, 128, 3)], 300), ([(3, 64, 40, 1), (1, 72, 64, 3)], 4099)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 

@@ -225,7 +225,7 @@ at::Tensor fused_chain(const at::Tensor& x, const at::Tensor& w1, const at::Tens
                        const std::optional<at::Tensor>& bias, int activation) {
   TORCH_CHECK(fused_chain_serves(x, w1, w2), "ks::chain (fused plan): the fused chain kernel does not serve x ",
               x.sizes(), " with factors ", w1.sizes(), " and ", w2.sizes(),
-              " (it takes 16-bit (a1, 64, c1, 1) then (1, b2, c2, d2), d2 in {2, 4}, a1 * 64 <= 384)");
+              " (it takes 16-bit (a1, 64, c1, 1) then (1, b2, c2, d2), d2 in {2, 3, 4}, a1 * 64 <= 384)");
   const int64_t in = x.size(-1), B = x.numel() / in, d2 = w2.size(3), out_f = w2.size(1) * d2;
   at::Tensor xk = x.contiguous();
   if (reinterpret_cast<uintptr_t>(xk.const_data_ptr()) % 16 != 0) xk = xk.clone();  // fresh: aligned

@@ -40,7 +40,7 @@ namespace {
 // Tile shapes: pure functions of d2 (FlashAttention's tile_size.h style).
 template <int D>
 struct ChainTiles {
-  static_assert(D == 2 || D == 4, "fused chain: d2");
+  static_assert(D == 2 || D == 3 || D == 4, "fused chain: d2");
   static constexpr int kBM = 128;                  // rows: two consumer warpgroups of 64
   static constexpr int kB1 = 64;                   // F1's b: block i1's outputs are one H box
   static constexpr int kK1 = 64;                   // F1's k per stage (128-byte boxes)
@@ -48,12 +48,15 @@ struct ChainTiles {
   static constexpr int kHBytes = kHMax / 64 * kBM * 128;
   static constexpr int kXBytes = kBM * kK1 * 2;
   static constexpr int kW1Bytes = kB1 * kK1 * 2;
-  // F2: 256 outputs per row and column tile; k per stage = one H box (kBK * d2 = 64 features).
-  using Loop = MainloopShape<D, 256 / D, 64 / D, 2>;
+  // F2 as the interleaved kernel tiles it: 256 outputs per row and column tile, k per stage = one
+  // H box (kBK * d2 = 64 features) for d2 = 2, 4; 192 outputs and three H boxes (kBK = 64) for d2 = 3.
+  static constexpr int kCols = D == 3 ? 192 : 256;
+  static constexpr int kXBoxes = D == 3 ? 3 : 1;   // H boxes per stage
+  using Loop = MainloopShape<D, kCols / D, kXBoxes * 64 / D, 2>;
   static constexpr int kW2Bytes = D * Loop::kWPlaneBytes;
   static constexpr int kSlotBytes = kXBytes + kW1Bytes;  // a stage of either phase
   static constexpr int kSlots = 4;
-  static constexpr int kYBoxes = 4;                // 256 outputs per row: 4 boxes of 64
+  static constexpr int kYBoxes = kCols / 64;       // outputs per row and tile: boxes of 64
   static constexpr int kYBuf = 64 * 128;           // one staging box [64 rows][64] per warpgroup
   static constexpr int kSmemBytes = 1024 + kHBytes + kSlots * kSlotBytes + 4 * kYBuf + 2 * kSlots * 8;
   static_assert(kW2Bytes <= kSlotBytes, "w2 tile in a stage");
@@ -166,7 +169,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int q = lane % 4, r = lane / 4, rho = row_perm<D>(r);
     const int row0 = cw * 64 + warp * 16 + rho;  // phase 2's fragment rows row0, row0 + 8
     const uint32_t hb = smem_u32(hs);
-    uint32_t it = 0;
+    uint32_t it = 0, yb = 0;  // stages consumed, staging boxes written
     auto next_stage = [&]() {
       const int st = static_cast<int>(it % C::kSlots);
       mbarrier_wait(&full[st], (it / C::kSlots) & 1);
@@ -222,20 +225,23 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int e = 0; e < L::kBN / 2; ++e) acc[g][e] = 0.f;
         interleaved_mainloop<T, L>(
             acc, pr.k2_tiles, row0, q, C::kBM * 128, next_stage,
-            [&](int kt, int) { return hb + kt * (C::kBM * 128); },  // H box kt: k = kt*kBK .., all planes
+            [&](int kt, int) { return hb + kt * C::kXBoxes * (C::kBM * 128); },  // k = kt*kBK .., all planes
             [&](int st) { return smem_u32(ring + st * C::kSlotBytes); }, release);
 
-        // Epilogue: outputs (n*kBN + j)*d2 + l of this warpgroup's rows, box by box (64 outputs).
+        // Epilogue: outputs (n*kBN + j)*d2 + l of this warpgroup's rows, box by box (64 outputs; the
+        // staging buffers alternate box after box, across tiles too).
         const int col0 = n * L::kBN * D;
 #pragma unroll
-        for (int bx = 0; bx < C::kYBoxes; ++bx) {
-          const uint32_t buf = smem_u32(ys + (cw * 2 + (bx & 1)) * C::kYBuf);
+        for (int bx = 0; bx < C::kYBoxes; ++bx, ++yb) {
+          const uint32_t buf = smem_u32(ys + (cw * 2 + (yb & 1)) * C::kYBuf);
           float bias8[8];
           load_bias8(bias, col0 + bx * 64 + (t % 8) * 8, pr.out_f, bias8);
           if (t == 0) bulk_wait_read<1>();  // the store that read buf two boxes ago
           named_barrier(1 + cw, 128);
+          // The runs (8s + 2q) d .. + 2d - 1 that reach into box bx (at d2 = 3 some straddle two boxes:
+          // each word goes to its own).
 #pragma unroll
-          for (int s = bx * 8 / D; s < (bx + 1) * 8 / D; ++s)
+          for (int s = 64 * bx / (8 * D); s <= (64 * bx + 63) / (8 * D) && s < L::kBN / 8; ++s)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
               // Elements t = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + t / d, plane t % d).
@@ -246,8 +252,11 @@ __global__ void __launch_bounds__(kThreads, 1)
               const int row = warp * 16 + rho + 8 * h;
               const int e = (8 * s + 2 * q) * D;
 #pragma unroll
-              for (int w = 0; w < D / L::kLoadWords; ++w)
-                sts<L::kLoadWords>(buf + swizzled(row, e % 64 + 2 * L::kLoadWords * w), &v[L::kLoadWords * w]);
+              for (int w = 0; w < D / L::kLoadWords; ++w) {
+                const int ew = e + 2 * L::kLoadWords * w;
+                if (D == 3 && ew / 64 != bx) continue;
+                sts<L::kLoadWords>(buf + swizzled(row, ew % 64), &v[L::kLoadWords * w]);
+              }
             }
           named_barrier(1 + cw, 128);  // the pass reads other threads' outputs
           switch (pr.activation) {
@@ -261,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           named_barrier(1 + cw, 128);
           if (t == 0) {  // one bulk group per box, empty past b2*d2: wait_read<1> above
             if (col0 + bx * 64 < pr.out_f)  // then always finds the group of this buffer's last use
-              tma_store_3d(&tm_y, ys + (cw * 2 + (bx & 1)) * C::kYBuf, col0 + bx * 64, 0, m * C::kBM + cw * 64);
+              tma_store_3d(&tm_y, ys + (cw * 2 + (yb & 1)) * C::kYBuf, col0 + bx * 64, 0, m * C::kBM + cw * 64);
             bulk_commit();
           }
         }
@@ -327,10 +336,10 @@ cudaError_t launch(const ChainGemmArgs& g, cudaStream_t stream) {
   pr.a1 = static_cast<int>(g.a1);
   pr.k1_tiles = static_cast<int>((g.c1 + C::kK1 - 1) / C::kK1);
   pr.n_tiles = static_cast<int>((g.b2 + L::kBN - 1) / L::kBN);
-  pr.k2_tiles = static_cast<int>(g.c2 / L::kBK);  // c2 * d2 = 64 a1: whole H boxes
+  pr.k2_tiles = static_cast<int>(g.c2 / L::kBK);  // c2 * d2 = 64 a1: whole stages (chain_gemm_serves)
   pr.out_f = static_cast<int>(out_f);
   pr.activation = g.activation;
-  pr.splits = column_splits(pr.m_tiles, pr.n_tiles, sms, g.a1 * C::kB1 * g.c1, 256 * g.c2);
+  pr.splits = column_splits(pr.m_tiles, pr.n_tiles, sms, g.a1 * C::kB1 * g.c1, C::kCols * g.c2);
   pr.per_split = (pr.n_tiles + pr.splits - 1) / pr.splits;
   const int64_t units = static_cast<int64_t>(pr.m_tiles) * pr.splits;
   const int grid = static_cast<int>(units < sms ? units : sms);
@@ -342,6 +351,7 @@ template <typename T>
 cudaError_t launch_for_d(const ChainGemmArgs& g, cudaStream_t stream) {
   switch (g.d2) {
     case 2: return launch<T, 2>(g, stream);
+    case 3: return launch<T, 3>(g, stream);
     case 4: return launch<T, 4>(g, stream);
   }
   return cudaErrorInvalidValue;
@@ -352,7 +362,8 @@ cudaError_t launch_for_d(const ChainGemmArgs& g, cudaStream_t stream) {
 bool chain_gemm_serves(int64_t B, int64_t a1, int64_t b1, int64_t c1, int64_t d1, int64_t a2, int64_t b2, int64_t c2,
                        int64_t d2) {
   const int64_t lim = 0x7fffffff;
-  return d1 == 1 && a2 == 1 && b1 == 64 && (d2 == 2 || d2 == 4) && a1 * b1 == c2 * d2 && a1 * b1 <= 384 &&
+  // (At d2 = 3, a1 * 64 = 3 c2 makes a1 a multiple of 3: whole stages of three H boxes.)
+  return d1 == 1 && a2 == 1 && b1 == 64 && (d2 == 2 || d2 == 3 || d2 == 4) && a1 * b1 == c2 * d2 && a1 * b1 <= 384 &&
          c1 % 8 == 0 && (b2 * d2) % 8 == 0 && B <= lim && c1 <= lim && b2 * d2 <= lim;
 }
 

@@ -21,7 +21,7 @@ struct ChainGemmArgs {
 };
 
 // The chains it takes: F1 = (a1, 64, c1, 1), F2 = (1, b2, c2, d2), a1 * 64 = c2 * d2 <= 384 (the
-// intermediate of 128 rows in shared memory), d2 in {2, 4}; TMA's 16-byte strides: c1 % 8 == 0,
+// intermediate of 128 rows in shared memory), d2 in {2, 3, 4}; TMA's 16-byte strides: c1 % 8 == 0,
 // (b2 * d2) % 8 == 0; 32-bit coordinates.
 bool chain_gemm_serves(int64_t B, int64_t a1, int64_t b1, int64_t c1, int64_t d1, int64_t a2, int64_t b2, int64_t c2,
                        int64_t d2);
