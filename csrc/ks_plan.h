@@ -175,12 +175,16 @@ inline Plan choose_weight_grad_plan(const Problem& q) {
 // shared memory, bias and activation in its epilogue) for 16-bit batch-first chains of its form,
 // F1 = (a1, 64, c1, 1) then F2 = (1, b2, c2, d2 in {2, 3, 4}) with a1 * 64 <= 384: the `auto` and
 // paper chains of layers up to 384 wide, e.g. ViT-S/16's fc1 and fc2; the factors one by one otherwise.
-// (The binding also asks the kernel's own preconditions: 16-byte strides, 32-bit sizes.) On
-// ViT-S/16's fc1 chain with GELU it took 0.81-1.0x the time of the factors plus the epilogue
-// kernel at 128-25216 rows (H100, bf16, benchmarks/results/chain2_h100_fused_vs_factors.txt).
+// (The binding also asks the kernel's own preconditions: 16-byte strides, 32-bit sizes.) From
+// 1024 rows: on ViT-S/16's fc1 chain with GELU it took 0.64-1.0x the time of the factors plus the
+// epilogue kernel at 1024-25216 rows and tied at 128-1024 (H100, bf16, results/chain2_h100_*,
+// chain4_h100_d3_ab.json); at decode sizes it lost (one block per column tile, each recomputing
+// phase 1 over a serial k loop): the ViT-S MLP block at 1 token took 31.5 us with it, 24.4 without
+// (results/mlp1_h100_blocks.jsonl against session 5's run).
 inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
   const bool half = f1.precision == Precision::F16 || f1.precision == Precision::BF16;
-  return f1.sm == 90 && f1.sm90a_kernels && half && !f1.batch_last && f1.d == 1 && f1.b == 64 && f1.a * 64 <= 384 &&
+  return f1.sm == 90 && f1.sm90a_kernels && half && !f1.batch_last && f1.batch >= 1024 && f1.d == 1 && f1.b == 64 &&
+         f1.a * 64 <= 384 &&
          f2.a == 1 && (f2.d == 2 || f2.d == 3 || f2.d == 4) && f1.a * f1.b == f2.c * f2.d;
 }
 

@@ -156,7 +156,8 @@ def test_rule_runs_served_chains_fused():
     with autograd through it, and keeps the factors one by one elsewhere."""
     if not fused_serves():
         pytest.skip("the fused chain kernel needs sm_90a")
-    x, factors, b = make(FUSED_CHAINS[0], 301, torch.bfloat16)
+    x, factors, b = make(FUSED_CHAINS[0], 1031, torch.bfloat16)
+    assert not cuda_kernel_ran(lambda: ks_ops.chain(x[:301], factors, b, "gelu"), ("chain_kernel",))  # < 1024 rows
     assert cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, "gelu"), ("chain_kernel",))
     assert not cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, "gelu"), ("ks_bias_activation",))
     ref = ks_chain_reference(x, factors, b, "gelu")
@@ -165,7 +166,7 @@ def test_rule_runs_served_chains_fused():
     torch.library.opcheck(torch.ops.ks.chain.default, (x, factors, b, "gelu"))
     # Gradients of x and the bias against float64, within 3x the error of PyTorch's dense layer in
     # bf16 (the same product as one matrix) plus a rounding floor.
-    gy = torch.randn(301, 1536, dtype=torch.bfloat16, device=DEV)
+    gy = torch.randn(1031, 1536, dtype=torch.bfloat16, device=DEV)
     got = torch.autograd.grad(ks_ops.chain(x, factors, b, "gelu"), (x, b), gy)
     ref_in = [t.detach().double().requires_grad_() for t in (x, *factors, b)]
     want = torch.autograd.grad(ks_chain_reference(ref_in[0], ref_in[1:3], ref_in[3], "gelu"),
@@ -176,7 +177,7 @@ def test_rule_runs_served_chains_fused():
     same = torch.autograd.grad(_F.gelu(_F.linear(xd, dense, bd)), (xd, bd), gy)
     for g, r, d in zip(got, want, same):
         assert rel_err(g, r) <= 3 * rel_err(d, r) + 1e-6
-    xf, ff, bf = make(FUSED_CHAINS[0], 301, torch.float32)
+    xf, ff, bf = make(FUSED_CHAINS[0], 1031, torch.float32)
     assert not cuda_kernel_ran(lambda: ks_ops.chain(xf, ff, bf, "gelu"), ("chain_kernel",))
 
 
