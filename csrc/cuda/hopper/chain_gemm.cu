@@ -244,19 +244,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int s = 64 * bx / (8 * D); s <= (64 * bx + 63) / (8 * D) && s < L::kBN / 8; ++s)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
-              // Elements t = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + t / d, plane t % d).
-              auto out = [&](int e) { return acc[e % D][4 * s + 2 * h + e / D]; };
-              uint32_t v[D];
-#pragma unroll
-              for (int k = 0; k < D; ++k) v[k] = pack2<T>(out(2 * k), out(2 * k + 1));
               const int row = warp * 16 + rho + 8 * h;
-              const int e = (8 * s + 2 * q) * D;
-#pragma unroll
-              for (int w = 0; w < D / L::kLoadWords; ++w) {
-                const int ew = e + 2 * L::kLoadWords * w;
-                if (D == 3 && ew / 64 != bx) continue;
-                sts<L::kLoadWords>(buf + swizzled(row, ew % 64), &v[L::kLoadWords * w]);
-              }
+              pack_run<T, L>(acc, s, h, q, [&](int e, const uint32_t* v) {
+                if (D != 3 || e / 64 == bx) sts<L::kLoadWords>(buf + swizzled(row, e % 64), v);
+              });
             }
           named_barrier(1 + cw, 128);  // the pass reads other threads' outputs
           switch (pr.activation) {

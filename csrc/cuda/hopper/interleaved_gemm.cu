@@ -206,18 +206,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int s = 0; s < C::kBN / 8; ++s)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {  // rows row0 and row0 + 8
-          // Elements t = 0 .. 2d-1 of the run at (j, plane 0), j = 8 s + 2 q: (j + t / d, plane t % d).
-          auto out = [&](int t) { return acc[t % D][4 * s + 2 * h + t / D]; };
-          uint32_t v[D];
-#pragma unroll
-          for (int m = 0; m < D; ++m) v[m] = pack2<T>(out(2 * m), out(2 * m + 1));
           const int row = warp * 16 + rho + 8 * h;
-          const int e = (8 * s + 2 * q) * D;
-#pragma unroll
-          for (int w = 0; w < D / C::Loop::kLoadWords; ++w) {
-            const int ew = e + 2 * C::Loop::kLoadWords * w;
-            sts<C::Loop::kLoadWords>(ystage + (ew / 64) * (64 * 128) + swizzled(row, ew % 64), &v[C::Loop::kLoadWords * w]);
-          }
+          pack_run<T, typename C::Loop>(acc, s, h, q, [&](int e, const uint32_t* v) {
+            sts<C::Loop::kLoadWords>(ystage + (e / 64) * (64 * 128) + swizzled(row, e % 64), v);
+          });
         }
       fence_proxy_async_shared();
       named_barrier(1 + cw, 128);

@@ -121,5 +121,21 @@ __device__ __forceinline__ void interleaved_mainloop(float (&acc)[S::D][S::kBN /
   if (pending >= 0) release(pending);
 }
 
+// The epilogue's view of those accumulators: a consumer thread's run s, half h (fragment row
+// row0 + 8h) holds the 2d consecutive outputs (8s + 2q) d .. + 2d - 1 of its tile row (element t is
+// column 8s + 2q + t / d of plane t % d). Rounds them to T and hands them on in groups of
+// kLoadWords words: put(e, words), e = the group's first output within the tile row.
+template <typename T, typename S, typename Put>
+__device__ __forceinline__ void pack_run(const float (&acc)[S::D][S::kBN / 2], int s, int h, int q, Put&& put) {
+  constexpr int D = S::D, LW = S::kLoadWords;
+  auto out = [&](int t) { return acc[t % D][4 * s + 2 * h + t / D]; };
+  uint32_t v[D];
+#pragma unroll
+  for (int m = 0; m < D; ++m) v[m] = pack2<T>(out(2 * m), out(2 * m + 1));
+  const int e = (8 * s + 2 * q) * D;
+#pragma unroll
+  for (int w = 0; w < D / LW; ++w) put(e + 2 * LW * w, &v[LW * w]);
+}
+
 }  // namespace hopper
 }  // namespace ks
