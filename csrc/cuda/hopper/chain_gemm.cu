@@ -30,6 +30,7 @@
 #include "chain_gemm.h"
 #include "interleaved_mainloop.cuh"
 #include "interleaved_tile.cuh"
+#include "launch.h"
 #include "ptx.cuh"
 #include "tensor_map.h"
 
@@ -308,16 +309,10 @@ cudaError_t launch(const ChainGemmArgs& g, cudaStream_t stream) {
     return cudaErrorInvalidValue;
 
   auto kernel = chain_kernel<T, D>;
-  static std::atomic<uint64_t> configured{0};  // attributes once per device
+  static std::atomic<uint64_t> configured{0};
   int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
+  cudaError_t e = device_with_smem(kernel, C::kSmemBytes, configured, &device);
   if (e != cudaSuccess) return e;
-  const uint64_t bit = uint64_t(1) << (device & 63);
-  if (!(configured.load() & bit)) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
-    if (e != cudaSuccess) return e;
-    configured.fetch_or(bit);
-  }
   int sms = 0;
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return e;

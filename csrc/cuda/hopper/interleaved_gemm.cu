@@ -34,6 +34,7 @@
 #include "interleaved_gemm.h"
 #include "interleaved_mainloop.cuh"
 #include "interleaved_tile.cuh"
+#include "launch.h"
 #include "ptx.cuh"
 #include "tensor_map.h"
 
@@ -253,16 +254,10 @@ cudaError_t launch(const InterleavedGemmArgs& g, cudaStream_t stream) {
     return cudaErrorInvalidValue;
 
   auto kernel = interleaved_kernel<T, D>;
-  static std::atomic<uint64_t> configured{0};  // attributes once per device (host time at small sizes)
+  static std::atomic<uint64_t> configured{0};
   int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
+  cudaError_t e = device_with_smem(kernel, C::kSmemBytes, configured, &device);
   if (e != cudaSuccess) return e;
-  const uint64_t bit = uint64_t(1) << (device & 63);
-  if (!(configured.load() & bit)) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes);
-    if (e != cudaSuccess) return e;
-    configured.fetch_or(bit);
-  }
 
   Prob pr{};
   pr.m_tiles = static_cast<int>((g.B + C::kBM - 1) / C::kBM);
