@@ -55,22 +55,6 @@ def ks_block(d: int, h: int, device, dtype) -> nn.Module:
                          KSLinear(auto_chain(h, d))).to(device=device, dtype=dtype).eval()
 
 
-class FusedFirstLayer(nn.Module):
-    """The KS block with its first layer through the fused chain kernel (ks::_chain_plan 'fused')."""
-
-    def __init__(self, ks: nn.Module):
-        super().__init__()
-        self.first, self.second = ks[0], ks[1]
-
-    def forward(self, x):
-        from ks_ops.ops import chain_with_plan
-        h = chain_with_plan(x, list(self.first.factors), self.first.bias, self.first.activation, plan="fused")
-        return self.second(h)
-
-    def __iter__(self):  # block_bytes_flops walks the layers
-        return iter((self.first, self.second))
-
-
 def block_bytes_flops(block: nn.Module, tokens: int, esz: int) -> tuple[int, int]:
     """Each linear layer reads its input and its weights and writes its output once."""
     nbytes = flops = 0
@@ -139,14 +123,8 @@ def main(argv=None) -> int:
     for d, h in blocks:
         for dtype in dtypes:
             esz = torch.tensor([], dtype=dtype).element_size()
+            # ks: what the op's rule runs (the fused chain kernel where it picks it).
             models = {"dense": dense_block(d, h, device, dtype), "ks": ks_block(d, h, device, dtype)}
-            if cuda and hasattr(torch.ops.ks, "_chain_plan"):  # the fused chain kernel, where it serves
-                fused = FusedFirstLayer(models["ks"])
-                try:
-                    fused(torch.randn(1, d, device=device, dtype=dtype))
-                    models["ks_fused"] = fused
-                except RuntimeError as e:
-                    print(f"{d}x{h} {dtype}: no ks_fused ({str(e).splitlines()[0][:100]})")
             for n in tokens:
                 sets = [(torch.randn(n, d, device=device, dtype=dtype),) for _ in range(3)]
                 row = {"block": [d, h], "dtype": str(dtype).replace("torch.", ""), "tokens": n, **meta}
