@@ -141,6 +141,14 @@ bool plan_serves_op(c10::string_view plan, at::IntArrayRef pattern, int64_t batc
   return plan_serves(static_cast<Plan>(idx), problem_of("ks::_plan_serves", pattern, batch, precision, batch_last, sm));
 }
 
+// The chain rule (ks_plan.h, choose_fused_chain) as an op: whether ks::chain runs these two factors
+// as one fused kernel (on an sm_90 build with the sm_90a kernels, batch-first; the kernel's own
+// preconditions, 16-byte strides and 32-bit sizes, aside).
+bool chain_fused_for(at::IntArrayRef first, at::IntArrayRef second, int64_t batch, int64_t precision, int64_t sm) {
+  return choose_fused_chain(problem_of("ks::_chain_fused_for", first, batch, precision, false, sm),
+                            problem_of("ks::_chain_fused_for", second, batch, precision, false, sm));
+}
+
 }  // namespace ks
 
 TORCH_LIBRARY(ks, m) {
@@ -159,6 +167,8 @@ TORCH_LIBRARY(ks, m) {
         &ks::plan_for);
   m.def("_plan_serves(str plan, int[] pattern, int batch, int precision, bool batch_last, int sm) -> bool",
         &ks::plan_serves_op);
+  m.def("_chain_fused_for(int[] first, int[] second, int batch, int precision, int sm) -> bool",
+        &ks::chain_fused_for);
 }
 
 TORCH_LIBRARY_IMPL(ks, CPU, m) {

@@ -54,6 +54,17 @@ def plan_serves(plan: str, pattern, batch: int, dtype: torch.dtype, *, batch_las
                                      bool(batch_last), int(sm))
 
 
+def chain_plan_for(patterns, batch: int, dtype: torch.dtype, *, sm: int = 90) -> str:
+    """How ks::chain runs a batch-first chain: 'fused' (one kernel, the intermediate on chip; the
+    rule of csrc/ks_plan.h, choose_fused_chain, on an sm_90 build with the sm_90a kernels) or
+    'factors' (each factor by plan_for's plan, then the bias and activation in one pass)."""
+    pats = [tuple(int(v) for v in p) for p in patterns]
+    if len(pats) != 2:
+        return "factors"
+    fused = torch.ops.ks._chain_fused_for(list(pats[0]), list(pats[1]), int(batch), _precision(dtype, False), int(sm))
+    return "fused" if fused else "factors"
+
+
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> int:
     if dtype not in _PRECISIONS:
         raise ValueError(f"plan_for: dtype must be float64, float32, float16 or bfloat16, got {dtype}")

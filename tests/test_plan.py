@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ks_ops import KSPattern
-from ks_ops.ops import PLANS, matmul_with_plan, plan_for, plan_serves
+from ks_ops.ops import PLANS, chain_plan_for, matmul_with_plan, plan_for, plan_serves
 
 from support import assert_matches_reference, make_inputs
 
@@ -64,6 +64,36 @@ def test_plan_serves_matches_the_plans_conditions(sm):
                     assert got == serves(plan, pattern, batch_last, sm, dtype), (plan, pattern, dtype, batch_last, sm)
     with pytest.raises(RuntimeError, match="unknown plan 'nope'"):
         plan_serves("nope", (1, 2, 3, 4), 4, torch.float32)
+
+
+VIT_FC1 = [(6, 64, 64, 1), (1, 768, 192, 2)]
+VIT_FC2 = [(6, 64, 256, 1), (1, 128, 128, 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_chain_rule_fuses_the_kernels_form_from_1024_rows(dtype):
+    """The chain rule (csrc/ks_plan.h, choose_fused_chain): one fused kernel for 16-bit chains
+    (a1, 64, c1, 1) -> (1, b2, c2, d2 in {2, 3, 4}) with a1 * 64 <= 384 on sm_90, from 1024 rows
+    (it tied below and lost at decode sizes); the factors one by one everywhere else."""
+    for chain in (VIT_FC1, VIT_FC2, [(4, 64, 40, 1), (1, 100, 64, 4)], [(3, 64, 24, 1), (1, 36, 96, 2)]):
+        assert chain_plan_for(chain, 25088, dtype) == "fused", chain
+        assert chain_plan_for(chain, 1024, dtype) == "fused", chain
+        assert chain_plan_for(chain, 1023, dtype) == "factors", chain
+        assert chain_plan_for(chain, 25088, dtype, sm=80) == "factors", chain
+        assert chain_plan_for(chain, 25088, dtype, sm=0) == "factors", chain
+    for chain in (VIT_FC1, VIT_FC2):
+        assert chain_plan_for(chain, 25088, torch.float32) == "factors"
+        assert chain_plan_for(chain, 25088, torch.float64) == "factors"
+    not_its_form = [
+        [(2, 48, 192, 1), (1, 192, 48, 2)],     # b1 = 48 (ViT-S's q/k/v chain)
+        [(16, 64, 64, 1), (1, 2048, 512, 2)],   # a1 * 64 = 1024: the intermediate does not fit
+        [(12, 64, 256, 1), (1, 128, 128, 6)],   # d2 = 6
+        [(6, 64, 64, 2), (1, 768, 384, 2)],     # d1 = 2
+        [(6, 64, 64, 1), (2, 384, 96, 2)],      # a2 = 2
+        [(6, 64, 64, 1), (1, 768, 192, 2), (1, 1536, 1536, 1)],  # three factors
+    ]
+    for chain in not_its_form:
+        assert chain_plan_for(chain, 25088, dtype) == "factors", chain
 
 
 def test_rule_rejects_bad_arguments():
