@@ -187,18 +187,31 @@ Problem chain_factor_problem(const at::Tensor& x, const at::Tensor& w) {
   return q;
 }
 
-// ks::chain: the fused kernel where the rule (ks_plan.h, choose_fused_chain) picks it and the
-// kernel serves the arguments; the factors one by one otherwise.
-at::Tensor chain_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
-                      c10::string_view activation) {
+// ks::chain: the fused kernel (hopper/chain_gemm.cu) where the rule (ks_plan.h, choose_fused_chain)
+// picks it and the kernel serves the arguments; the factors one by one otherwise.
+// fused: nullopt = as the rule says; true = the fused kernel or an error; false = the factors.
+at::Tensor run_chain(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                     c10::string_view activation, std::optional<bool> fused) {
   const Activation act = parse_activation(std::string(activation));
   check_chain(x, factors, bias);
   TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
   c10::cuda::CUDAGuard guard(x.device());
-  if (factors.size() == 2 && choose_fused_chain(chain_factor_problem(x, factors[0]), chain_factor_problem(x, factors[1])) &&
+  if (fused && *fused) {
+    TORCH_CHECK(hopper::hopper_kernels_built() && device_sm(x) == 90,
+                "ks::_chain_plan: plan 'fused' needs an sm_90 GPU and a build with the sm_90a kernels");
+    TORCH_CHECK(factors.size() == 2, "ks::_chain_plan: plan 'fused' takes 2 factors, got ", factors.size());
+    return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));  // checks that it serves
+  }
+  if (!fused && factors.size() == 2 &&
+      choose_fused_chain(chain_factor_problem(x, factors[0]), chain_factor_problem(x, factors[1])) &&
       fused_chain_serves(x, factors[0], factors[1]))
     return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));
   return chain_factors(x, factors, bias, act);
+}
+
+at::Tensor chain_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
+                      c10::string_view activation) {
+  return run_chain(x, factors, bias, activation, std::nullopt);
 }
 
 // The fused kernel (ks_wgrad.cu) where the rule (ks_plan.h, choose_weight_grad_plan) picks it and
@@ -270,16 +283,7 @@ at::Tensor chain_plan_cuda(const at::Tensor& x, at::TensorList factors, const st
   const std::string name(plan);
   TORCH_CHECK(name == "factors" || name == "fused", "ks::_chain_plan: plan must be 'factors' or 'fused', got '",
               name, "'");
-  const Activation act = parse_activation(std::string(activation));
-  check_chain(x, factors, bias);
-  TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
-  c10::cuda::CUDAGuard guard(x.device());
-  if (name == "factors") return chain_factors(x, factors, bias, act);
-  const auto* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(hopper::hopper_kernels_built() && prop->major == 9 && prop->minor == 0,
-              "ks::_chain_plan: plan 'fused' needs an sm_90 GPU and a build with the sm_90a kernels");
-  TORCH_CHECK(factors.size() == 2, "ks::_chain_plan: plan 'fused' takes 2 factors, got ", factors.size());
-  return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));
+  return run_chain(x, factors, bias, activation, name == "fused");
 }
 
 }  // namespace
