@@ -36,15 +36,4 @@ __device__ __forceinline__ float activate(float z) {
   return z;
 }
 
-// The same with the activation chosen at run time (ks_checks.h Activation's values).
-__device__ __forceinline__ float activate(float z, int act) {
-  switch (act) {
-    case 1: return activate<1>(z);
-    case 2: return activate<2>(z);
-    case 3: return activate<3>(z);
-    case 4: return activate<4>(z);
-    default: return z;
-  }
-}
-
 }  // namespace ks

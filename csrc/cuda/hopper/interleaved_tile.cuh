@@ -1,5 +1,5 @@
 // The shared-memory tile of 16-bit interleaved rows that the interleaved GEMM's consumers read
-// (and that a fused chain's first factor would write): boxes of [rows][64 elements] with the
+// (and that the fused chain's first factor writes, hopper/chain_gemm.cu): boxes of [rows][64 elements] with the
 // 128-byte swizzle, as TMA writes them; per-plane (k, k+1) pairs sorted out of 2d-element runs by
 // byte permutes; the row permutation that keeps a warp's 4-, 8- and 16-byte accesses free of bank
 // conflicts. Device code only; bare nvcc compiles it.
