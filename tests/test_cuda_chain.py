@@ -116,12 +116,12 @@ def test_compile_and_graph_capture():
 
 
 # The fused 2-factor kernel (hopper/chain_gemm.cu, private plan 'fused' of ks::_chain_plan): F1 =
-# (a1, 64, c1, 1), F2 = (1, b2, c2, d2), a1 * 64 <= 384, d2 in {2, 3, 4}.
-# ViT-S/16's fc1 and fc2 chains; d2 = 3 with a k tail in F1 and 216 outputs (the second column tile
-# of 192 holds 24; runs of 6 outputs straddle the 64-wide staging boxes); d2 = 4
-# with a k tail in F1 (c1 = 40 < 64) and 400 outputs (the last column tile 16 of 64 wide, its last
-# boxes past b2*d2); one column tile larger than b2 (36 < 128); 7 column tiles, which the blocks
-# split unevenly over a row tile at 20011 rows (runs of 4 and 3). Rows: a partial tile, and more row
+# (a1, 64, c1, 1), F2 = (1, b2, c2, d2), a1 * 64 <= 384, d2 in {2, 3, 4}. In order: ViT-S/16's fc1
+# chain; d2 = 4 with a k tail in F1 (c1 = 40 < 64) and 400 outputs (the last column tile 16 of 64
+# wide, its last boxes past b2*d2); one column tile larger than b2 (36 < 128); 7 column tiles, which
+# the blocks split unevenly over a row tile at 20011 rows (runs of 4 and 3); ViT-S/16's fc2 chain
+# (d2 = 3); d2 = 3 with a k tail in F1 and 216 outputs (the second column tile of 192 holds 24;
+# runs of 6 outputs straddle the 64-wide staging boxes). Rows: a partial tile, and more row
 # tiles than SMs (the persistent loop, the stage ring wrapping, the staging buffers reused); at 37
 # rows every column tile is a block of its own, each recomputing phase 1.
 FUSED_CHAINS = [[(6, 64, 64, 1), (1, 768, 192, 2)], [(4, 64, 40, 1), (1, 100, 64, 4)], [(3, 64, 24, 1), (1, 36, 96, 2)],
@@ -162,7 +162,8 @@ def test_rule_runs_served_chains_fused():
     assert not cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, "gelu"), ("ks_bias_activation",))
     ref = ks_chain_reference(x, factors, b, "gelu")
     assert rel_err(ks_ops.chain(x, factors, b, "gelu"), ref) <= tolerance(x, factors, b, "gelu", "bf16")
-    inputs = [t.requires_grad_() for t in (x, *factors, b)]
+    for t in (x, *factors, b):
+        t.requires_grad_()
     torch.library.opcheck(torch.ops.ks.chain.default, (x, factors, b, "gelu"))
     # Gradients of x and the bias against float64, within 3x the error of PyTorch's dense layer in
     # bf16 (the same product as one matrix) plus a rounding floor.
