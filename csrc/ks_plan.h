@@ -24,10 +24,12 @@ enum class Plan : int {
   Interleaved = 6, // batch-first 16-bit on sm_90a, d in {2, 3, 4, 6, 8, 12}: the wgmma GEMM that reads x's rows
                    // and writes y's rows where they lie (csrc/cuda/hopper/interleaved_gemm.cu): one
                    // pass over each, the pattern's own flops
+  Stream = 7,      // 16-bit on sm_90, 1-64 rows, both layouts: w read once as it lies, one launch
+                   // (csrc/cuda/ks_stream.cu, stream_shape below)
 };
-constexpr int kNumPlans = 7;
-constexpr const char* kPlanNames[kNumPlans] = {"fused",      "bmm",        "dense",        "strided",
-                                               "blockdense", "transposed", "interleaved"};
+constexpr int kNumPlans = 8;
+constexpr const char* kPlanNames[kNumPlans] = {"fused",      "bmm",        "dense",       "strided",
+                                               "blockdense", "transposed", "interleaved", "stream"};
 
 inline const char* plan_name(Plan p) { return kPlanNames[static_cast<int>(p)]; }
 
@@ -50,6 +52,65 @@ struct Problem {
   bool sm90a_kernels = true;
 };
 
+// The Stream plan's launch (csrc/cuda/ks_stream.cu). Per block i and group of G planes (G = d for
+// d in {1, 2, 4, 8}, 8 for d % 8 == 0), the positions (k, l) of the group are one K dimension along
+// which every row j of w is contiguous, and x's columns are spread over (row n, plane l): one GEMM
+// of b x (B * G) x (c * G), G times the pattern's flops, which the tensor cores absorb while
+// B * G <= 64 (decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w; where the
+// (i, group, row tile) units give fewer than two blocks per SM, clusters of `split` blocks share
+// K. Shared memory: the block's x rows (nb rows of k_slice positions), then its fp32 partial tile.
+constexpr int64_t kStreamMaxSmem = 96 * 1024;
+constexpr int64_t kStreamMaxCols = 64;  // B * G
+
+struct StreamShape {
+  int group = 0;      // G
+  int nt = 0;         // n8 tiles: N = 8 * nt >= B * G columns
+  int nb = 0;         // x rows staged: N / G (>= B)
+  int warps = 0;      // 32 rows of w each
+  int row_tiles = 0;  // ceil(b / (32 * warps))
+  int split = 0;      // blocks of a cluster over K (1, 2, 4 or 8)
+  int k_slice = 0;    // K positions per block, a multiple of 32
+  int xs_stride = 0;  // elements between staged x rows: 64 bytes mod 128, so that a quarter
+                      // warp's 16-byte fragment loads (rows r, r + 1 x chunks q) hit distinct banks
+  int64_t blocks = 0, smem = 0;
+};
+
+inline int stream_group(int64_t d) {
+  return (d == 1 || d == 2 || d == 4 || d == 8) ? static_cast<int>(d) : d % 8 == 0 ? 8 : 0;
+}
+
+// False where the kernel does not serve the problem (then no plan of this name runs it). `sms`
+// only sets the split; whether it serves does not depend on it.
+inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t batch, int sms, StreamShape* out) {
+  StreamShape s;
+  s.group = stream_group(d);
+  const int64_t G = s.group;
+  if (G == 0 || batch < 1 || batch * G > kStreamMaxCols || (c * d) % 8 != 0) return false;
+  if (a * b * d > 0x7fffffffLL || a * c * d > 0x7fffffffLL) return false;
+  const int64_t cols = batch * G;
+  s.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : 8;
+  s.nb = static_cast<int>(8 * s.nt / G);
+  s.warps = b > 64 ? 4 : b > 32 ? 2 : 1;
+  const int64_t rows = 32 * s.warps;
+  s.row_tiles = static_cast<int>((b + rows - 1) / rows);
+  const int64_t K = c * G, units = a * (d / G) * s.row_tiles;
+  auto size = [&](int split) {
+    s.split = split;
+    s.k_slice = static_cast<int>(((K + split - 1) / split + 31) / 32 * 32);
+    s.xs_stride = s.k_slice + (s.k_slice % 64 == 0 ? 32 : 0);
+    s.smem = std::max<int64_t>(2 * s.nb * static_cast<int64_t>(s.xs_stride), 4 * rows * 8 * s.nt);
+  };
+  int split = 1;
+  while (split < 8 && units * split < 2 * sms && K >= 128 * split) split *= 2;
+  size(split);
+  while (s.smem > kStreamMaxSmem && split < 8) size(split *= 2);
+  if (s.smem > kStreamMaxSmem) return false;
+  s.blocks = units * s.split;
+  if (s.blocks > 0x7fffffffLL) return false;
+  *out = s;
+  return true;
+}
+
 // The plane counts the interleaved kernel has tiles for (hopper/interleaved_gemm.cu).
 inline bool interleaved_d(int64_t d) { return d == 2 || d == 3 || d == 4 || d == 6 || d == 8 || d == 12; }
 
@@ -67,6 +128,11 @@ inline bool plan_serves(Plan p, const Problem& q) {
     case Plan::Interleaved:
       return q.sm == 90 && q.sm90a_kernels && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&
              !q.batch_last && interleaved_d(q.d) && (q.c * q.d) % 8 == 0 && (q.b * q.d) % 8 == 0;
+    case Plan::Stream: {
+      StreamShape s;
+      return q.sm >= 90 && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&
+             stream_shape(q.a, q.b, q.c, q.d, q.batch, 132, &s);
+    }
   }
   return false;
 }
@@ -96,7 +162,8 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 // seeded 48-pattern sample of the paper's grid at B = 256, 4096 and 25088 and half of the
 // 376-pattern grid at 25088, bf16; fp32 / tf32 on the sample):
 // - the CPU and float64: the ATen permute + bmm method;
-// - B <= 16: the fused kernels (weight-streaming gemv; decode sizes are issue decode's);
+// - 16-bit on sm_90 with B * G <= 64 (G = stream_group(d)): Stream, w read once as it lies;
+// - B <= 16: the fused kernels (weight-streaming gemv) for the rest;
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
 //   the floor;
 // - batch-first d in {2, 3, 4, 6, 8, 12}, 16-bit, sm_90a, B >= 1024: the Interleaved kernel for
@@ -110,6 +177,7 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 //   moves x and y three times at the pattern's own flops, BlockDense once at d times the flops.
 inline Plan choose_plan(const Problem& q) {
   if (q.sm == 0 || q.precision == Precision::F64) return Plan::Bmm;
+  if (plan_serves(Plan::Stream, q)) return Plan::Stream;
   if (q.batch <= 16) return Plan::Fused;
   // Strided runs at 1.2-1.6x the floor. BlockDense measured 1.07-1.3x slower than it on the
   // batch-last sweep even where its estimate was within 2 % of the floor's, so it is not taken here.

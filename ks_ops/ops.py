@@ -33,7 +33,7 @@ def chain(x: torch.Tensor, factors, bias: torch.Tensor | None = None, activation
 
 
 # The plans of ks::matmul, in the order of csrc/ks_plan.h's enum (ks::_plan_for returns an index).
-PLANS = ("fused", "bmm", "dense", "strided", "blockdense", "transposed", "interleaved")
+PLANS = ("fused", "bmm", "dense", "strided", "blockdense", "transposed", "interleaved", "stream")
 _PRECISIONS = {torch.float64: 0, torch.float32: 1, torch.float16: 3, torch.bfloat16: 4}
 
 

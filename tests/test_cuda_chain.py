@@ -77,6 +77,32 @@ def test_misaligned_bias_and_empty_batch():
     assert ks_ops.chain(x[:0], factors, b, "silu").shape == (0, 40)
 
 
+# Decode-sized rows: the last factor runs on the Stream plan (sm_90, 16-bit), which adds the bias
+# and applies the activation before its one rounding -- no epilogue kernel. (1, 40, 256, 2): a K
+# split over a cluster of 4, so the bias is added once, after the ranks' partial sums.
+STREAM_CHAINS = [[(6, 8, 8, 1), (1, 10, 12, 4)], [(2, 256, 192, 1), (1, 40, 256, 2)], [(16, 64, 64, 1), (1, 2048, 512, 2)]]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+@pytest.mark.parametrize("chain", STREAM_CHAINS, ids=str)
+def test_stream_epilogue_at_decode_sizes(chain, name, activation):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream plan needs sm_90")
+    dtype = DTYPES[name][0]
+    for rows, bias in [(1, True), (5, False), (16, True)]:
+        x, factors, b = make(chain, rows, dtype, bias)
+        if bias:  # 2 bytes past a 16-byte boundary: the epilogue reads it element by element
+            b = torch.cat([b[:1], b])[1:]
+        y = ks_ops.chain(x, factors, b, activation)
+        ref = ks_chain_reference(x, factors, b, activation)
+        err, tol = rel_err(y, ref), tolerance(x, factors, b, activation, name)
+        assert y.shape == ref.shape and torch.isfinite(y).all()
+        assert err <= tol, f"{name} {activation} rows={rows} bias={bias}: rel err {err:.3g} > {tol:.3g}"
+        assert not cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, activation), ("ks_bias_activation",))
+        assert cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, activation), ("stream_kernel",))
+
+
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 def test_opcheck(activation):
     x, factors, b = make(CHAINS[0], 17, torch.float32)

@@ -263,8 +263,16 @@ PLAN_PATTERNS = [(1, 7, 5, 1), (3, 13, 11, 3), (2, 17, 33, 2), (3, 100, 36, 6), 
                  (3, 36, 20, 2), (2, 260, 100, 2), (3, 70, 46, 4), (2, 40, 37, 8), (2, 40, 56, 3), (1, 72, 136, 3)]
 
 
-def serves(plan, pattern, batch_last, dtype_name="bf16"):
+def stream_group(d):
+    return d if d in (1, 2, 4, 8) else 8 if d % 8 == 0 else 0
+
+
+def serves(plan, pattern, batch_last, dtype_name="bf16", batch=300):
     d, c = pattern[3], pattern[2]
+    if plan == "stream":  # sm_90, 16-bit, batch * G <= 64 for the plane group G, whole 16-byte chunks of w's rows
+        g = stream_group(d)
+        return (dtype_name in ("bf16", "fp16") and g > 0 and batch * g <= 64 and c * d % 8 == 0
+                and torch.cuda.get_device_capability()[0] >= 9)
     if plan == "strided":
         return batch_last or d == 1
     if plan == "transposed":
@@ -282,10 +290,57 @@ def serves(plan, pattern, batch_last, dtype_name="bf16"):
 @pytest.mark.parametrize("pattern", PLAN_PATTERNS, ids=str)
 @pytest.mark.parametrize("plan", PLANS)
 def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_last):
-    if not serves(plan, pattern, batch_last, dtype_name):
+    if not serves(plan, pattern, batch_last, dtype_name, batch):
         pytest.skip("plan does not serve this layout / d / dtype")
     x, w = inputs(pattern, batch, DTYPES[dtype_name][0], batch_last)
     check(x, w, batch_last, dtype_name, plan)
+
+
+# The Stream plan (ks_stream.cu) at every batch it serves, both layouts: plane groups G = 1, 2, 4, 8
+# (d = 24: three groups of 8 planes per block), row tails (b = 7, 13, 17, 100, 130, 300 against
+# blocks of 32-128 rows), K tails (c * G not a multiple of 32), K split over clusters of 2-8
+# blocks ((1, 300, 2048, 1), (1, 40, 1000, 2), (1, 2048, 512, 2) at small batches), x rows staged
+# with 16-byte loads and, for batch-last, an x 2 bytes off a 16-byte boundary and a row stride
+# that is not a multiple of 8, element by element.
+STREAM_PATTERNS = [(1, 7, 8, 1), (3, 13, 16, 1), (2, 17, 36, 2), (1, 130, 36, 2), (3, 100, 38, 4), (2, 40, 37, 8),
+                   (2, 33, 136, 24), (1, 40, 72, 32), (1, 300, 2048, 1), (1, 40, 1000, 2), (16, 64, 64, 1),
+                   (1, 2048, 512, 2)]
+
+
+@pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])
+@pytest.mark.parametrize("dtype_name", ["bf16", "fp16"])
+@pytest.mark.parametrize("pattern", STREAM_PATTERNS, ids=str)
+def test_stream_plan_every_batch_it_serves(pattern, dtype_name, batch_last):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream plan needs sm_90")
+    g = stream_group(pattern[3])
+    dt = DTYPES[dtype_name][0]
+    for batch in sorted({1, 2, 3, 5, 8, 13, 31, 64} & set(range(1, 64 // g + 1))):
+        x, w = inputs(pattern, batch, dt, batch_last)
+        check(x, w, batch_last, dtype_name, "stream")
+    x, w = inputs(pattern, 64 // g, dt, batch_last)
+    q = KSPattern(*pattern)
+    if batch_last:  # rows 2 bytes past a 16-byte boundary, row stride batch + 1
+        xs = torch.randn(q.in_features, x.shape[1] + 1, dtype=dt, device=DEV)[:, 1:]
+        check(xs, w, True, dtype_name, "stream")
+    else:  # leading dims, and rows 2 bytes off the 16-byte boundary (element-wise staging)
+        check(x.view(1, x.shape[0], -1), w, False, dtype_name, "stream")
+        xs = torch.randn(x.shape[0], q.in_features + 1, dtype=dt, device=DEV)[:, 1:]
+        check(xs, w, False, dtype_name, "stream")
+    assert plan_for(pattern, 64 // g, dt, batch_last=batch_last) == "stream"
+    assert plan_for(pattern, 64 // g + 1, dt, batch_last=batch_last) != "stream"
+
+
+def test_stream_plan_refuses_a_misaligned_w():
+    """w 2 bytes past a 16-byte boundary: the forced plan says why; the rule takes another plan."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream plan needs sm_90")
+    x, w = inputs((2, 17, 36, 2), 5, torch.bfloat16)
+    wm = torch.randn(w.numel() + 1, dtype=w.dtype, device=DEV)[1:].view(w.shape)
+    with pytest.raises(RuntimeError, match="plan 'stream' does not serve these arguments"):
+        matmul_with_plan(x, wm, "stream")
+    assert_close = torch.testing.assert_close
+    assert_close(torch.ops.ks.matmul(x, wm), matmul_with_plan(x, wm, "fused"), rtol=0, atol=0)
 
 
 # The interleaved plan's persistent loop: more tiles than SMs (each block runs several, its stage
@@ -370,7 +425,9 @@ def test_plan_errors():
 def test_plans_under_cuda_graph_capture(plan):
     """Every plan is capturable (no host sync, no allocation outside the graph's pool)."""
     pattern = (2, 48, 24, 4) if plan == "interleaved" else (2, 48, 24, 1)
-    x, w = inputs(pattern, 300, torch.bfloat16)
+    if plan == "stream" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream plan needs sm_90")
+    x, w = inputs(pattern, 16 if plan == "stream" else 300, torch.bfloat16)
     fn = lambda: matmul_with_plan(x, w, plan)  # noqa: E731
     expect = fn()
     g = torch.cuda.CUDAGraph()
@@ -429,13 +486,16 @@ print("ok")
     ("fused", (2, 48, 24, 4), 300), ("fused", (2, 48, 24, 4), 8), ("strided", (2, 48, 24, 1), 300),
     ("strided", (2, 48, 24, 4), 300), ("blockdense", (2, 48, 24, 4), 300), ("transposed", (2, 48, 24, 4), 300),
     ("bmm", (2, 48, 24, 4), 300), ("dense", (2, 48, 24, 4), 300), ("interleaved", (2, 48, 24, 4), 300),
-    ("interleaved", (1, 520, 512, 4), 300), ("chain", (6, 8, 8, 1), 300)], ids=str)  # 520: clusters of 4
+    ("interleaved", (1, 520, 512, 4), 300), ("chain", (6, 8, 8, 1), 300),  # 520: clusters of 4
+    ("stream", (2, 48, 24, 4), 8), ("stream", (1, 300, 2048, 1), 16)], ids=str)  # 2048: clusters of 8
 def test_first_launch_inside_graph_capture(plan, pattern, batch):
     import os
     import subprocess
     import sys
     if plan == "interleaved" and torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the interleaved plan needs sm_90a")
+    if plan == "stream" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream plan needs sm_90")
     tests = os.path.dirname(os.path.abspath(__file__))
     code = FIRST_LAUNCH.format(tests=tests, pattern=pattern, batch=batch, plan=plan)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -446,7 +506,8 @@ def test_first_launch_inside_graph_capture(plan, pattern, batch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("pattern,batch", [((1, 768, 768, 4), 37), ((2, 384, 384, 16), 2053),
                                            ((3, 64, 64, 1), 300), ((1, 48, 48, 6), 4100),
-                                           ((4, 64, 256, 12), 999), ((1, 128, 128, 3), 8)], ids=str)
+                                           ((4, 64, 256, 12), 999), ((1, 128, 128, 3), 8),
+                                           ((1, 2048, 512, 2), 16), ((16, 64, 64, 1), 1)], ids=str)
 def test_op_runs_the_rules_plan(pattern, batch, dtype, batch_last):
     """The op and the plan the rule names give the same bits (same kernels, same order)."""
     x, w = inputs(pattern, batch, dtype, batch_last)

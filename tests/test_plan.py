@@ -21,10 +21,18 @@ def problems():
                 yield (a, b, c, d), batch
 
 
-def serves(plan, pattern, batch_last, sm, dtype):
+def stream_group(d):
+    return d if d in (1, 2, 4, 8) else 8 if d % 8 == 0 else 0
+
+
+def serves(plan, pattern, batch_last, sm, dtype, batch):
     d = pattern[3]
     if sm == 0 or dtype == torch.float64:
         return plan in ("bmm", "dense")
+    if plan == "stream":  # (shared memory is no bound on problems(): c * G <= 8192, B * G <= 64)
+        g = stream_group(d)
+        return sm >= 90 and dtype in (torch.float16, torch.bfloat16) and g > 0 and batch * g <= 64 and \
+            pattern[2] * d % 8 == 0
     if plan == "strided":
         return batch_last or d == 1
     if plan == "transposed":
@@ -44,7 +52,27 @@ def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
         for pattern, batch in problems():
             plan = plan_for(pattern, batch, dtype, batch_last=batch_last, allow_tf32=tf32, sm=sm)
             assert plan in PLANS
-            assert serves(plan, pattern, batch_last, sm, dtype), (plan, pattern, batch, dtype, batch_last, sm)
+            assert serves(plan, pattern, batch_last, sm, dtype, batch), (plan, pattern, batch, dtype, batch_last, sm)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_rule_streams_w_at_decode_sizes(dtype):
+    """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * G <= 64, G the
+    plane group (d for d in {1, 2, 4, 8}, 8 for d % 8 == 0), both layouts; its shared memory (the
+    block's x rows, K split over up to 8 blocks) bounds c * G."""
+    for batch_last in (False, True):
+        for pattern, batches in [((16, 64, 64, 1), (1, 16, 64)), ((1, 2048, 512, 2), (1, 16, 32)),
+                                 ((1, 128, 128, 8), (1, 8)), ((1, 128, 128, 32), (1, 8)), ((3, 40, 24, 4), (1, 16))]:
+            for batch in batches:
+                assert plan_for(pattern, batch, dtype, batch_last=batch_last) == "stream", (pattern, batch)
+                assert plan_for(pattern, batch, dtype, batch_last=batch_last, sm=80) != "stream"
+            assert plan_for(pattern, 2 * batches[-1] + 1, dtype, batch_last=batch_last) != "stream"
+        assert plan_for((1, 128, 128, 3), 1, dtype, batch_last=batch_last) != "stream"  # d = 3: no group
+        assert plan_for((1, 128, 5, 4), 1, dtype, batch_last=batch_last) != "stream"    # c * d % 8 != 0
+    assert plan_for((1, 2048, 512, 2), 16, torch.float32) != "stream"
+    # x rows of K positions over at most 8 blocks: 32 rows of 8192 / 8 positions fit in 96 KB, 64 do not
+    assert plan_serves("stream", (1, 64, 8192, 1), 32, dtype)
+    assert not plan_serves("stream", (1, 64, 8192, 1), 64, dtype)
 
 
 def test_rule_is_bmm_on_the_cpu_and_for_float64():
@@ -61,7 +89,7 @@ def test_plan_serves_matches_the_plans_conditions(sm):
             for pattern, batch in itertools.islice(problems(), 0, None, 7):
                 for plan in PLANS:
                     got = plan_serves(plan, pattern, batch, dtype, batch_last=batch_last, sm=sm)
-                    assert got == serves(plan, pattern, batch_last, sm, dtype), (plan, pattern, dtype, batch_last, sm)
+                    assert got == serves(plan, pattern, batch_last, sm, dtype, batch), (plan, pattern, dtype, batch_last, sm)
     with pytest.raises(RuntimeError, match="unknown plan 'nope'"):
         plan_serves("nope", (1, 2, 3, 4), 4, torch.float32)
 

@@ -3,8 +3,8 @@
 kernel family (small-batch vector/scalar, tiled fast batch-first, fast batch-last, scalar loads),
 every dtype, tails in every dimension. Small sizes: the tools slow each launch down a lot.
 Checks each result against the float64 reference too, and exits non-zero on a mismatch.
-Arguments name the groups to run (matmul, weight_grad, transposed, cublas, chain, hopper; default
-all)."""
+Arguments name the groups to run (matmul, weight_grad, transposed, cublas, chain, hopper, stream;
+default all)."""
 import sys
 
 import torch
@@ -49,6 +49,14 @@ INTERLEAVED_CASES = [((3, 36, 20, 2), 37), ((2, 260, 100, 2), 4099), ((3, 70, 46
 FUSED_CHAIN_CASES = [([(4, 64, 40, 1), (1, 100, 64, 4)], 37), ([(3, 64, 24, 1), (1, 36, 96, 2)], 4099),
                      ([(6, 64, 64, 1), (1, 768, 192, 2)], 300), ([(6, 64, 64, 1), (1, 896, 192, 2)], 4099),
                      ([(6, 64, 256, 1), (1, 128, 128, 3)], 300), ([(3, 64, 40, 1), (1, 72, 64, 3)], 4099)]
+# The Stream plan (ks_stream.cu, group stream, sm_90): plane groups 1, 2, 4 and 8 (d = 24: three
+# groups), row tails, K tails, K split over clusters of 2-8 blocks ((1, 300, 2048, 1): 8), the
+# largest column tile (B * G = 64); both layouts.
+STREAM_CASES = [((1, 7, 8, 1), 3), ((3, 100, 38, 4), 16), ((2, 33, 136, 24), 5), ((1, 300, 2048, 1), 64),
+                ((1, 40, 1000, 2), 13), ((1, 130, 36, 2), 32)]
+# ks::chain at decode sizes: the last factor on the Stream plan with the bias and the activation in
+# its epilogue (a K split over a cluster of 4 in the second).
+STREAM_CHAIN_CASES = [([(6, 8, 8, 1), (1, 10, 12, 4)], 7), ([(2, 256, 192, 1), (1, 40, 256, 2)], 5)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
@@ -66,7 +74,7 @@ def operand(p, batch, dtype, bl):
     return torch.randn(shape, dtype=dtype, device="cuda")
 
 
-ALL_GROUPS = ("matmul", "weight_grad", "transposed", "cublas", "chain", "hopper")
+ALL_GROUPS = ("matmul", "weight_grad", "transposed", "cublas", "chain", "hopper", "stream")
 
 
 def main(groups=ALL_GROUPS):
@@ -102,9 +110,13 @@ def main(groups=ALL_GROUPS):
                        for plan, bl in (("strided", True), ("blockdense", True), ("blockdense", False))]
     if "hopper" in groups and torch.cuda.get_device_capability() == (9, 0):
         plan_cases += [(c, "interleaved", False) for c in INTERLEAVED_CASES]
+    stream = "stream" in groups and torch.cuda.get_device_capability()[0] >= 9
+    if stream:
+        plan_cases += [(c, "stream", bl) for c in STREAM_CASES for bl in (False, True)]
     for (pattern, batch), plan, bl in plan_cases:
         p = KSPattern.of(pattern)
-        for dtype in (torch.bfloat16, torch.float16) if plan == "interleaved" else (torch.bfloat16, torch.float32):
+        half = plan in ("interleaved", "stream")
+        for dtype in (torch.bfloat16, torch.float16) if half else (torch.bfloat16, torch.float32):
             w = p.random_weights(dtype=dtype, device="cuda")
             x = operand(p, batch, dtype, bl)
             y = torch.ops.ks._matmul_plan(x, w, plan, batch_last=bl)
@@ -114,6 +126,7 @@ def main(groups=ALL_GROUPS):
     fused = "hopper" in groups and torch.cuda.get_device_capability() == (9, 0)
     chain_cases = [(c, "factors") for c in CHAIN_CASES] if "chain" in groups else []
     chain_cases += [(c, "fused") for c in FUSED_CHAIN_CASES] if fused else []
+    chain_cases += [(c, "factors") for c in STREAM_CHAIN_CASES] if stream else []
     for (chain, batch), plan in chain_cases:
         ps = [KSPattern.of(q) for q in chain]
         for dtype in (torch.bfloat16, torch.float16) + ((torch.float32,) if plan == "factors" else ()):

@@ -53,9 +53,10 @@ int device_sm(const at::Tensor& x) {
   return prop->major * 10 + prop->minor;
 }
 
-// The fused kernels (ks_matmul.cu) on y, allocated by the caller.
-void run_fused(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pattern& p,
-               int64_t B, bool batch_last) {
+// The arguments of the kernels behind MatmulArgs (ks_matmul.cu, ks_stream.cu) for y, allocated by
+// the caller; `wc` and `xk` keep alive the contiguous copies made here (only where needed).
+MatmulArgs kernel_args(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pattern& p, int64_t B,
+                       bool batch_last, at::Tensor& wc, at::Tensor& xk) {
   const auto [a, b, c, d] = p;
   const int64_t in_f = a * c * d;
   MatmulArgs args{};
@@ -67,9 +68,8 @@ void run_fused(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pa
   args.batch_last = batch_last;
   args.dtype = to_dtype(x.scalar_type());
   args.allow_tf32 = at::globalContext().allowTF32CuBLAS();
-  const at::Tensor wc = w.contiguous();
+  wc = w.contiguous();
   // x rows (features for batch-first, batch for batch-last) must be unit-stride; copy only then.
-  at::Tensor xk;
   int64_t ldx = 0;
   if (batch_last) {
     xk = (x.stride(1) == 1 || B == 1) ? x : x.contiguous();
@@ -82,15 +82,54 @@ void run_fused(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pa
   args.w = wc.data_ptr();
   args.y = y.data_ptr();
   args.ldx = ldx;
-  const cudaError_t err = matmul(args, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "ks::matmul: CUDA kernel launch failed for ", pattern_str(p),
-              ", B=", B, ", dtype ", x.scalar_type(), ", batch_last=", batch_last, ": ",
-              cudaGetErrorString(err));
+  return args;
+}
+
+void check_launch(cudaError_t err, const char* what, const Pattern& p, int64_t B, const at::Tensor& x, bool batch_last) {
+  TORCH_CHECK(err == cudaSuccess, "ks::matmul: ", what, " launch failed for ", pattern_str(p), ", B=", B,
+              ", dtype ", x.scalar_type(), ", batch_last=", batch_last, ": ", cudaGetErrorString(err));
+}
+
+// The fused kernels (ks_matmul.cu) on y, allocated by the caller.
+void run_fused(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pattern& p,
+               int64_t B, bool batch_last) {
+  at::Tensor wc, xk;
+  const MatmulArgs args = kernel_args(x, w, y, p, B, batch_last, wc, xk);
+  check_launch(matmul(args, c10::cuda::getCurrentCUDAStream()), "CUDA kernel", p, B, x, batch_last);
+}
+
+// What ks::chain asks of its last factor's product: the bias and the activation, which the Stream
+// plan applies in its epilogue (`applied` tells the caller); other plans leave them to the caller.
+struct FactorEpilogue {
+  std::optional<at::Tensor> bias;
+  Activation act = Activation::None;
+  bool applied = false;
+};
+
+// The Stream plan (ks_stream.cu) on y. False, with nothing launched, where its kernel does not
+// serve these arguments (w's alignment) and `must` is false.
+bool run_stream(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pattern& p, int64_t B,
+                bool batch_last, FactorEpilogue* epi, bool must) {
+  at::Tensor wc, xk;
+  const MatmulArgs args = kernel_args(x, w, y, p, B, batch_last, wc, xk);
+  const bool serves = detail::stream_serves(args);
+  TORCH_CHECK(serves || !must, "ks::matmul: plan 'stream' does not serve these arguments (w must be 16-byte aligned)");
+  if (!serves) return false;
+  at::Tensor bc;
+  if (epi && epi->bias) bc = epi->bias->contiguous();
+  const int act = epi ? static_cast<int>(epi->act) : 0;
+  check_launch(detail::stream_matmul(args, bc.defined() ? bc.const_data_ptr() : nullptr, act,
+                                     c10::cuda::getCurrentCUDAStream()),
+               "stream kernel", p, B, x, batch_last);
+  if (epi) epi->applied = true;
+  return true;
 }
 
 // Runs ks::matmul with `plan` (the rule's choice when none is given).
+// epi: ks::chain's bias and activation for this product (the last factor's), applied here where
+// the plan can (epi->applied), else left to the caller.
 at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
-                      std::optional<Plan> forced) {
+                      std::optional<Plan> forced, FactorEpilogue* epi = nullptr) {
   int64_t B = 0;
   const Pattern p = check_matmul(x, w, batch_last, &B);
   TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
@@ -116,7 +155,8 @@ at::Tensor run_matmul(const at::Tensor& x, const at::Tensor& w, bool batch_last,
     y = at::empty(shape, x.options());
   }
   if (B == 0 || out_f == 0) return y;
-  if (plan == Plan::Fused) {
+  if (plan == Plan::Stream && run_stream(x, w, y, p, B, batch_last, epi, forced.has_value())) return y;
+  if (plan == Plan::Fused || plan == Plan::Stream) {  // Stream: where its kernel does not serve w
     run_fused(x, w, y, p, B, batch_last);
     return y;
   }
@@ -158,13 +198,16 @@ at::Tensor matmul_plan_cuda(const at::Tensor& x, const at::Tensor& w, c10::strin
   return run_matmul(x, w, batch_last, static_cast<Plan>(idx));
 }
 
-// ks::chain's plan 'factors': every factor by the rule's plan, then the bias and the activation in
-// one pass (ks_epilogue.cu; float64 through ATen). Arguments checked by the caller.
+// ks::chain's plan 'factors': every factor by the rule's plan, then the bias and the activation: in
+// the last factor's epilogue where its plan is Stream, else in one pass (ks_epilogue.cu; float64
+// through ATen). Arguments checked by the caller.
 at::Tensor chain_factors(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
                          Activation act) {
   at::Tensor h = x;
-  for (const at::Tensor& w : factors) h = run_matmul(h, w, false, std::nullopt);  // a new tensor each
-  if (!bias && act == Activation::None) return h;
+  FactorEpilogue epi{bias, act};
+  for (size_t f = 0; f < factors.size(); ++f)  // a new tensor each
+    h = run_matmul(h, factors[f], false, std::nullopt, f + 1 == factors.size() ? &epi : nullptr);
+  if (epi.applied || (!bias && act == Activation::None)) return h;
   if (h.scalar_type() == at::kDouble) {
     bias_activation_aten(h, bias, static_cast<int>(act));
     return h;

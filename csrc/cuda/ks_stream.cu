@@ -1,0 +1,371 @@
+// The Stream plan: ks::matmul at decode-sized batches (1 to 64 rows), 16-bit, sm_90, both layouts.
+//
+// At these sizes a product's time is its weight bytes read once, and the other plans all lose
+// that: the gemv kernels re-read x for every (i, j) slab, and every plan that wants per-plane
+// operands (bmm, interleaved, the tile kernels) copies w into planes on every call. This kernel
+// reads w exactly once, as it lies, with 16-byte loads straight into mma.sync fragments:
+//
+//   For block i and a group of G planes (G = d for d in {1, 2, 4, 8}, G = 8 for d % 8 == 0; ks_plan.h
+//   stream_shape), the positions p = (k, l) of the group's planes are a K dimension in which
+//   every row j of w is contiguous (16-byte chunks for G = 8). Then
+//       y[n, i, j, l] = sum_p w[i, j, p] * X[p, (n, l)],   X[p, (n, l)] = x[n, i, p] if p % G == l else 0:
+//   one GEMM with M = the b rows of w, N = B * G columns (row n, plane l) and K = c * G, G times
+//   the pattern's flops -- cheap while B * G <= 64, where the tensor cores idle on w's bytes.
+//
+// Mainloop (per warp, 32 rows of w = two m16 tiles, all N columns, the block's slice of K): each
+// thread loads its two rows' 16 bytes of a 32-position step (positions 8q .. 8q + 7, q = lane % 4);
+// the step's two k16 MMAs read them as their A fragments after a relabelling of k inside the step
+// (logical k {2q, 2q+1, 2q+8, 2q+9} of MMA s are positions 8q + 4s + {0..3}), which B's fragments
+// follow: X's columns come from x rows staged once in shared memory, masked to plane l by a per-
+// thread constant (columns are n * G + l, so a thread's plane is its column's lane % G). Loads run
+// two steps ahead of the MMAs.
+//
+// Split over K: where (i, group, row tiles) give fewer than ~2 blocks per SM, a cluster of up to
+// 8 blocks splits K; each writes its fp32 partial tile to its shared memory and rank r sums rows
+// of all ranks' tiles through distributed shared memory in rank order (deterministic), adds the
+// bias, applies the activation and writes y. One launch, no workspace.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+
+#include "activation.cuh"
+#include "ks_dispatch.h"
+#include "ks_kernels.h"
+#include "../ks_plan.h"
+
+namespace ks {
+namespace detail {
+namespace {
+
+struct StreamParams {
+  const void* x;
+  const void* w;
+  void* y;
+  const void* bias;  // (a*b*d,) or null
+  int64_t batch, ldx;
+  int a, b, c, d;
+  int G, groups, K;    // planes per group, d / G, positions per unit (c * G)
+  int chunk_stride;    // elements between consecutive 8-position chunks of a row (8, or d when G < d)
+  int row_tiles;       // units per (i, group): ceil(b / (32 * warps))
+  int split, k_slice;  // cluster size over K, positions per block (a multiple of 32)
+  int nb;              // x rows staged (>= batch): N / G
+  int xs_stride;       // elements between staged x rows (ks_plan.h stream_shape)
+  int x_vec;           // batch-first x with 16-byte aligned rows
+  int batch_last;
+  int act;
+};
+
+template <typename T> __device__ __forceinline__ float to_f(T v);
+template <> __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// w is read once per call: keep it out of L1.
+__device__ __forceinline__ uint4 ldg_stream(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float* acc, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  if constexpr (sizeof(T) == 2 && std::is_same<T, __half>::value) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// Every thread of every block of the cluster: shared-memory writes before it are visible to the
+// cluster's reads after it.
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+#endif
+}
+
+// The float at this block's shared-memory address `p`, in block `rank` of the cluster.
+__device__ __forceinline__ float ld_cluster_f32(const float* p, uint32_t rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t remote;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
+               : "=r"(remote)
+               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(p))), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+#else
+  return *p;
+#endif
+}
+
+// The activation of ks::chain's epilogue (ks_checks.h Activation) for a 16-bit output.
+__device__ __forceinline__ float apply_act(float z, int act) {
+  switch (act) {
+    case 1: return activate<1>(z);
+    case 2: return activate<2, true>(z);
+    case 3: return activate<3>(z);
+    case 4: return activate<4>(z);
+    default: return z;
+  }
+}
+
+constexpr int kMT = 2;  // m16 tiles per warp: 32 rows of w
+
+// NT: n8 tiles (N = 8 NT columns >= B * G). Block = 32 * warps threads, 32 rows per warp.
+template <typename T, int NT>
+__global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int r = lane >> 2, q = lane & 3;
+  const int rows_per_block = blockDim.x;  // 32 rows per warp
+  const int rank = blockIdx.x % p.split;
+  const int unit = blockIdx.x / p.split;
+  const int rt = unit % p.row_tiles, ig = unit / p.row_tiles;
+  const int g = ig % p.groups, i = ig / p.groups;
+  const int64_t cd = (int64_t)p.c * p.d;
+  const int kbeg = rank * p.k_slice;
+  const int kend = min(p.K, kbeg + p.k_slice);
+  const int steps = kend > kbeg ? (kend - kbeg + 31) / 32 : 0;
+  const int goff = g * p.G;  // element offset of the group's first plane in a (k, l) run
+
+  // This thread's rows of w (two per m16 tile) and their first chunk (position kbeg + 8q).
+  const T* w = static_cast<const T*>(p.w);
+  const T* wrow[kMT][2];
+  bool wok[kMT][2];
+  const int j0 = rt * rows_per_block + warp * 32;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = j0 + mt * 16 + h * 8 + r;
+      wok[mt][h] = j < p.b;
+      wrow[mt][h] = w + ((int64_t)i * p.b + (wok[mt][h] ? j : 0)) * cd + goff;
+    }
+  auto load_step = [&](uint4 (&A)[kMT][2], int s) {
+    const int pos = kbeg + s * 32 + q * 8;
+    const bool in = s < steps && pos < kend;
+    const int64_t off = (int64_t)(pos >> 3) * p.chunk_stride;
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        A[mt][h] = (in && wok[mt][h]) ? ldg_stream(wrow[mt][h] + off) : make_uint4(0, 0, 0, 0);
+  };
+  uint4 A0[kMT][2], A1[kMT][2];
+  load_step(A0, 0);  // in flight while x is staged
+  load_step(A1, 1);
+
+  // x rows n < nb, positions [kbeg, kbeg + k_slice), as 8-position chunks (zeros past B and K).
+  T* xs = reinterpret_cast<T*>(smem);
+  const int xs_stride = p.xs_stride;
+  {
+    const int chunks = p.k_slice >> 3;
+    const T* x = static_cast<const T*>(p.x);
+    for (int e = tid; e < p.nb * chunks; e += blockDim.x) {
+      const int n = e / chunks, ch = e - n * chunks;
+      const int pos = kbeg + ch * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (n < p.batch && pos < kend) {
+        const int64_t f = (int64_t)i * cd + (int64_t)(pos >> 3) * p.chunk_stride + goff;  // 8 features f..f+7
+        if (p.x_vec) {
+          v = ldg16(x + n * p.ldx + f);
+        } else {
+          T* ve = reinterpret_cast<T*>(&v);
+#pragma unroll
+          for (int t = 0; t < 8; ++t) ve[t] = p.batch_last ? x[(f + t) * p.ldx + n] : x[n * p.ldx + f + t];
+        }
+      }
+      *reinterpret_cast<uint4*>(xs + n * xs_stride + ch * 8) = v;
+    }
+  }
+
+  // B fragments: column t*8 + r is (row n, plane l) = ((t*8 + r) / G, r % G); of the 8 positions
+  // 8q .. 8q+7 the thread keeps those of plane l (8q is a multiple of G).
+  const int G = p.G, gshift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
+  const uint32_t pat = G == 1 ? 0xFFu : G == 2 ? 0x55u : G == 4 ? 0x11u : 0x01u;
+  const uint32_t keep = (pat << (r & (G - 1))) & 0xFFu;
+  uint32_t mask[4];
+#pragma unroll
+  for (int wd = 0; wd < 4; ++wd)
+    mask[wd] = ((keep >> (2 * wd)) & 1u ? 0x0000FFFFu : 0u) | ((keep >> (2 * wd + 1)) & 1u ? 0xFFFF0000u : 0u);
+  const T* xcol[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) xcol[t] = xs + ((t * 8 + r) >> gshift) * xs_stride + q * 8;
+
+  float acc[kMT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][t][e] = 0.f;
+  __syncthreads();
+
+  auto compute_step = [&](const uint4 (&A)[kMT][2], int s) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const uint4 xv = *reinterpret_cast<const uint4*>(xcol[t] + s * 32);
+      const uint32_t b00 = xv.x & mask[0], b01 = xv.y & mask[1], b10 = xv.z & mask[2], b11 = xv.w & mask[3];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma16816<T>(acc[mt][t], A[mt][0].x, A[mt][1].x, A[mt][0].y, A[mt][1].y, b00, b01);
+        mma16816<T>(acc[mt][t], A[mt][0].z, A[mt][1].z, A[mt][0].w, A[mt][1].w, b10, b11);
+      }
+    }
+  };
+  for (int s = 0; s < steps; s += 2) {
+    compute_step(A0, s);
+    load_step(A0, s + 2);
+    if (s + 1 < steps) {
+      compute_step(A1, s + 1);
+      load_step(A1, s + 3);
+    }
+  }
+
+  // Partial tile (rows_per_block x N fp32) in shared memory, over the x rows (all reads done).
+  constexpr int N = NT * 8;
+  float* red = reinterpret_cast<float*>(smem);
+  __syncthreads();
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = warp * 32 + mt * 16 + h * 8 + r;
+        *reinterpret_cast<float2*>(red + row * N + t * 8 + 2 * q) = make_float2(acc[mt][t][2 * h], acc[mt][t][2 * h + 1]);
+      }
+  if (p.split > 1) cluster_barrier();
+  else __syncthreads();
+
+  // Rank `rank` finishes rows [rank * share, (rank + 1) * share) of the tile: the ranks' partials
+  // summed in rank order, + bias, activation, one rounding. Outputs (n, j, l) with (j, l) fastest:
+  // for G = d these are consecutive features of y's row n.
+  const int share = rows_per_block / p.split;
+  const int jl = share * G;
+  T* y = static_cast<T*>(p.y);
+  const T* bias = static_cast<const T*>(p.bias);
+  const int64_t out_f = (int64_t)p.a * p.b * p.d;
+  for (int e = tid; e < jl * p.nb; e += blockDim.x) {
+    const int n = e / jl, rem = e - n * jl;
+    const int row = rank * share + (rem >> gshift), l = rem & (G - 1);
+    const int j = rt * rows_per_block + row;
+    if (n >= p.batch || j >= p.b) continue;
+    const float* src = red + row * N + n * G + l;
+    float z = 0.f;
+    for (int s = 0; s < p.split; ++s) z += p.split > 1 ? ld_cluster_f32(src, s) : *src;
+    const int64_t f = ((int64_t)i * p.b + j) * p.d + goff + l;
+    if (bias) z += to_f(bias[f]);
+    z = apply_act(z, p.act);
+    if (p.batch_last) y[f * p.batch + n] = from_f<T>(z);
+    else y[n * out_f + f] = from_f<T>(z);
+  }
+  if (p.split > 1) cluster_barrier();  // no block leaves while a peer reads its tile
+}
+
+template <typename T, int NT>
+cudaError_t launch_nt(const StreamParams& p, const StreamShape& sh, cudaStream_t stream) {
+  auto kernel = stream_kernel<T, NT>;
+  static std::atomic<uint64_t> configured{0};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (!(configured.load() & bit)) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kStreamMaxSmem);
+    if (e != cudaSuccess) return e;
+    configured.fetch_or(bit);
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(sh.blocks), 1, 1);
+  cfg.blockDim = dim3(32 * sh.warps, 1, 1);
+  cfg.dynamicSmemBytes = static_cast<size_t>(sh.smem);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = sh.split;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = sh.split > 1 ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, p);
+}
+
+template <typename T>
+cudaError_t launch_t(const StreamParams& p, const StreamShape& sh, cudaStream_t stream) {
+  switch (sh.nt) {
+    case 1: return launch_nt<T, 1>(p, sh, stream);
+    case 2: return launch_nt<T, 2>(p, sh, stream);
+    case 4: return launch_nt<T, 4>(p, sh, stream);
+    case 8: return launch_nt<T, 8>(p, sh, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+int device_sms() {
+  static std::atomic<int> cache[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
+  int v = dev < 64 ? cache[dev].load() : 0;
+  if (v == 0) {
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0) v = 132;
+    if (dev < 64) cache[dev].store(v);
+  }
+  return v;
+}
+
+}  // namespace
+
+bool stream_serves(const MatmulArgs& g) {
+  if (g.dtype == DType::F32 || !aligned16(g.w)) return false;
+  StreamShape sh;
+  return stream_shape(g.a, g.b, g.c, g.d, g.batch, device_sms(), &sh);
+}
+
+cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation, cudaStream_t stream) {
+  StreamShape sh;
+  if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, device_sms(), &sh))
+    return cudaErrorInvalidValue;
+  StreamParams p{};
+  p.x = g.x;
+  p.w = g.w;
+  p.y = g.y;
+  p.bias = bias;
+  p.batch = g.batch;
+  p.ldx = g.ldx;
+  p.a = g.a;
+  p.b = g.b;
+  p.c = g.c;
+  p.d = g.d;
+  p.G = sh.group;
+  p.groups = g.d / sh.group;
+  p.K = g.c * sh.group;
+  p.chunk_stride = sh.group == g.d ? 8 : g.d;
+  p.row_tiles = sh.row_tiles;
+  p.split = sh.split;
+  p.k_slice = sh.k_slice;
+  p.nb = sh.nb;
+  p.xs_stride = sh.xs_stride;
+  p.x_vec = !g.batch_last && aligned16(g.x) && g.ldx % 8 == 0;
+  p.batch_last = g.batch_last ? 1 : 0;
+  p.act = activation;
+  return g.dtype == DType::F16 ? launch_t<__half>(p, sh, stream) : launch_t<__nv_bfloat16>(p, sh, stream);
+}
+
+}  // namespace detail
+}  // namespace ks
