@@ -57,9 +57,10 @@ struct Problem {
 // which every row j of w is contiguous, and x's columns are spread over (row n, plane l): one GEMM
 // of b x (B * G) x (c * G), G times the pattern's flops, which the tensor cores absorb while
 // B * G <= 64 (decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w; where the
-// (i, group, row tile) units give fewer than two blocks per SM, clusters of `split` blocks share
-// K. Shared memory: the block's x rows (nb rows of k_slice positions), then its fp32 partial tile.
-constexpr int64_t kStreamMaxSmem = 96 * 1024;
+// (i, group, row tile) units give fewer than one block per SM, clusters of `split` blocks share K
+// (as many as keep one wave of two blocks per SM, at least 128 positions each). Shared memory: the
+// block's x rows (nb rows of k_slice positions), then, with a split, its fp32 partial tile.
+constexpr int64_t kStreamMaxSmem = 160 * 1024;
 constexpr int64_t kStreamMaxCols = 64;  // B * G
 
 struct StreamShape {
@@ -98,10 +99,10 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
     s.split = split;
     s.k_slice = static_cast<int>(((K + split - 1) / split + 31) / 32 * 32);
     s.xs_stride = s.k_slice + (s.k_slice % 64 == 0 ? 32 : 0);
-    s.smem = std::max<int64_t>(2 * s.nb * static_cast<int64_t>(s.xs_stride), 4 * rows * 8 * s.nt);
+    s.smem = std::max<int64_t>(2 * s.nb * static_cast<int64_t>(s.xs_stride), split > 1 ? 4 * rows * (8 * s.nt + 1) : 0);
   };
-  int split = 1;
-  while (split < 8 && units * split < 2 * sms && K >= 128 * split) split *= 2;
+  int split = 1;  // doubled while the blocks stay within one wave of two per SM
+  while (split < 8 && units * split * 2 <= 2 * sms && K >= 256 * split) split *= 2;
   size(split);
   while (s.smem > kStreamMaxSmem && split < 8) size(split *= 2);
   if (s.smem > kStreamMaxSmem) return false;
@@ -162,7 +163,8 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 // seeded 48-pattern sample of the paper's grid at B = 256, 4096 and 25088 and half of the
 // 376-pattern grid at 25088, bf16; fp32 / tf32 on the sample):
 // - the CPU and float64: the ATen permute + bmm method;
-// - 16-bit on sm_90 with B * G <= 64 (G = stream_group(d)): Stream, w read once as it lies;
+// - 16-bit on sm_90 with B * G <= 64 (G = stream_group(d)), B <= 16 at d = 1: Stream, w read
+//   once as it lies;
 // - B <= 16: the fused kernels (weight-streaming gemv) for the rest;
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
 //   the floor;
@@ -177,7 +179,9 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 //   moves x and y three times at the pattern's own flops, BlockDense once at d times the flops.
 inline Plan choose_plan(const Problem& q) {
   if (q.sm == 0 || q.precision == Precision::F64) return Plan::Bmm;
-  if (plan_serves(Plan::Stream, q)) return Plan::Stream;
+  // Stream: from 17 rows at d = 1 cuBLAS on w as it lies (Strided) measured 2-4x faster (the
+  // kernel's columns are rows there, 64 at 64 rows: its x tile and MMAs grow, w's bytes do not).
+  if (plan_serves(Plan::Stream, q) && (q.d > 1 || q.batch <= 16)) return Plan::Stream;
   if (q.batch <= 16) return Plan::Fused;
   // Strided runs at 1.2-1.6x the floor. BlockDense measured 1.07-1.3x slower than it on the
   // batch-last sweep even where its estimate was within 2 % of the floor's, so it is not taken here.

@@ -58,10 +58,11 @@ def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_rule_streams_w_at_decode_sizes(dtype):
     """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * G <= 64, G the
-    plane group (d for d in {1, 2, 4, 8}, 8 for d % 8 == 0), both layouts; its shared memory (the
-    block's x rows, K split over up to 8 blocks) bounds c * G."""
+    plane group (d for d in {1, 2, 4, 8}, 8 for d % 8 == 0), and at d = 1 up to 16 rows (Strided
+    beyond), both layouts; its shared memory (the block's x rows, K split over up to 8 blocks)
+    bounds c * G."""
     for batch_last in (False, True):
-        for pattern, batches in [((16, 64, 64, 1), (1, 16, 64)), ((1, 2048, 512, 2), (1, 16, 32)),
+        for pattern, batches in [((16, 64, 64, 1), (1, 16)), ((1, 2048, 512, 2), (1, 16, 32)),
                                  ((1, 128, 128, 8), (1, 8)), ((1, 128, 128, 32), (1, 8)), ((3, 40, 24, 4), (1, 16))]:
             for batch in batches:
                 assert plan_for(pattern, batch, dtype, batch_last=batch_last) == "stream", (pattern, batch)
@@ -70,9 +71,9 @@ def test_rule_streams_w_at_decode_sizes(dtype):
         assert plan_for((1, 128, 128, 3), 1, dtype, batch_last=batch_last) != "stream"  # d = 3: no group
         assert plan_for((1, 128, 5, 4), 1, dtype, batch_last=batch_last) != "stream"    # c * d % 8 != 0
     assert plan_for((1, 2048, 512, 2), 16, torch.float32) != "stream"
-    # x rows of K positions over at most 8 blocks: 32 rows of 8192 / 8 positions fit in 96 KB, 64 do not
-    assert plan_serves("stream", (1, 64, 8192, 1), 32, dtype)
-    assert not plan_serves("stream", (1, 64, 8192, 1), 64, dtype)
+    # x rows of K positions over at most 8 blocks: 32 rows of 16384 / 8 positions fit in 160 KB, 64 do not
+    assert plan_serves("stream", (1, 64, 16384, 1), 32, dtype)
+    assert not plan_serves("stream", (1, 64, 16384, 1), 64, dtype)
 
 
 def test_rule_is_bmm_on_the_cpu_and_for_float64():

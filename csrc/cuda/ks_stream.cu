@@ -17,8 +17,8 @@
 // the step's two k16 MMAs read them as their A fragments after a relabelling of k inside the step
 // (logical k {2q, 2q+1, 2q+8, 2q+9} of MMA s are positions 8q + 4s + {0..3}), which B's fragments
 // follow: X's columns come from x rows staged once in shared memory, masked to plane l by a per-
-// thread constant (columns are n * G + l, so a thread's plane is its column's lane % G). Loads run
-// two steps ahead of the MMAs.
+// thread constant (columns are n * G + l, so a thread's plane is its column's lane % G). w's chunks
+// go straight into registers two steps ahead of the MMAs; x's rows are one cp.async group.
 //
 // Split over K: where (i, group, row tiles) give fewer than ~2 blocks per SM, a cluster of up to
 // 8 blocks splits K; each writes its fp32 partial tile to its shared memory and rank r sums rows
@@ -113,18 +113,76 @@ __device__ __forceinline__ float ld_cluster_f32(const float* p, uint32_t rank) {
 #endif
 }
 
-// The activation of ks::chain's epilogue (ks_checks.h Activation) for a 16-bit output.
-__device__ __forceinline__ float apply_act(float z, int act) {
-  switch (act) {
-    case 1: return activate<1>(z);
-    case 2: return activate<2, true>(z);
-    case 3: return activate<3>(z);
-    case 4: return activate<4>(z);
-    default: return z;
-  }
+// One output: + bias, the activation ACT (ks_checks.h Activation; 16-bit output), one rounding.
+template <typename T, int ACT>
+__device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, int n) {
+  if (p.bias) z += to_f(static_cast<const T*>(p.bias)[f]);
+  const T v = from_f<T>(activate<ACT, true>(z));
+  if (p.batch_last) static_cast<T*>(p.y)[f * p.batch + n] = v;
+  else static_cast<T*>(p.y)[n * ((int64_t)p.a * p.b * p.d) + f] = v;
 }
 
 constexpr int kMT = 2;  // m16 tiles per warp: 32 rows of w
+
+// The block's outputs. Without a split, straight from the accumulators (C fragment: rows r and
+// r + 8 of each m16 tile, columns 2q and 2q + 1 of each n8 tile). With one, every block writes its
+// fp32 partial tile (rows of N + 1 floats) to its shared memory; after a cluster barrier rank
+// `rank` finishes rows [rank * share, (rank + 1) * share): the ranks' partials summed in rank
+// order (deterministic), (l, row) fastest, so that consecutive threads write consecutive features
+// of y's rows where G = d. Index arithmetic by shifts: share, N and G are powers of two.
+template <typename T, int NT, int ACT>
+__device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT][NT][4], unsigned char* smem,
+                                         int rank, int rt, int i, int goff, int gshift) {
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, q = lane & 3;
+  const int rows_per_block = blockDim.x, G = p.G;
+  if (p.split == 1) {
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int j = rt * rows_per_block + warp * 32 + mt * 16 + h * 8 + r;
+        if (j >= p.b) continue;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int col = t * 8 + 2 * q + e, n = col >> gshift;
+            if (n < p.batch) put<T, ACT>(p, acc[mt][t][2 * h + e], ((int64_t)i * p.b + j) * p.d + goff + (col & (G - 1)), n);
+          }
+      }
+    return;
+  }
+  constexpr int N = NT * 8, Np = N + 1;
+  float* red = reinterpret_cast<float*>(smem);  // over x: all its reads are done
+  __syncthreads();
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float* dst = red + (warp * 32 + mt * 16 + h * 8 + r) * Np + t * 8 + 2 * q;
+        dst[0] = acc[mt][t][2 * h];
+        dst[1] = acc[mt][t][2 * h + 1];
+      }
+  cluster_barrier();
+  const int share = rows_per_block / p.split;  // a power of two
+  const int sshift = __ffs(share) - 1;
+#pragma unroll 2
+  for (int e = tid; e < share * N; e += rows_per_block) {
+    const int l = e & (G - 1), row = rank * share + ((e >> gshift) & (share - 1)), n = e >> (gshift + sshift);
+    const float* src = red + row * Np + n * G + l;
+    float part[8];
+#pragma unroll
+    for (int s = 0; s < 8; ++s) part[s] = s < p.split ? ld_cluster_f32(src, s) : 0.f;
+    float z = part[0];
+#pragma unroll
+    for (int s = 1; s < 8; ++s) z += part[s];
+    const int j = rt * rows_per_block + row;
+    if (n < p.batch && j < p.b) put<T, ACT>(p, z, ((int64_t)i * p.b + j) * p.d + goff + l, n);
+  }
+  cluster_barrier();  // no block leaves while a peer reads its tile
+}
 
 // NT: n8 tiles (N = 8 NT columns >= B * G). Block = 32 * warps threads, 32 rows per warp.
 template <typename T, int NT>
@@ -156,6 +214,11 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
       wok[mt][h] = j < p.b;
       wrow[mt][h] = w + ((int64_t)i * p.b + (wok[mt][h] ? j : 0)) * cd + goff;
     }
+  // w's chunks go straight into registers (one 16-byte load per row and step), two steps ahead of
+  // the MMAs: shared memory holds only x, so that four or more blocks share an SM (the warps hide
+  // each other's latencies; a cp.async ring of 6-12 steps measured 5-15 % slower for its lower
+  // occupancy, benchmarks/NOTES.md).
+  const int threads = blockDim.x;
   auto load_step = [&](uint4 (&A)[kMT][2], int s) {
     const int pos = kbeg + s * 32 + q * 8;
     const bool in = s < steps && pos < kend;
@@ -170,28 +233,33 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
   load_step(A0, 0);  // in flight while x is staged
   load_step(A1, 1);
 
-  // x rows n < nb, positions [kbeg, kbeg + k_slice), as 8-position chunks (zeros past B and K).
+  // x rows n < nb, positions [kbeg, kbeg + k_slice), as 8-position chunks (zeros past B and K),
+  // copied asynchronously where rows are 16-byte aligned.
   T* xs = reinterpret_cast<T*>(smem);
   const int xs_stride = p.xs_stride;
   {
     const int chunks = p.k_slice >> 3;
     const T* x = static_cast<const T*>(p.x);
-    for (int e = tid; e < p.nb * chunks; e += blockDim.x) {
+#pragma unroll 4
+    for (int e = tid; e < p.nb * chunks; e += threads) {
       const int n = e / chunks, ch = e - n * chunks;
       const int pos = kbeg + ch * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (n < p.batch && pos < kend) {
-        const int64_t f = (int64_t)i * cd + (int64_t)(pos >> 3) * p.chunk_stride + goff;  // 8 features f..f+7
-        if (p.x_vec) {
-          v = ldg16(x + n * p.ldx + f);
-        } else {
-          T* ve = reinterpret_cast<T*>(&v);
+      const bool in = n < p.batch && pos < kend;
+      const int64_t f = (int64_t)i * cd + (int64_t)(pos >> 3) * p.chunk_stride + goff;  // 8 features f..f+7
+      T* dst = xs + n * xs_stride + ch * 8;
+      if (p.x_vec) {
+        cp_async16(dst, in ? x + n * p.ldx + f : x, in ? 16 : 0);
+      } else {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        T* ve = reinterpret_cast<T*>(&v);
+        if (in) {
 #pragma unroll
           for (int t = 0; t < 8; ++t) ve[t] = p.batch_last ? x[(f + t) * p.ldx + n] : x[n * p.ldx + f + t];
         }
+        *reinterpret_cast<uint4*>(dst) = v;
       }
-      *reinterpret_cast<uint4*>(xs + n * xs_stride + ch * 8) = v;
     }
+    cp_async_commit();
   }
 
   // B fragments: column t*8 + r is (row n, plane l) = ((t*8 + r) / G, r % G); of the 8 positions
@@ -214,6 +282,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
     for (int t = 0; t < NT; ++t)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mt][t][e] = 0.f;
+  cp_async_wait<0>();
   __syncthreads();
 
   auto compute_step = [&](const uint4 (&A)[kMT][2], int s) {
@@ -237,45 +306,13 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
     }
   }
 
-  // Partial tile (rows_per_block x N fp32) in shared memory, over the x rows (all reads done).
-  constexpr int N = NT * 8;
-  float* red = reinterpret_cast<float*>(smem);
-  __syncthreads();
-#pragma unroll
-  for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = warp * 32 + mt * 16 + h * 8 + r;
-        *reinterpret_cast<float2*>(red + row * N + t * 8 + 2 * q) = make_float2(acc[mt][t][2 * h], acc[mt][t][2 * h + 1]);
-      }
-  if (p.split > 1) cluster_barrier();
-  else __syncthreads();
-
-  // Rank `rank` finishes rows [rank * share, (rank + 1) * share) of the tile: the ranks' partials
-  // summed in rank order, + bias, activation, one rounding. Outputs (n, j, l) with (j, l) fastest:
-  // for G = d these are consecutive features of y's row n.
-  const int share = rows_per_block / p.split;
-  const int jl = share * G;
-  T* y = static_cast<T*>(p.y);
-  const T* bias = static_cast<const T*>(p.bias);
-  const int64_t out_f = (int64_t)p.a * p.b * p.d;
-  for (int e = tid; e < jl * p.nb; e += blockDim.x) {
-    const int n = e / jl, rem = e - n * jl;
-    const int row = rank * share + (rem >> gshift), l = rem & (G - 1);
-    const int j = rt * rows_per_block + row;
-    if (n >= p.batch || j >= p.b) continue;
-    const float* src = red + row * N + n * G + l;
-    float z = 0.f;
-    for (int s = 0; s < p.split; ++s) z += p.split > 1 ? ld_cluster_f32(src, s) : *src;
-    const int64_t f = ((int64_t)i * p.b + j) * p.d + goff + l;
-    if (bias) z += to_f(bias[f]);
-    z = apply_act(z, p.act);
-    if (p.batch_last) y[f * p.batch + n] = from_f<T>(z);
-    else y[n * out_f + f] = from_f<T>(z);
+  switch (p.act) {  // the epilogue's code once per activation, not a switch per output
+    case 1: epilogue<T, NT, 1>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 2: epilogue<T, NT, 2>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 3: epilogue<T, NT, 3>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 4: epilogue<T, NT, 4>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    default: epilogue<T, NT, 0>(p, acc, smem, rank, rt, i, goff, gshift); break;
   }
-  if (p.split > 1) cluster_barrier();  // no block leaves while a peer reads its tile
 }
 
 template <typename T, int NT>
