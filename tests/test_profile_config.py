@@ -118,8 +118,8 @@ def test_generate_needs_tokens():
         config.parse(raw)
 
 
-@pytest.mark.parametrize("name", ["vit_s16.yaml", "gpt2_medium.yaml", "cpu_small.yaml", "gpt2_medium_compiled.yaml",
-                                  "gpt2_medium_decode_compiled.yaml"])
+@pytest.mark.parametrize("name", ["vit_s16.yaml", "vit_s16_timm.yaml", "gpt2_medium.yaml", "cpu_small.yaml",
+                                  "gpt2_medium_compiled.yaml", "gpt2_medium_decode_compiled.yaml"])
 def test_committed_profiles_are_valid(name):
     cfg = config.load(ROOT / "profiles" / name)
     assert cfg.variants[0].name == "dense" and cfg.output.json

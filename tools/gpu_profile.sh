@@ -11,6 +11,7 @@
 # (windows of 2.1 s = 20 updates of the H200's 100 ms energy counter plus 5%):
 #   check  Zeus measures the GPU (one idle window)                       ~10 s
 #   vit    profiles/vit_s16.yaml: 6 variants (2 compiled) x {bf16, fp32}, 3 trials  ~3-4 min
+#   vitt   profiles/vit_s16_timm.yaml: timm's ViT-S/16, 4 variants (2 compiled) x {bf16, fp32}  ~3 min
 #   gpt2c  profiles/gpt2_medium_compiled.yaml: dense and KS compiled x {fp32, bf16}  ~3-4 min
 #   gpt2   profiles/gpt2_medium.yaml: 2 variants x {forward, generate} x {fp32, bf16}, 3 trials  ~2.5 min
 #   gpt2d  profiles/gpt2_medium_decode_compiled.yaml: generate under reduce-overhead, static cache, bf16
@@ -79,6 +80,10 @@ PY
         timeout -s INT -k 30 330 python3 -m ks_ops.profile profiles/vit_s16.yaml --out-dir "$OUT" --no-progress || status=1
         meter_was_zeus "$OUT/vit_s16.json" || status=1
         ;;
+      vitt)
+        timeout -s INT -k 30 330 python3 -m ks_ops.profile profiles/vit_s16_timm.yaml --out-dir "$OUT" --no-progress || status=1
+        meter_was_zeus "$OUT/vit_s16_timm.json" || status=1
+        ;;
       gpt2)
         timeout -s INT -k 30 260 python3 -m ks_ops.profile profiles/gpt2_medium.yaml --out-dir "$OUT" --no-progress || status=1
         meter_was_zeus "$OUT/gpt2_medium.json" || status=1
@@ -98,7 +103,7 @@ PY
         timeout -s INT -k 30 60 python3 tools/bench_energy.py --patterns "4,64,64,4;1,256,256,4" --dtypes bfloat16 "${common[@]}" || status=1
         cp "$OUT/bench_energy.jsonl" "$WORK/" 2>/dev/null
         ;;
-      *) echo "unknown stage $stage (check, vit, gpt2, gpt2c, gpt2d, bench)"; status=2 ;;
+      *) echo "unknown stage $stage (check, vit, vitt, gpt2, gpt2c, gpt2d, bench)"; status=2 ;;
     esac
   done
   rm -f "$OUT"/.*.tmp
