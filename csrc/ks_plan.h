@@ -24,7 +24,7 @@ enum class Plan : int {
   Interleaved = 6, // batch-first 16-bit on sm_90a, d in {2, 3, 4, 6, 8, 12}: the wgmma GEMM that reads x's rows
                    // and writes y's rows where they lie (csrc/cuda/hopper/interleaved_gemm.cu): one
                    // pass over each, the pattern's own flops
-  Stream = 7,      // 16-bit on sm_90, 1-64 rows, both layouts: w read once as it lies, one launch
+  Stream = 7,      // 16-bit on sm_90, decode-sized batches, both layouts: w read once as it lies, one launch
                    // (csrc/cuda/ks_stream.cu, stream_shape below)
 };
 constexpr int kNumPlans = 8;
@@ -56,19 +56,20 @@ struct Problem {
 // d in {1, 2, 4, 8}, 8 for d % 8 == 0), the positions (k, l) of the group are one K dimension along
 // which every row j of w is contiguous, and x's columns are spread over (row n, plane l): one GEMM
 // of b x (B * G) x (c * G), G times the pattern's flops, which the tensor cores absorb while
-// B * G <= 64 (decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w; where the
-// (i, group, row tile) units give fewer than one block per SM, clusters of `split` blocks share K
-// (as many as keep one wave of two blocks per SM, at least 128 positions each). Shared memory: the
+// B * G <= 128 (decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w (16 * warps
+// at 128 columns); where the (i, group, row tile) units give fewer than one block per SM, clusters
+// of `split` blocks share K (as many as keep one wave of two blocks per SM, at least 128 positions
+// each). Shared memory: the
 // block's x rows (nb rows of k_slice positions), then, with a split, its fp32 partial tile.
 constexpr int64_t kStreamMaxSmem = 160 * 1024;
-constexpr int64_t kStreamMaxCols = 64;  // B * G
+constexpr int64_t kStreamMaxCols = 128;  // B * G
 
 struct StreamShape {
   int group = 0;      // G
   int nt = 0;         // n8 tiles: N = 8 * nt >= B * G columns
   int nb = 0;         // x rows staged: N / G (>= B)
-  int warps = 0;      // 32 rows of w each
-  int row_tiles = 0;  // ceil(b / (32 * warps))
+  int warps = 0;      // 32 rows of w each (16 where nt = 16)
+  int row_tiles = 0;  // ceil(b / rows per block)
   int split = 0;      // blocks of a cluster over K (1, 2, 4 or 8)
   int k_slice = 0;    // K positions per block, a multiple of 32
   int xs_stride = 0;  // elements between staged x rows: 64 bytes mod 128, so that a quarter
@@ -89,10 +90,11 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
   if (G == 0 || batch < 1 || batch * G > kStreamMaxCols || (c * d) % 8 != 0) return false;
   if (a * b * d > 0x7fffffffLL || a * c * d > 0x7fffffffLL) return false;
   const int64_t cols = batch * G;
-  s.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : 8;
+  s.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : cols <= 64 ? 8 : 16;
   s.nb = static_cast<int>(8 * s.nt / G);
-  s.warps = b > 64 ? 4 : b > 32 ? 2 : 1;
-  const int64_t rows = 32 * s.warps;
+  const int64_t warp_rows = s.nt >= 16 ? 16 : 32;  // two m16 tiles per warp, one at 16 n8 tiles
+  s.warps = b > 2 * warp_rows ? 4 : b > warp_rows ? 2 : 1;
+  const int64_t rows = warp_rows * s.warps;
   s.row_tiles = static_cast<int>((b + rows - 1) / rows);
   const int64_t K = c * G, units = a * (d / G) * s.row_tiles;
   auto size = [&](int split) {
@@ -163,8 +165,8 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 // seeded 48-pattern sample of the paper's grid at B = 256, 4096 and 25088 and half of the
 // 376-pattern grid at 25088, bf16; fp32 / tf32 on the sample):
 // - the CPU and float64: the ATen permute + bmm method;
-// - 16-bit on sm_90 with B * G <= 64 (G = stream_group(d)), B <= 16 at d = 1: Stream, w read
-//   once as it lies;
+// - 16-bit on sm_90 with B * G <= 64 (G = stream_group(d); 128 at G = 8), B <= 16 at d = 1:
+//   Stream, w read once as it lies;
 // - B <= 16: the fused kernels (weight-streaming gemv) for the rest;
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
 //   the floor;
@@ -181,7 +183,11 @@ inline Plan choose_plan(const Problem& q) {
   if (q.sm == 0 || q.precision == Precision::F64) return Plan::Bmm;
   // Stream: from 17 rows at d = 1 cuBLAS on w as it lies (Strided) measured 2-4x faster (the
   // kernel's columns are rows there, 64 at 64 rows: its x tile and MMAs grow, w's bytes do not).
-  if (plan_serves(Plan::Stream, q) && (q.d > 1 || q.batch <= 16)) return Plan::Stream;
+  // 128 columns (one m16 tile per warp) only for groups of 8 planes, at 9-16 rows: (1, 128, 128, 32)
+  // 9.5 us vs the gemv kernel's 20.6 at 16 rows; at G = 2 and 64 rows it lost (170 vs 97 us).
+  if (plan_serves(Plan::Stream, q) && (q.d > 1 || q.batch <= 16) &&
+      (q.batch * stream_group(q.d) <= 64 || stream_group(q.d) == 8))
+    return Plan::Stream;
   if (q.batch <= 16) return Plan::Fused;
   // Strided runs at 1.2-1.6x the floor. BlockDense measured 1.07-1.3x slower than it on the
   // batch-last sweep even where its estimate was within 2 % of the floor's, so it is not taken here.

@@ -269,9 +269,9 @@ def stream_group(d):
 
 def serves(plan, pattern, batch_last, dtype_name="bf16", batch=300):
     d, c = pattern[3], pattern[2]
-    if plan == "stream":  # sm_90, 16-bit, batch * G <= 64 for the plane group G, whole 16-byte chunks of w's rows
+    if plan == "stream":  # sm_90, 16-bit, batch * G <= 128 for the plane group G, whole 16-byte chunks of w's rows
         g = stream_group(d)
-        return (dtype_name in ("bf16", "fp16") and g > 0 and batch * g <= 64 and c * d % 8 == 0
+        return (dtype_name in ("bf16", "fp16") and g > 0 and batch * g <= 128 and c * d % 8 == 0
                 and torch.cuda.get_device_capability()[0] >= 9)
     if plan == "strided":
         return batch_last or d == 1
@@ -296,7 +296,8 @@ def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_la
     check(x, w, batch_last, dtype_name, plan)
 
 
-# The Stream plan (ks_stream.cu) at every batch it serves, both layouts: plane groups G = 1, 2, 4, 8
+# The Stream plan (ks_stream.cu) at every batch it serves (up to B * G = 128: 16 n8 tiles, one m16
+# tile per warp), both layouts: plane groups G = 1, 2, 4, 8
 # (d = 24: three groups of 8 planes per block), row tails (b = 7, 13, 17, 100, 130, 300 against
 # blocks of 32-128 rows), K tails (c * G not a multiple of 32), K split over clusters of 2-8
 # blocks ((1, 300, 2048, 1), (1, 40, 1000, 2), (1, 2048, 512, 2) at small batches), x rows staged
@@ -315,10 +316,10 @@ def test_stream_plan_every_batch_it_serves(pattern, dtype_name, batch_last):
         pytest.skip("the stream plan needs sm_90")
     g = stream_group(pattern[3])
     dt = DTYPES[dtype_name][0]
-    for batch in sorted({1, 2, 3, 5, 8, 13, 31, 64} & set(range(1, 64 // g + 1))):
+    for batch in sorted({1, 2, 3, 5, 8, 13, 31, 64, 100, 128} & set(range(1, 128 // g + 1))):
         x, w = inputs(pattern, batch, dt, batch_last)
         check(x, w, batch_last, dtype_name, "stream")
-    x, w = inputs(pattern, 64 // g, dt, batch_last)
+    x, w = inputs(pattern, 128 // g, dt, batch_last)
     q = KSPattern(*pattern)
     if batch_last:  # rows 2 bytes past a 16-byte boundary, row stride batch + 1
         xs = torch.randn(q.in_features, x.shape[1] + 1, dtype=dt, device=DEV)[:, 1:]
@@ -327,7 +328,7 @@ def test_stream_plan_every_batch_it_serves(pattern, dtype_name, batch_last):
         check(x.view(1, x.shape[0], -1), w, False, dtype_name, "stream")
         xs = torch.randn(x.shape[0], q.in_features + 1, dtype=dt, device=DEV)[:, 1:]
         check(xs, w, False, dtype_name, "stream")
-    last = 16 if g == 1 else 64 // g  # the rule's last batch for it (Strided from 17 rows at d = 1)
+    last = 16 if g == 1 else 128 // g if g == 8 else 64 // g  # the rule's last batch for it
     assert plan_for(pattern, last, dt, batch_last=batch_last) == "stream"
     assert plan_for(pattern, last + 1, dt, batch_last=batch_last) != "stream"
 

@@ -29,9 +29,9 @@ def serves(plan, pattern, batch_last, sm, dtype, batch):
     d = pattern[3]
     if sm == 0 or dtype == torch.float64:
         return plan in ("bmm", "dense")
-    if plan == "stream":  # (shared memory is no bound on problems(): c * G <= 8192, B * G <= 64)
+    if plan == "stream":  # (shared memory is no bound on problems(): c * G <= 8192, B * G <= 128)
         g = stream_group(d)
-        return sm >= 90 and dtype in (torch.float16, torch.bfloat16) and g > 0 and batch * g <= 64 and \
+        return sm >= 90 and dtype in (torch.float16, torch.bfloat16) and g > 0 and batch * g <= 128 and \
             pattern[2] * d % 8 == 0
     if plan == "strided":
         return batch_last or d == 1
@@ -58,12 +58,13 @@ def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_rule_streams_w_at_decode_sizes(dtype):
     """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * G <= 64, G the
-    plane group (d for d in {1, 2, 4, 8}, 8 for d % 8 == 0), and at d = 1 up to 16 rows (Strided
-    beyond), both layouts; its shared memory (the block's x rows, K split over up to 8 blocks)
-    bounds c * G."""
+    plane group (d for d in {1, 2, 4, 8}, 8 for d % 8 == 0), 128 for G = 8, and at d = 1 up to 16
+    rows (Strided beyond), both layouts; the kernel serves batch * G <= 128 (the rule leaves 65-128
+    to other plans but at G = 8); its shared memory (the block's x rows, K split over up to 8
+    blocks) bounds c * G."""
     for batch_last in (False, True):
         for pattern, batches in [((16, 64, 64, 1), (1, 16)), ((1, 2048, 512, 2), (1, 16, 32)),
-                                 ((1, 128, 128, 8), (1, 8)), ((1, 128, 128, 32), (1, 8)), ((3, 40, 24, 4), (1, 16))]:
+                                 ((1, 128, 128, 8), (1, 16)), ((1, 128, 128, 32), (1, 16)), ((3, 40, 24, 4), (1, 16))]:
             for batch in batches:
                 assert plan_for(pattern, batch, dtype, batch_last=batch_last) == "stream", (pattern, batch)
                 assert plan_for(pattern, batch, dtype, batch_last=batch_last, sm=80) != "stream"
@@ -71,6 +72,7 @@ def test_rule_streams_w_at_decode_sizes(dtype):
         assert plan_for((1, 128, 128, 3), 1, dtype, batch_last=batch_last) != "stream"  # d = 3: no group
         assert plan_for((1, 128, 5, 4), 1, dtype, batch_last=batch_last) != "stream"    # c * d % 8 != 0
     assert plan_for((1, 2048, 512, 2), 16, torch.float32) != "stream"
+    assert plan_serves("stream", (1, 2048, 512, 2), 64, dtype) and plan_for((1, 2048, 512, 2), 64, dtype) != "stream"
     # x rows of K positions over at most 8 blocks: 32 rows of 16384 / 8 positions fit in 160 KB, 64 do not
     assert plan_serves("stream", (1, 64, 16384, 1), 32, dtype)
     assert not plan_serves("stream", (1, 64, 16384, 1), 64, dtype)

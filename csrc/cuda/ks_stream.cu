@@ -1,4 +1,4 @@
-// The Stream plan: ks::matmul at decode-sized batches (1 to 64 rows), 16-bit, sm_90, both layouts.
+// The Stream plan: ks::matmul at decode-sized batches (B * G <= 128 below), 16-bit, sm_90, both layouts.
 //
 // At these sizes a product's time is its weight bytes read once, and the other plans all lose
 // that: the gemv kernels re-read x for every (i, j) slab, and every plan that wants per-plane
@@ -10,10 +10,10 @@
 //   every row j of w is contiguous (16-byte chunks for G = 8). Then
 //       y[n, i, j, l] = sum_p w[i, j, p] * X[p, (n, l)],   X[p, (n, l)] = x[n, i, p] if p % G == l else 0:
 //   one GEMM with M = the b rows of w, N = B * G columns (row n, plane l) and K = c * G, G times
-//   the pattern's flops -- cheap while B * G <= 64, where the tensor cores idle on w's bytes.
+//   the pattern's flops -- cheap while B * G <= 128, where the tensor cores idle on w's bytes.
 //
-// Mainloop (per warp, 32 rows of w = two m16 tiles, all N columns, the block's slice of K): each
-// thread loads its two rows' 16 bytes of a 32-position step (positions 8q .. 8q + 7, q = lane % 4);
+// Mainloop (per warp: 32 rows of w = two m16 tiles (one at N = 128), all N columns, the block's
+// slice of K): each thread loads its rows' 16 bytes of a 32-position step (positions 8q .. 8q + 7, q = lane % 4);
 // the step's two k16 MMAs read them as their A fragments after a relabelling of k inside the step
 // (logical k {2q, 2q+1, 2q+8, 2q+9} of MMA s are positions 8q + 4s + {0..3}), which B's fragments
 // follow: X's columns come from x rows staged once in shared memory, masked to plane l by a per-
@@ -122,7 +122,9 @@ __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, i
   else static_cast<T*>(p.y)[n * ((int64_t)p.a * p.b * p.d) + f] = v;
 }
 
-constexpr int kMT = 2;  // m16 tiles per warp: 32 rows of w
+// MT: m16 tiles per warp (rows of w: 16 MT per warp); 2, and 1 for the widest column tiles
+// (NT = 16), whose accumulators would not fit twice.
+constexpr int mt_of(int nt) { return nt >= 16 ? 1 : 2; }
 
 // The block's outputs. Without a split, straight from the accumulators (C fragment: rows r and
 // r + 8 of each m16 tile, columns 2q and 2q + 1 of each n8 tile). With one, every block writes its
@@ -130,17 +132,17 @@ constexpr int kMT = 2;  // m16 tiles per warp: 32 rows of w
 // `rank` finishes rows [rank * share, (rank + 1) * share): the ranks' partials summed in rank
 // order (deterministic), (l, row) fastest, so that consecutive threads write consecutive features
 // of y's rows where G = d. Index arithmetic by shifts: share, N and G are powers of two.
-template <typename T, int NT, int ACT>
+template <typename T, int NT, int ACT, int kMT = mt_of(NT)>
 __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT][NT][4], unsigned char* smem,
                                          int rank, int rt, int i, int goff, int gshift) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, q = lane & 3;
-  const int rows_per_block = blockDim.x, G = p.G;
+  const int rows_per_block = (blockDim.x >> 5) * 16 * kMT, G = p.G;
   if (p.split == 1) {
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int j = rt * rows_per_block + warp * 32 + mt * 16 + h * 8 + r;
+        const int j = rt * rows_per_block + warp * 16 * kMT + mt * 16 + h * 8 + r;
         if (j >= p.b) continue;
 #pragma unroll
         for (int t = 0; t < NT; ++t)
@@ -161,7 +163,7 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
     for (int t = 0; t < NT; ++t)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float* dst = red + (warp * 32 + mt * 16 + h * 8 + r) * Np + t * 8 + 2 * q;
+        float* dst = red + (warp * 16 * kMT + mt * 16 + h * 8 + r) * Np + t * 8 + 2 * q;
         dst[0] = acc[mt][t][2 * h];
         dst[1] = acc[mt][t][2 * h + 1];
       }
@@ -169,7 +171,7 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
   const int share = rows_per_block / p.split;  // a power of two
   const int sshift = __ffs(share) - 1;
 #pragma unroll 2
-  for (int e = tid; e < share * N; e += rows_per_block) {
+  for (int e = tid; e < share * N; e += blockDim.x) {
     const int l = e & (G - 1), row = rank * share + ((e >> gshift) & (share - 1)), n = e >> (gshift + sshift);
     const float* src = red + row * Np + n * G + l;
     float part[8];
@@ -184,13 +186,13 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
   cluster_barrier();  // no block leaves while a peer reads its tile
 }
 
-// NT: n8 tiles (N = 8 NT columns >= B * G). Block = 32 * warps threads, 32 rows per warp.
-template <typename T, int NT>
+// NT: n8 tiles (N = 8 NT columns >= B * G). Block = 32 * warps threads, 16 kMT rows per warp.
+template <typename T, int NT, int kMT = mt_of(NT)>
 __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int r = lane >> 2, q = lane & 3;
-  const int rows_per_block = blockDim.x;  // 32 rows per warp
+  const int rows_per_block = (blockDim.x >> 5) * 16 * kMT;
   const int rank = blockIdx.x % p.split;
   const int unit = blockIdx.x / p.split;
   const int rt = unit % p.row_tiles, ig = unit / p.row_tiles;
@@ -205,7 +207,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
   const T* w = static_cast<const T*>(p.w);
   const T* wrow[kMT][2];
   bool wok[kMT][2];
-  const int j0 = rt * rows_per_block + warp * 32;
+  const int j0 = rt * rows_per_block + warp * 16 * kMT;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -350,6 +352,7 @@ cudaError_t launch_t(const StreamParams& p, const StreamShape& sh, cudaStream_t 
     case 2: return launch_nt<T, 2>(p, sh, stream);
     case 4: return launch_nt<T, 4>(p, sh, stream);
     case 8: return launch_nt<T, 8>(p, sh, stream);
+    case 16: return launch_nt<T, 16>(p, sh, stream);
     default: return cudaErrorInvalidValue;
   }
 }
