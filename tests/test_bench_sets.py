@@ -37,6 +37,23 @@ def test_batch_filter_drops_patterns_too_large_for_the_batch():
     assert len(bm.patterns_of("paper", 2**20)) < 2402
 
 
+def test_mlp_set_is_the_auto_chains_factors():
+    """--set mlp: every factor of the auto chains of both layers of the four MLP blocks, once each,
+    chaining in order (each factor's input is the previous one's output)."""
+    from ks_ops import KSPattern, auto_chain
+
+    mlp = bm.mlp_patterns()
+    assert len(mlp) == len(set(mlp)) and (1, 8192, 2048, 2) in mlp and (1, 128, 128, 32) in mlp
+    for d, h in bm.MLP_WIDTHS:
+        for i, o in ((d, h), (h, d)):
+            chain = [(p.a, p.b, p.c, p.d) for p in auto_chain(i, o)]
+            assert set(chain) <= set(mlp)
+            ps = [KSPattern(*c) for c in chain]
+            assert ps[0].in_features == i and ps[-1].out_features == o
+            assert all(x.out_features == y.in_features for x, y in zip(ps, ps[1:]))
+    assert bm.patterns_of("mlp", 16) == mlp
+
+
 def test_parse_patterns():
     assert bm.parse_patterns("1,2,3,4; 5,6,7,8/2,2,2,2") == [(1, 2, 3, 4), (5, 6, 7, 8), (2, 2, 2, 2)]
     with pytest.raises(SystemExit, match="--patterns"):

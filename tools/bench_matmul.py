@@ -15,7 +15,8 @@ Sets: paper = the paper's full grid (a and d in {1,2,3,...,128}, b,c in {48,...,
 4c or c/4; 2402 patterns at B = 25088), sample = a fixed, seeded sample of it (--sample N, default
 48), grid = the 376-pattern grid of earlier rounds (d in {4,16,64}, with the paper code's skipped
 (b,c) pairs; ../shared/notes/h200.md), quick = the 16 baseline patterns of that note, vit = the six
-ViT-S/16 factors; --patterns 'a,b,c,d;...' times any others. A pattern too large for a batch
+ViT-S/16 factors, mlp = the factors of the `auto` chains of the MLP blocks 384-1536, 768-3072,
+1024-4096 and 4096-16384 (both layers; decode sizes: --batch 1,4,16,64,256); --patterns 'a,b,c,d;...' times any others. A pattern too large for a batch
 (B*a*c*d or B*a*b*d >= 2^31) is left out at that batch.
 --plans fused,bmm,... also times each named plan of the op (ks_ops.ops.PLANS, through the private
 ks::_matmul_plan) where it serves the problem: columns plan_<name>_us, plan_<name>_err.
@@ -58,6 +59,22 @@ QUICK = [
     (32, 128, 32, 1),
 ]
 VIT = [(2, 48, 192, 1), (1, 192, 48, 2), (6, 64, 64, 1), (1, 768, 192, 2), (6, 64, 256, 1), (1, 128, 128, 3)]
+# MLP blocks d -> h -> d of ViT-S, ViT-B / BERT-base, GPT-2 medium, GPT-2 XL-like widths (tools/bench_mlp.py)
+MLP_WIDTHS = [(384, 1536), (768, 3072), (1024, 4096), (4096, 16384)]
+
+
+def mlp_patterns():
+    """The factors of the `auto` chains (ks_ops.auto_chain, the chains ks_surgery gives) of both
+    layers of the MLP_WIDTHS blocks, each once: the products issue decode's targets run."""
+    from ks_ops import auto_chain
+
+    out = []
+    for d, h in MLP_WIDTHS:
+        for p in auto_chain(d, h) + auto_chain(h, d):
+            dims = (p.a, p.b, p.c, p.d)
+            if dims not in out:
+                out.append(dims)
+    return out
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
 
@@ -119,6 +136,8 @@ def _patterns_of(name: str, custom=(), sample: int = 48):
         return list(QUICK)
     if name == "vit":
         return list(VIT)
+    if name == "mlp":
+        return mlp_patterns()
     raise SystemExit(f"unknown set {name!r}")
 
 
@@ -316,7 +335,7 @@ def merge_rank_files(out: str) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", default="quick", help="grid, quick or vit (comma list)")
+    ap.add_argument("--set", default="quick", help="paper, sample, grid, quick, vit or mlp (comma list)")
     ap.add_argument("--patterns", default=None,
                     help="'a,b,c,d;a,b,c,d;...': time these (the set named custom) instead of --set")
     ap.add_argument("--op", default="matmul", choices=["matmul", "weight_grad"])
