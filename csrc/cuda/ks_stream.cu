@@ -122,9 +122,8 @@ __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, i
   else static_cast<T*>(p.y)[n * ((int64_t)p.a * p.b * p.d) + f] = v;
 }
 
-// MT: m16 tiles per warp (rows of w: 16 MT per warp); 2, and 1 for the widest column tiles
-// (NT = 16), whose accumulators would not fit twice.
-constexpr int mt_of(int nt) { return nt >= 16 ? 1 : 2; }
+// kMT (a default template argument below): m16 tiles per warp (rows of w: 16 kMT per warp); 2,
+// and 1 for the widest column tiles (NT = 16), whose accumulators would not fit twice.
 
 // The block's outputs. Without a split, straight from the accumulators (C fragment: rows r and
 // r + 8 of each m16 tile, columns 2q and 2q + 1 of each n8 tile). With one, every block writes its
@@ -132,7 +131,7 @@ constexpr int mt_of(int nt) { return nt >= 16 ? 1 : 2; }
 // `rank` finishes rows [rank * share, (rank + 1) * share): the ranks' partials summed in rank
 // order (deterministic), (l, row) fastest, so that consecutive threads write consecutive features
 // of y's rows where G = d. Index arithmetic by shifts: share, N and G are powers of two.
-template <typename T, int NT, int ACT, int kMT = mt_of(NT)>
+template <typename T, int NT, int ACT, int kMT = (NT >= 16 ? 1 : 2)>
 __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT][NT][4], unsigned char* smem,
                                          int rank, int rt, int i, int goff, int gshift) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, q = lane & 3;
@@ -187,7 +186,7 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
 }
 
 // NT: n8 tiles (N = 8 NT columns >= B * G). Block = 32 * warps threads, 16 kMT rows per warp.
-template <typename T, int NT, int kMT = mt_of(NT)>
+template <typename T, int NT, int kMT = (NT >= 16 ? 1 : 2)>
 __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -357,29 +356,17 @@ cudaError_t launch_t(const StreamParams& p, const StreamShape& sh, cudaStream_t 
   }
 }
 
-int device_sms() {
-  static std::atomic<int> cache[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
-  int v = dev < 64 ? cache[dev].load() : 0;
-  if (v == 0) {
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0) v = 132;
-    if (dev < 64) cache[dev].store(v);
-  }
-  return v;
-}
-
 }  // namespace
 
 bool stream_serves(const MatmulArgs& g) {
   if (g.dtype == DType::F32 || !aligned16(g.w)) return false;
   StreamShape sh;
-  return stream_shape(g.a, g.b, g.c, g.d, g.batch, device_sms(), &sh);
+  return stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh);
 }
 
 cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation, cudaStream_t stream) {
   StreamShape sh;
-  if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, device_sms(), &sh))
+  if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh))
     return cudaErrorInvalidValue;
   StreamParams p{};
   p.x = g.x;
