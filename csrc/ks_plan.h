@@ -165,9 +165,10 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 // seeded 48-pattern sample of the paper's grid at B = 256, 4096 and 25088 and half of the
 // 376-pattern grid at 25088, bf16; fp32 / tf32 on the sample):
 // - the CPU and float64: the ATen permute + bmm method;
-// - 16-bit on sm_90 with B * G <= 64 (G = stream_group(d); 128 at G = 8), B <= 16 at d = 1:
+// - 16-bit on sm_90 with B * G <= 64 (G = stream_group(d); 128 at G = 8), one row at d = 1:
 //   Stream, w read once as it lies;
-// - B <= 16: the fused kernels (weight-streaming gemv) for the rest;
+// - B <= 16: the fused kernels (weight-streaming gemv) for the rest, but 16-bit d = 1 on sm_90
+//   (Strided);
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
 //   the floor;
 // - batch-first d in {2, 3, 4, 6, 8, 12}, 16-bit, sm_90a, B >= 1024: the Interleaved kernel for
@@ -181,14 +182,18 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 //   moves x and y three times at the pattern's own flops, BlockDense once at d times the flops.
 inline Plan choose_plan(const Problem& q) {
   if (q.sm == 0 || q.precision == Precision::F64) return Plan::Bmm;
-  // Stream: from 17 rows at d = 1 cuBLAS on w as it lies (Strided) measured 2-4x faster (the
-  // kernel's columns are rows there, 64 at 64 rows: its x tile and MMAs grow, w's bytes do not).
-  // 128 columns (one m16 tile per warp) only for groups of 8 planes, at 9-16 rows: (1, 128, 128, 32)
-  // 9.5 us vs the gemv kernel's 20.6 at 16 rows; at G = 2 and 64 rows it lost (170 vs 97 us).
-  if (plan_serves(Plan::Stream, q) && (q.d > 1 || q.batch <= 16) &&
+  // Stream: at d = 1 only for one row -- from 2 rows cuBLAS on w as it lies (Strided) measured
+  // faster on 9 of 10 batch-first rows of the auto chains' d = 1 factors at 4 and 16 rows (by
+  // 5-40 %, 0.3-2 us; results/stream2_h100_decode_plans.jsonl, tools/eval_rule.py) and 2-4x at 64
+  // (the kernel's columns are rows there: its x tile and MMAs grow, w's bytes do not); at one
+  // row the three plans are within ~1 us. 128 columns (one m16 tile per warp) only for groups of 8
+  // planes, at 9-16 rows: (1, 128, 128, 32) 9.5 us vs the gemv kernel's 20.6 at 16 rows; at G = 2
+  // and 64 rows it lost (170 vs 97 us).
+  if (plan_serves(Plan::Stream, q) && (q.d > 1 || q.batch == 1) &&
       (q.batch * stream_group(q.d) <= 64 || stream_group(q.d) == 8))
     return Plan::Stream;
-  if (q.batch <= 16) return Plan::Fused;
+  const bool half16 = q.precision == Precision::F16 || q.precision == Precision::BF16;
+  if (q.batch <= 16 && !(half16 && q.sm >= 90 && q.d == 1)) return Plan::Fused;  // d = 1: Strided, below
   // Strided runs at 1.2-1.6x the floor. BlockDense measured 1.07-1.3x slower than it on the
   // batch-last sweep even where its estimate was within 2 % of the floor's, so it is not taken here.
   if (q.batch_last || q.d == 1) return Plan::Strided;

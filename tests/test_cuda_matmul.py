@@ -328,7 +328,7 @@ def test_stream_plan_every_batch_it_serves(pattern, dtype_name, batch_last):
         check(x.view(1, x.shape[0], -1), w, False, dtype_name, "stream")
         xs = torch.randn(x.shape[0], q.in_features + 1, dtype=dt, device=DEV)[:, 1:]
         check(xs, w, False, dtype_name, "stream")
-    last = 16 if g == 1 else 128 // g if g == 8 else 64 // g  # the rule's last batch for it
+    last = 1 if g == 1 else 128 // g if g == 8 else 64 // g  # the rule's last batch for it
     assert plan_for(pattern, last, dt, batch_last=batch_last) == "stream"
     assert plan_for(pattern, last + 1, dt, batch_last=batch_last) != "stream"
 

@@ -58,17 +58,20 @@ def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_rule_streams_w_at_decode_sizes(dtype):
     """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * G <= 64, G the
-    plane group (d for d in {1, 2, 4, 8}, 8 for d % 8 == 0), 128 for G = 8, and at d = 1 up to 16
-    rows (Strided beyond), both layouts; the kernel serves batch * G <= 128 (the rule leaves 65-128
+    plane group (d for d in {1, 2, 4, 8}, 8 for d % 8 == 0), 128 for G = 8, and at d = 1 one row
+    (Strided from 2), both layouts; the kernel serves batch * G <= 128 (the rule leaves 65-128
     to other plans but at G = 8); its shared memory (the block's x rows, K split over up to 8
     blocks) bounds c * G."""
     for batch_last in (False, True):
-        for pattern, batches in [((16, 64, 64, 1), (1, 16)), ((1, 2048, 512, 2), (1, 16, 32)),
+        for pattern, batches in [((16, 64, 64, 1), (1,)), ((1, 2048, 512, 2), (1, 16, 32)),
                                  ((1, 128, 128, 8), (1, 16)), ((1, 128, 128, 32), (1, 16)), ((3, 40, 24, 4), (1, 16))]:
             for batch in batches:
                 assert plan_for(pattern, batch, dtype, batch_last=batch_last) == "stream", (pattern, batch)
                 assert plan_for(pattern, batch, dtype, batch_last=batch_last, sm=80) != "stream"
             assert plan_for(pattern, 2 * batches[-1] + 1, dtype, batch_last=batch_last) != "stream"
+        for batch in (2, 4, 16):  # d = 1 from 2 rows: cuBLAS on w as it lies (the gemv kernel only for fp32)
+            assert plan_for((16, 64, 256, 1), batch, dtype, batch_last=batch_last) == "strided"
+            assert plan_for((16, 64, 256, 1), batch, torch.float32, batch_last=batch_last) == "fused"
         assert plan_for((1, 128, 128, 3), 1, dtype, batch_last=batch_last) != "stream"  # d = 3: no group
         assert plan_for((1, 128, 5, 4), 1, dtype, batch_last=batch_last) != "stream"    # c * d % 8 != 0
     assert plan_for((1, 2048, 512, 2), 16, torch.float32) != "stream"
