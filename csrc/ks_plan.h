@@ -42,6 +42,8 @@ inline int plan_index(const char* name) {
 
 enum class Precision : int { F64 = 0, F32 = 1, TF32 = 2, F16 = 3, BF16 = 4 };
 
+inline bool is_16bit(Precision p) { return p == Precision::F16 || p == Precision::BF16; }
+
 struct Problem {
   int64_t a, b, c, d;
   int64_t batch;
@@ -59,8 +61,8 @@ struct Problem {
 // B * G <= 128 (decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w (16 * warps
 // at 128 columns); where the (i, group, row tile) units give fewer than one block per SM, clusters
 // of `split` blocks share K (as many as keep one wave of two blocks per SM, at least 128 positions
-// each). Shared memory: the
-// block's x rows (nb rows of k_slice positions), then, with a split, its fp32 partial tile.
+// each). Shared memory: the block's x rows (nb rows of k_slice positions), then, with a split, its
+// fp32 partial tile.
 constexpr int64_t kStreamMaxSmem = 160 * 1024;
 constexpr int64_t kStreamMaxCols = 128;  // B * G
 
@@ -129,11 +131,11 @@ inline bool plan_serves(Plan p, const Problem& q) {
     case Plan::Transposed: return q.sm > 0 && q.precision != Precision::F64 && !q.batch_last;
     // TMA: 16-byte strides for x's and y's blocks (c*d and b*d elements).
     case Plan::Interleaved:
-      return q.sm == 90 && q.sm90a_kernels && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&
+      return q.sm == 90 && q.sm90a_kernels && is_16bit(q.precision) &&
              !q.batch_last && interleaved_d(q.d) && (q.c * q.d) % 8 == 0 && (q.b * q.d) % 8 == 0;
     case Plan::Stream: {
       StreamShape s;
-      return q.sm >= 90 && (q.precision == Precision::F16 || q.precision == Precision::BF16) &&
+      return q.sm >= 90 && is_16bit(q.precision) &&
              stream_shape(q.a, q.b, q.c, q.d, q.batch, 132, &s);
     }
   }
@@ -192,12 +194,11 @@ inline Plan choose_plan(const Problem& q) {
   if (plan_serves(Plan::Stream, q) && (q.d > 1 || q.batch == 1) &&
       (q.batch * stream_group(q.d) <= 64 || stream_group(q.d) == 8))
     return Plan::Stream;
-  const bool half16 = q.precision == Precision::F16 || q.precision == Precision::BF16;
-  if (q.batch <= 16 && !(half16 && q.sm >= 90 && q.d == 1)) return Plan::Fused;  // d = 1: Strided, below
+  const bool half = is_16bit(q.precision);
+  if (q.batch <= 16 && !(half && q.sm >= 90 && q.d == 1)) return Plan::Fused;  // d = 1: Strided, below
   // Strided runs at 1.2-1.6x the floor. BlockDense measured 1.07-1.3x slower than it on the
   // batch-last sweep even where its estimate was within 2 % of the floor's, so it is not taken here.
   if (q.batch_last || q.d == 1) return Plan::Strided;
-  const bool half = q.precision == Precision::F16 || q.precision == Precision::BF16;
   const int64_t dq = q.d;
   // The interleaved wgmma kernel (sm_90a), d = 2, 4, 8: one pass over x and y at 0.55-0.95x the
   // best other plan wherever b*c/(b+c) is between the small planes' 50 (c = 48 wastes a third of
@@ -247,7 +248,7 @@ inline Plan choose_plan(const Problem& q) {
 // b = c >= 768 with d = 16 and at b = c = 1024 with d = 64; fused 1.33x faster at b = c = 768 with
 // d = 64. (The kernel adds alignment preconditions of its own: ks_wgrad.cu, fused_serves.)
 inline Plan choose_weight_grad_plan(const Problem& q) {
-  const bool half = q.precision == Precision::F16 || q.precision == Precision::BF16;
+  const bool half = is_16bit(q.precision);
   if (q.sm < 90 || !half || q.batch_last || q.batch < 1 || !(q.d == 4 || q.d % 8 == 0)) return Plan::Bmm;
   const int64_t bc = q.b * q.c;
   if (q.d % 8 == 0 && (bc >= 1024 * 1024 || (q.d < 64 && bc >= 768 * 768))) return Plan::Bmm;
@@ -265,7 +266,7 @@ inline Plan choose_weight_grad_plan(const Problem& q) {
 // phase 1 over a serial k loop): the ViT-S MLP block at 1 token took 31.5 us with it, 24.4 without
 // (results/mlp1_h100_blocks.jsonl against session 5's run).
 inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
-  const bool half = f1.precision == Precision::F16 || f1.precision == Precision::BF16;
+  const bool half = is_16bit(f1.precision);
   return f1.sm == 90 && f1.sm90a_kernels && half && !f1.batch_last && f1.batch >= 1024 && f1.d == 1 && f1.b == 64 &&
          f1.a * 64 <= 384 &&
          f2.a == 1 && (f2.d == 2 || f2.d == 3 || f2.d == 4) && f1.a * f1.b == f2.c * f2.d;
