@@ -110,17 +110,16 @@ struct FactorEpilogue {
 // serve these arguments (w's alignment) and `must` is false.
 bool run_stream(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pattern& p, int64_t B,
                 bool batch_last, FactorEpilogue* epi, bool must) {
-  at::Tensor wc, xk;
+  at::Tensor wc, xk, bc;
   const MatmulArgs args = kernel_args(x, w, y, p, B, batch_last, wc, xk);
-  const bool serves = detail::stream_serves(args);
-  TORCH_CHECK(serves || !must, "ks::matmul: plan 'stream' does not serve these arguments (w must be 16-byte aligned)");
-  if (!serves) return false;
-  at::Tensor bc;
   if (epi && epi->bias) bc = epi->bias->contiguous();
   const int act = epi ? static_cast<int>(epi->act) : 0;
-  check_launch(detail::stream_matmul(args, bc.defined() ? bc.const_data_ptr() : nullptr, act,
-                                     c10::cuda::getCurrentCUDAStream()),
-               "stream kernel", p, B, x, batch_last);
+  const cudaError_t err = detail::stream_matmul(args, bc.defined() ? bc.const_data_ptr() : nullptr, act,
+                                                c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err != cudaErrorNotSupported || !must,
+              "ks::matmul: plan 'stream' does not serve these arguments (w must be 16-byte aligned)");
+  if (err == cudaErrorNotSupported) return false;
+  check_launch(err, "stream kernel", p, B, x, batch_last);
   if (epi) epi->applied = true;
   return true;
 }

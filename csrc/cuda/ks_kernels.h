@@ -71,9 +71,8 @@ cudaError_t bias_activation(void* z, const void* bias, int64_t rows, int64_t fea
 
 // The Stream plan (ks_stream.cu; 16-bit, sm_90, batch * stream_group(d) <= 128, both layouts,
 // w 16-byte aligned): w read once as it lies, bias (a*b*d elements, or null) and activation (a
-// ks::Activation value) applied before the one rounding to y. stream_serves: the kernel's own
-// preconditions on these arguments (ks_plan.h stream_shape, w's alignment).
-bool stream_serves(const MatmulArgs& args);
+// ks::Activation value) applied before the one rounding to y. cudaErrorNotSupported, with nothing
+// launched, where its preconditions fail (ks_plan.h stream_shape, w's alignment).
 cudaError_t stream_matmul(const MatmulArgs& args, const void* bias, int activation, cudaStream_t stream);
 
 // Pointer arrays (3 * a * d: A, then B, then C) of the batch-last Strided plan's batched GEMM,

@@ -358,16 +358,10 @@ cudaError_t launch_t(const StreamParams& p, const StreamShape& sh, cudaStream_t 
 
 }  // namespace
 
-bool stream_serves(const MatmulArgs& g) {
-  if (g.dtype == DType::F32 || !aligned16(g.w)) return false;
-  StreamShape sh;
-  return stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh);
-}
-
 cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation, cudaStream_t stream) {
   StreamShape sh;
   if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh))
-    return cudaErrorInvalidValue;
+    return cudaErrorNotSupported;  // nothing launched: the caller may take another plan
   StreamParams p{};
   p.x = g.x;
   p.w = g.w;
