@@ -65,15 +65,6 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// w is read once per call: keep it out of L1.
-__device__ __forceinline__ uint4 ldg_stream(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 template <typename T>
 __device__ __forceinline__ void mma16816(float* acc, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -228,7 +219,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
       for (int h = 0; h < 2; ++h)
-        A[mt][h] = (in && wok[mt][h]) ? ldg_stream(wrow[mt][h] + off) : make_uint4(0, 0, 0, 0);
+        A[mt][h] = (in && wok[mt][h]) ? ldg16_no_l1(wrow[mt][h] + off) : make_uint4(0, 0, 0, 0);
   };
   uint4 A0[kMT][2], A1[kMT][2];
   load_step(A0, 0);  // in flight while x is staged

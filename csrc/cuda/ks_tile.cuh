@@ -87,6 +87,15 @@ __device__ __forceinline__ uint4 ldg16(const void* p) {
   return v;
 }
 
+// The same for data read once per call (the stream plan's w): kept out of L1.
+__device__ __forceinline__ uint4 ldg16_no_l1(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
 template <int SZ>
 __device__ __forceinline__ uint32_t ldg_elem(const void* p) {
   if constexpr (SZ == 2) {
