@@ -32,6 +32,7 @@
 #include <type_traits>
 
 #include "activation.cuh"
+#include "hopper/launch.h"
 #include "ks_dispatch.h"
 #include "ks_kernels.h"
 #include "../ks_plan.h"
@@ -312,14 +313,8 @@ cudaError_t launch_nt(const StreamParams& p, const StreamShape& sh, cudaStream_t
   auto kernel = stream_kernel<T, NT>;
   static std::atomic<uint64_t> configured{0};
   int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
+  const cudaError_t e = hopper::device_with_smem(kernel, (int)kStreamMaxSmem, configured, &dev);
   if (e != cudaSuccess) return e;
-  const uint64_t bit = uint64_t(1) << (dev & 63);
-  if (!(configured.load() & bit)) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kStreamMaxSmem);
-    if (e != cudaSuccess) return e;
-    configured.fetch_or(bit);
-  }
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(sh.blocks), 1, 1);
   cfg.blockDim = dim3(32 * sh.warps, 1, 1);
