@@ -55,20 +55,21 @@ struct Problem {
 };
 
 // The Stream plan's launch (csrc/cuda/ks_stream.cu). Per block i and group of G planes (G = d for
-// d in {1, 2, 4, 8}, 8 for d % 8 == 0), the positions (k, l) of the group are one K dimension along
+// d <= 8, 8 for d % 8 == 0), the positions (k, l) of the group are one K dimension along
 // which every row j of w is contiguous, and x's columns are spread over (row n, plane l): one GEMM
 // of b x (B * G) x (c * G), G times the pattern's flops, which the tensor cores absorb while
-// B * G <= 128 (decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w (16 * warps
+// B * Gp <= 128 (Gp = G rounded up to a power of two; decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w (16 * warps
 // at 128 columns); where the (i, group, row tile) units give fewer than one block per SM, clusters
 // of `split` blocks share K (as many as keep one wave of two blocks per SM, at least 128 positions
 // each). Shared memory: the block's x rows (nb rows of k_slice positions), then, with a split, its
 // fp32 partial tile.
 constexpr int64_t kStreamMaxSmem = 160 * 1024;
-constexpr int64_t kStreamMaxCols = 128;  // B * G
+constexpr int64_t kStreamMaxCols = 128;  // B * Gp
 
 struct StreamShape {
   int group = 0;      // G
-  int nt = 0;         // n8 tiles: N = 8 * nt >= B * G columns
+  int cols = 0;       // Gp = stream_cols(d): columns per x row
+  int nt = 0;         // n8 tiles: N = 8 * nt >= B * Gp columns
   int nb = 0;         // x rows staged: N / G (>= B)
   int warps = 0;      // 32 rows of w each (16 where nt = 16)
   int row_tiles = 0;  // ceil(b / rows per block)
@@ -79,8 +80,14 @@ struct StreamShape {
   int64_t blocks = 0, smem = 0;
 };
 
-inline int stream_group(int64_t d) {
-  return (d == 1 || d == 2 || d == 4 || d == 8) ? static_cast<int>(d) : d % 8 == 0 ? 8 : 0;
+// G: every d up to 8, 8 for d % 8 == 0 (groups of 8 planes: 16-byte runs of each k), else 0.
+inline int stream_group(int64_t d) { return d <= 8 ? static_cast<int>(d) : d % 8 == 0 ? 8 : 0; }
+
+// Columns per row of x: G rounded up to a power of two (3 -> 4, 5, 6, 7 -> 8), so that a thread's
+// plane is a constant of its lane; the padding planes' columns are computed on zeros and dropped.
+inline int stream_cols(int64_t d) {
+  const int g = stream_group(d);
+  return g <= 1 ? g : g <= 2 ? 2 : g <= 4 ? 4 : 8;
 }
 
 // False where the kernel does not serve the problem (then no plan of this name runs it). `sms`
@@ -88,12 +95,13 @@ inline int stream_group(int64_t d) {
 inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t batch, int sms, StreamShape* out) {
   StreamShape s;
   s.group = stream_group(d);
+  s.cols = stream_cols(d);
   const int64_t G = s.group;
-  if (G == 0 || batch < 1 || batch * G > kStreamMaxCols || (c * d) % 8 != 0) return false;
+  if (G == 0 || batch < 1 || batch * s.cols > kStreamMaxCols || (c * d) % 8 != 0) return false;
   if (a * b * d > 0x7fffffffLL || a * c * d > 0x7fffffffLL) return false;
-  const int64_t cols = batch * G;
+  const int64_t cols = batch * s.cols;
   s.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : cols <= 64 ? 8 : 16;
-  s.nb = static_cast<int>(8 * s.nt / G);
+  s.nb = static_cast<int>(8 * s.nt / s.cols);
   const int64_t warp_rows = s.nt >= 16 ? 16 : 32;  // two m16 tiles per warp, one at 16 n8 tiles
   s.warps = b > 2 * warp_rows ? 4 : b > warp_rows ? 2 : 1;
   const int64_t rows = warp_rows * s.warps;
@@ -167,10 +175,9 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 // seeded 48-pattern sample of the paper's grid at B = 256, 4096 and 25088 and half of the
 // 376-pattern grid at 25088, bf16; fp32 / tf32 on the sample):
 // - the CPU and float64: the ATen permute + bmm method;
-// - 16-bit on sm_90 with B * G <= 64 (G = stream_group(d); 128 at G = 8), one row at d = 1:
-//   Stream, w read once as it lies;
-// - B <= 16: the fused kernels (weight-streaming gemv) for the rest, but 16-bit d = 1 on sm_90
-//   (Strided);
+// - 16-bit on sm_90 at decode sizes (stream_takes): Stream, w read once as it lies;
+// - B <= 16: the fused kernels (weight-streaming gemv) for the rest, but 16-bit d = 1 and
+//   batch-last on sm_90 (Strided); 17-64 rows batch-first: Interleaved where it serves;
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
 //   the floor;
 // - batch-first d in {2, 3, 4, 6, 8, 12}, 16-bit, sm_90a, B >= 1024: the Interleaved kernel for
@@ -182,20 +189,47 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 //   (else Transposed);
 // - otherwise BlockDense or Transposed, whichever costs fewer bytes at copy bandwidth: Transposed
 //   moves x and y three times at the pattern's own flops, BlockDense once at d times the flops.
+// Where Stream is the rule's plan (it serves the problem): the batch sizes where it measured
+// fastest on the H100 decode sweeps (results/stream2_h100_decode_plans.jsonl,
+// stream3_h100_nt16_decode_plans.jsonl, oddd1_h100_decode_plans.jsonl; tools/eval_rule.py):
+// - B * Gp <= 64 columns, or 128 where Gp = 8 (d = 5, 6, 7, 8k: at 16 rows 2.8-4.7x faster than
+//   the gemv kernel); at G = 2 and 64 rows it lost (170 vs 97 us);
+// - d = 1 only for one row, and only batch-first: from 2 rows cuBLAS on w as it lies (Strided)
+//   measured faster on 9 of 10 batch-first rows at 4 and 16 rows (by 5-40 %) and 2-4x at 64 (the
+//   kernel's columns are rows there); batch-last it was 1.1-1.65x Strided at one row too;
+// - batch-last from 8 rows Strided won on 23 of 28 rows (by up to 3x: cuBLAS's batch-last GEMM
+//   reads w once as well), but where w is huge (>= 2^24 elements: (1, 8192, 2048, 2) 1.84x faster
+//   at 16 rows), the weight-bound end;
+// - d = 2 at one row: the gemv kernel was 1.4-1.55x faster on w of 0.3-2 M elements (the
+//   cluster split's barriers at a few microseconds), stream 1.15x faster on (1, 8192, 2048, 2).
+inline bool stream_takes(const Problem& q) {
+  const int cols = stream_cols(q.d);
+  const bool huge_w = q.a * q.b * q.c * q.d >= (int64_t{1} << 24);
+  if (q.batch * cols > 64 && cols != 8) return false;
+  if (q.d == 1 && (q.batch > 1 || q.batch_last)) return false;
+  if (q.batch_last && q.batch > 4 && !huge_w) return false;
+  if (q.d == 2 && q.batch == 1 && !huge_w) return false;
+  // d = 2 at 17-32 rows: Interleaved 1.26-1.89x faster where it serves (below), but for huge w.
+  if (q.batch > 16 && !huge_w && plan_serves(Plan::Interleaved, q)) return false;
+  return plan_serves(Plan::Stream, q);
+}
+
 inline Plan choose_plan(const Problem& q) {
   if (q.sm == 0 || q.precision == Precision::F64) return Plan::Bmm;
-  // Stream: at d = 1 only for one row -- from 2 rows cuBLAS on w as it lies (Strided) measured
-  // faster on 9 of 10 batch-first rows of the auto chains' d = 1 factors at 4 and 16 rows (by
-  // 5-40 %, 0.3-2 us; results/stream2_h100_decode_plans.jsonl, tools/eval_rule.py) and 2-4x at 64
-  // (the kernel's columns are rows there: its x tile and MMAs grow, w's bytes do not); at one
-  // row the three plans are within ~1 us. 128 columns (one m16 tile per warp) only for groups of 8
-  // planes, at 9-16 rows: (1, 128, 128, 32) 9.5 us vs the gemv kernel's 20.6 at 16 rows; at G = 2
-  // and 64 rows it lost (170 vs 97 us).
-  if (plan_serves(Plan::Stream, q) && (q.d > 1 || q.batch == 1) &&
-      (q.batch * stream_group(q.d) <= 64 || stream_group(q.d) == 8))
-    return Plan::Stream;
+  if (stream_takes(q)) return Plan::Stream;
   const bool half = is_16bit(q.precision);
-  if (q.batch <= 16 && !(half && q.sm >= 90 && q.d == 1)) return Plan::Fused;  // d = 1: Strided, below
+  const bool huge_w = q.a * q.b * q.c * q.d >= (int64_t{1} << 24);
+  // Small batches: the gemv kernel, but cuBLAS on w as it lies (Strided, below) for 16-bit d = 1
+  // and batch-last from 2 rows on sm_90 -- 1.3-22x faster than the gemv kernel batch-last at 4-16
+  // rows (at one row the gemv kernel won batch-last d = 2 by 1.4-2x).
+  if (q.batch <= 16 && !(half && q.sm >= 90 && (q.d == 1 || (q.batch_last && q.batch > 1)))) return Plan::Fused;
+  // 17-64 rows, batch-first: the Interleaved kernel was the fastest plan on 11 of 13 rows where it
+  // serves (d = 2, 6, 8; by 1.2-1.9x over the gemv kernel or Transposed), all but the huge w of
+  // (1, 8192, 2048, 2) (the gemv kernel 1.34x faster at 64 rows; stream_decode sweeps above).
+  if (q.batch <= 64 && !huge_w && plan_serves(Plan::Interleaved, q)) return Plan::Interleaved;
+  // ... and for huge w the gemv kernel, both layouts: 1.26-1.32x faster than Strided / Transposed
+  // on (1, 8192, 2048, 2) at 64 rows (the 4096 -> 16384 MLP block's big factor).
+  if (q.batch <= 64 && huge_w && half && q.sm >= 90 && q.d > 1) return Plan::Fused;
   // Strided runs at 1.2-1.6x the floor. BlockDense measured 1.07-1.3x slower than it on the
   // batch-last sweep even where its estimate was within 2 % of the floor's, so it is not taken here.
   if (q.batch_last || q.d == 1) return Plan::Strided;

@@ -22,7 +22,11 @@ def problems():
 
 
 def stream_group(d):
-    return d if d in (1, 2, 4, 8) else 8 if d % 8 == 0 else 0
+    return d if d <= 8 else 8 if d % 8 == 0 else 0
+
+
+def stream_cols(d):  # the group rounded up to a power of two
+    return {0: 0, 1: 1, 2: 2, 3: 4, 4: 4}.get(stream_group(d), 8)
 
 
 def serves(plan, pattern, batch_last, sm, dtype, batch):
@@ -31,7 +35,7 @@ def serves(plan, pattern, batch_last, sm, dtype, batch):
         return plan in ("bmm", "dense")
     if plan == "stream":  # (shared memory is no bound on problems(): c * G <= 8192, B * G <= 128)
         g = stream_group(d)
-        return sm >= 90 and dtype in (torch.float16, torch.bfloat16) and g > 0 and batch * g <= 128 and \
+        return sm >= 90 and dtype in (torch.float16, torch.bfloat16) and g > 0 and batch * stream_cols(d) <= 128 and \
             pattern[2] * d % 8 == 0
     if plan == "strided":
         return batch_last or d == 1
@@ -57,23 +61,39 @@ def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_rule_streams_w_at_decode_sizes(dtype):
-    """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * G <= 64, G the
-    plane group (d for d in {1, 2, 4, 8}, 8 for d % 8 == 0), 128 for G = 8, and at d = 1 one row
-    (Strided from 2), both layouts; the kernel serves batch * G <= 128 (the rule leaves 65-128
-    to other plans but at G = 8); its shared memory (the block's x rows, K split over up to 8
-    blocks) bounds c * G."""
+    """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * Gp <= 64 columns
+    (Gp: the plane group G = d for d <= 8, 8 for d % 8 == 0, rounded up to a power of two), 128
+    where Gp = 8; at d = 1 only one row, batch-first; batch-last only to 4 rows (Strided from 8)
+    unless w is huge; not at d = 2 and one row (the gemv kernel) unless w is huge; batch-first
+    17-32 rows of d = 2 go to Interleaved. The kernel serves batch * Gp <= 128; its shared memory
+    (the block's x rows, K split over up to 8 blocks) bounds c * G."""
+    huge = (1, 8192, 2048, 2)  # 2^25 elements of w
     for batch_last in (False, True):
-        for pattern, batches in [((16, 64, 64, 1), (1,)), ((1, 2048, 512, 2), (1, 16, 32)),
-                                 ((1, 128, 128, 8), (1, 16)), ((1, 128, 128, 32), (1, 16)), ((3, 40, 24, 4), (1, 16))]:
+        cases = [((1, 2048, 512, 2), (4,)), ((1, 128, 128, 8), (1, 4)), ((1, 128, 128, 32), (1, 4)),
+                 ((3, 40, 24, 4), (1, 4)), ((1, 128, 128, 3), (1, 4)), ((1, 128, 128, 6), (2, 4)),
+                 ((1, 256, 256, 5), (1, 4)), ((1, 512, 512, 7), (1, 4)), (huge, (1, 4, 16))]
+        if not batch_last:
+            cases += [((16, 64, 64, 1), (1,)), ((1, 2048, 512, 2), (16,)), ((1, 128, 128, 3), (16,)), ((1, 128, 128, 6), (9, 16)),
+                      ((1, 128, 128, 32), (16,)), (huge, (32,))]
+        for pattern, batches in cases:
             for batch in batches:
-                assert plan_for(pattern, batch, dtype, batch_last=batch_last) == "stream", (pattern, batch)
+                assert plan_for(pattern, batch, dtype, batch_last=batch_last) == "stream", (pattern, batch, batch_last)
                 assert plan_for(pattern, batch, dtype, batch_last=batch_last, sm=80) != "stream"
-            assert plan_for(pattern, 2 * batches[-1] + 1, dtype, batch_last=batch_last) != "stream"
         for batch in (2, 4, 16):  # d = 1 from 2 rows: cuBLAS on w as it lies (the gemv kernel only for fp32)
             assert plan_for((16, 64, 256, 1), batch, dtype, batch_last=batch_last) == "strided"
             assert plan_for((16, 64, 256, 1), batch, torch.float32, batch_last=batch_last) == "fused"
-        assert plan_for((1, 128, 128, 3), 1, dtype, batch_last=batch_last) != "stream"  # d = 3: no group
+        assert plan_for((1, 2048, 512, 2), 1, dtype, batch_last=batch_last) == "fused"  # d = 2, one row
+        assert plan_for((1, 128, 128, 12), 1, dtype, batch_last=batch_last) != "stream"  # d = 12: no group
         assert plan_for((1, 128, 5, 4), 1, dtype, batch_last=batch_last) != "stream"    # c * d % 8 != 0
+        assert plan_for(huge, 64, dtype, batch_last=batch_last) == "fused"  # huge w at 64 rows: gemv
+    assert plan_for((16, 64, 64, 1), 1, dtype, batch_last=True) == "strided"
+    for pattern in ((1, 2048, 512, 2), (1, 128, 128, 3), (1, 256, 256, 5), (1, 128, 128, 32)):  # batch-last from 8 rows
+        for batch in (8, 16):
+            assert plan_for(pattern, batch, dtype, batch_last=True) == "strided", (pattern, batch)
+    assert plan_for((1, 128, 128, 3), 17, dtype) != "stream" and plan_for((1, 128, 128, 6), 17, dtype) != "stream"
+    for batch in (17, 32, 64):  # batch-first 17-64 rows: Interleaved where it serves
+        assert plan_for((1, 2048, 512, 2), batch, dtype) == "interleaved"
+        assert plan_for((1, 128, 128, 6), batch, dtype) == "interleaved"
     assert plan_for((1, 2048, 512, 2), 16, torch.float32) != "stream"
     assert plan_serves("stream", (1, 2048, 512, 2), 64, dtype) and plan_for((1, 2048, 512, 2), 64, dtype) != "stream"
     # x rows of K positions over at most 8 blocks: 32 rows of 16384 / 8 positions fit in 160 KB, 64 do not

@@ -49,6 +49,7 @@ struct StreamParams {
   int64_t batch, ldx;
   int a, b, c, d;
   int G, groups, K;    // planes per group, d / G, positions per unit (c * G)
+  int Gp;              // columns per x row: G rounded up to a power of two (columns n * Gp + l)
   int chunk_stride;    // elements between consecutive 8-position chunks of a row (8, or d when G < d)
   int row_tiles;       // units per (i, group): ceil(b / (32 * warps))
   int split, k_slice;  // cluster size over K, positions per block (a multiple of 32)
@@ -122,12 +123,13 @@ __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, i
 // fp32 partial tile (rows of N + 1 floats) to its shared memory; after a cluster barrier rank
 // `rank` finishes rows [rank * share, (rank + 1) * share): the ranks' partials summed in rank
 // order (deterministic), (l, row) fastest, so that consecutive threads write consecutive features
-// of y's rows where G = d. Index arithmetic by shifts: share, N and G are powers of two.
+// of y's rows where G = d. Index arithmetic by shifts: share, N and Gp are powers of two; columns
+// of planes l >= G (G = 3, 5, 6, 7 padded to Gp) are dropped.
 template <typename T, int NT, int ACT, int kMT = (NT >= 16 ? 1 : 2)>
 __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT][NT][4], unsigned char* smem,
                                          int rank, int rt, int i, int goff, int gshift) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, q = lane & 3;
-  const int rows_per_block = (blockDim.x >> 5) * 16 * kMT, G = p.G;
+  const int rows_per_block = (blockDim.x >> 5) * 16 * kMT, G = p.G, Gp = p.Gp;
   if (p.split == 1) {
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
@@ -139,8 +141,8 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
         for (int t = 0; t < NT; ++t)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int col = t * 8 + 2 * q + e, n = col >> gshift;
-            if (n < p.batch) put<T, ACT>(p, acc[mt][t][2 * h + e], ((int64_t)i * p.b + j) * p.d + goff + (col & (G - 1)), n);
+            const int col = t * 8 + 2 * q + e, n = col >> gshift, l = col & (Gp - 1);
+            if (n < p.batch && l < G) put<T, ACT>(p, acc[mt][t][2 * h + e], ((int64_t)i * p.b + j) * p.d + goff + l, n);
           }
       }
     return;
@@ -163,8 +165,8 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
   const int sshift = __ffs(share) - 1;
 #pragma unroll 2
   for (int e = tid; e < share * N; e += blockDim.x) {
-    const int l = e & (G - 1), row = rank * share + ((e >> gshift) & (share - 1)), n = e >> (gshift + sshift);
-    const float* src = red + row * Np + n * G + l;
+    const int l = e & (Gp - 1), row = rank * share + ((e >> gshift) & (share - 1)), n = e >> (gshift + sshift);
+    const float* src = red + row * Np + n * Gp + l;
     float part[8];
 #pragma unroll
     for (int s = 0; s < 8; ++s) part[s] = s < p.split ? ld_cluster_f32(src, s) : 0.f;
@@ -172,7 +174,7 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
 #pragma unroll
     for (int s = 1; s < 8; ++s) z += part[s];
     const int j = rt * rows_per_block + row;
-    if (n < p.batch && j < p.b) put<T, ACT>(p, z, ((int64_t)i * p.b + j) * p.d + goff + l, n);
+    if (n < p.batch && j < p.b && l < G) put<T, ACT>(p, z, ((int64_t)i * p.b + j) * p.d + goff + l, n);
   }
   cluster_barrier();  // no block leaves while a peer reads its tile
 }
@@ -255,15 +257,30 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
     cp_async_commit();
   }
 
-  // B fragments: column t*8 + r is (row n, plane l) = ((t*8 + r) / G, r % G); of the 8 positions
-  // 8q .. 8q+7 the thread keeps those of plane l (8q is a multiple of G).
-  const int G = p.G, gshift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
-  const uint32_t pat = G == 1 ? 0xFFu : G == 2 ? 0x55u : G == 4 ? 0x11u : 0x01u;
-  const uint32_t keep = (pat << (r & (G - 1))) & 0xFFu;
-  uint32_t mask[4];
+  // B fragments: column t*8 + r is (row n, plane l) = ((t*8 + r) / Gp, r % Gp); of the 8 positions
+  // p0 .. p0+7 (p0 = kbeg + 32 s + 8q) the thread keeps those of plane l, (p0 + e) % G == l: for G
+  // a power of two (Gp = G, G | 8) the same every step; for G = 3, 5, 6, 7 it turns with p0 % G
+  // (bits e0, e0 + G, ... of `pat`), and columns l >= G keep nothing.
+  const int G = p.G, Gp = p.Gp, gshift = Gp == 1 ? 0 : Gp == 2 ? 1 : Gp == 4 ? 2 : 3;
+  const int l_col = r & (Gp - 1);
+  const bool turning = G != Gp;
+  const uint32_t pat = G == 1 ? 0xFFu : G == 2 ? 0x55u : G == 3 ? 0x49u : G == 4 ? 0x11u : G == 5 ? 0x21u
+                       : G == 6 ? 0x41u : G == 7 ? 0x81u : 0x01u;
+  auto masks_at = [&](int s, uint32_t (&m)[4]) {
+    uint32_t keep;
+    if (!turning) {
+      keep = (pat << l_col) & 0xFFu;
+    } else {
+      int e0 = l_col - (kbeg + s * 32 + q * 8) % G;
+      if (e0 < 0) e0 += G;
+      keep = l_col < G ? (pat << e0) & 0xFFu : 0u;
+    }
 #pragma unroll
-  for (int wd = 0; wd < 4; ++wd)
-    mask[wd] = ((keep >> (2 * wd)) & 1u ? 0x0000FFFFu : 0u) | ((keep >> (2 * wd + 1)) & 1u ? 0xFFFF0000u : 0u);
+    for (int wd = 0; wd < 4; ++wd)
+      m[wd] = ((keep >> (2 * wd)) & 1u ? 0x0000FFFFu : 0u) | ((keep >> (2 * wd + 1)) & 1u ? 0xFFFF0000u : 0u);
+  };
+  uint32_t mask[4];
+  masks_at(0, mask);
   const T* xcol[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) xcol[t] = xs + ((t * 8 + r) >> gshift) * xs_stride + q * 8;
@@ -279,6 +296,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
   __syncthreads();
 
   auto compute_step = [&](const uint4 (&A)[kMT][2], int s) {
+    if (turning) masks_at(s, mask);
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       const uint4 xv = *reinterpret_cast<const uint4*>(xcol[t] + s * 32);
@@ -360,6 +378,7 @@ cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation,
   p.c = g.c;
   p.d = g.d;
   p.G = sh.group;
+  p.Gp = sh.cols;
   p.groups = g.d / sh.group;
   p.K = g.c * sh.group;
   p.chunk_stride = sh.group == g.d ? 8 : g.d;
