@@ -78,9 +78,11 @@ def test_misaligned_bias_and_empty_batch():
 
 
 # Decode-sized rows: the last factor runs on the Stream plan (sm_90, 16-bit), which adds the bias
-# and applies the activation before its one rounding -- no epilogue kernel. (1, 40, 256, 2): a K
-# split over a cluster of 4, so the bias is added once, after the ranks' partial sums.
-STREAM_CHAINS = [[(6, 8, 8, 1), (1, 10, 12, 4)], [(2, 256, 192, 1), (1, 40, 256, 2)], [(16, 64, 64, 1), (1, 2048, 512, 2)]]
+# and applies the activation before its one rounding -- no epilogue kernel. (1, 40, 256, 4): a K
+# split over a cluster of 4, so the bias is added once, after the ranks' partial sums. (Last
+# factors with d = 4 or 3: the rule streams them at 1-16 rows; d = 2 goes to the gemv kernel at one.)
+STREAM_CHAINS = [[(6, 8, 8, 1), (1, 10, 12, 4)], [(4, 256, 192, 1), (1, 40, 256, 4)], [(16, 64, 64, 1), (1, 2048, 256, 4)],
+                 [(2, 96, 48, 1), (1, 50, 64, 3)]]
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
