@@ -177,7 +177,7 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 // - the CPU and float64: the ATen permute + bmm method;
 // - 16-bit on sm_90 at decode sizes (stream_takes): Stream, w read once as it lies;
 // - B <= 16: the fused kernels (weight-streaming gemv) for the rest, but 16-bit d = 1 and
-//   batch-last on sm_90 (Strided); 17-64 rows batch-first: Interleaved where it serves;
+//   batch-last on sm_90 (Strided); 17-512 rows batch-first: Interleaved where it measured best;
 // - batch-last, and batch-first d = 1: Strided -- cuBLAS on the planes where they lie, 1.2-1.6x
 //   the floor;
 // - batch-first d in {2, 3, 4, 6, 8, 12}, 16-bit, sm_90a, B >= 1024: the Interleaved kernel for
@@ -223,13 +223,28 @@ inline Plan choose_plan(const Problem& q) {
   // and batch-last from 2 rows on sm_90 -- 1.3-22x faster than the gemv kernel batch-last at 4-16
   // rows (at one row the gemv kernel won batch-last d = 2 by 1.4-2x).
   if (q.batch <= 16 && !(half && q.sm >= 90 && (q.d == 1 || (q.batch_last && q.batch > 1)))) return Plan::Fused;
-  // 17-64 rows, batch-first: the Interleaved kernel was the fastest plan on 11 of 13 rows where it
-  // serves (d = 2, 6, 8; by 1.2-1.9x over the gemv kernel or Transposed), all but the huge w of
-  // (1, 8192, 2048, 2) (the gemv kernel 1.34x faster at 64 rows; stream_decode sweeps above).
-  if (q.batch <= 64 && !huge_w && plan_serves(Plan::Interleaved, q)) return Plan::Interleaved;
-  // ... and for huge w the gemv kernel, both layouts: 1.26-1.32x faster than Strided / Transposed
-  // on (1, 8192, 2048, 2) at 64 rows (the 4096 -> 16384 MLP block's big factor).
-  if (q.batch <= 64 && huge_w && half && q.sm >= 90 && q.d > 1) return Plan::Fused;
+  // 17-512 rows, batch-first (results/mid1_h100_plans.jsonl, plans10_h100_*.jsonl; H100):
+  // - 17-64 rows: the Interleaved kernel wherever it serves but d = 12 (not measured there) --
+  //   best on 11 of 13 rows of the decode sweeps it was fitted on and on 13 of 16 of the MLP
+  //   factors after (by 1.2-1.9x over the gemv kernel or Transposed), but for huge w;
+  // - 65-512 rows, d = 2, 4, 8 (and 6 with the planes the B >= 1024 rule takes; d = 3 was mixed,
+  //   12 not measured): where b >= c, the planes are not small (b c / (b + c) >= 50) and w < 2^23
+  //   elements -- best or within 5 % on the a = 1 MLP factors; it lost where b < c (few column
+  //   tiles over a long k loop: (1, 512, 2048, 2) 1.52x Transposed), on small planes (BlockDense)
+  //   and to the gemv kernel's 8 planes per block with w of 2^23 or more ((32, 256, 256, 8) 1.14x);
+  // - huge w (>= 2^24 elements, e.g. (1, 8192, 2048, 2), the 4096 -> 16384 MLP block's big factor):
+  //   the gemv kernel for its chunk-shaped d (2, 4, 8), 1.1-1.5x faster than the others to 256
+  //   rows (batch-last measured to 64); with d = 12 or 16 it ran 1.35-9.7x Transposed's time.
+  if (!q.batch_last && q.batch < 1024 && !huge_w && plan_serves(Plan::Interleaved, q)) {
+    const double planes = static_cast<double>(q.b) * static_cast<double>(q.c) / static_cast<double>(q.b + q.c);
+    const int64_t w = q.a * q.b * q.c * q.d;
+    if (q.batch <= 64 && q.d != 12) return Plan::Interleaved;
+    const bool shape = q.d == 2 || q.d == 4 || q.d == 8 ? planes >= 50.0
+                       : q.d == 6 && planes >= 32.0 && planes < 300.0 && w >= 65536;
+    if (q.batch <= 512 && shape && q.b >= q.c && w < (int64_t{1} << 23)) return Plan::Interleaved;
+  }
+  if (huge_w && half && q.sm >= 90 && (q.d == 2 || q.d == 4 || q.d == 8) && q.batch <= (q.batch_last ? 64 : 256))
+    return Plan::Fused;
   // Strided runs at 1.2-1.6x the floor. BlockDense measured 1.07-1.3x slower than it on the
   // batch-last sweep even where its estimate was within 2 % of the floor's, so it is not taken here.
   if (q.batch_last || q.d == 1) return Plan::Strided;

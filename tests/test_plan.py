@@ -227,3 +227,29 @@ def test_rule_close_to_the_best_plan_on_recorded_sweeps():
         geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
         close = sum(x <= 1.05 for x in ratios) / len(ratios)
         assert geo <= 1.06 and close >= 0.75, (key, round(geo, 3), round(close, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_rule_between_decode_and_large_batches(dtype):
+    """17-512 rows, batch-first 16-bit on sm_90 (results/mid1_h100_plans.jsonl): Interleaved where it
+    measured best -- any plane shape to 64 rows (not d = 12), from 65 rows only where b >= c, the
+    planes are not small and w < 2^23; huge w (>= 2^24) with d in {2, 4, 8}: the gemv kernel to
+    256 rows (64 batch-last)."""
+    for batch in (17, 64, 128, 256, 512):
+        assert plan_for((1, 2048, 512, 2), batch, dtype) == "interleaved", batch
+        assert plan_for((1, 128, 128, 8), batch, dtype) == "interleaved", batch
+        assert plan_for((1, 2048, 512, 2), batch, dtype, sm=80) != "interleaved"
+        assert plan_for((1, 2048, 512, 2), batch, torch.float32) != "interleaved"
+    for batch in (128, 256):
+        assert plan_for((1, 128, 128, 6), batch, dtype) == "interleaved"
+        assert plan_for((1, 512, 2048, 2), batch, dtype) != "interleaved"  # b < c: few column tiles
+        assert plan_for((1, 96, 96, 2), batch, dtype) != "interleaved"     # small planes
+        assert plan_for((32, 256, 256, 8), batch, dtype) != "interleaved"  # w of 2^24
+        assert plan_for((1, 8192, 2048, 2), batch, dtype) == "fused"       # huge w
+        assert plan_for((3, 1024, 1024, 12), batch, dtype) != "fused"      # huge, but d = 12
+    assert plan_for((1, 8192, 2048, 2), 512, dtype) != "fused"
+    assert plan_for((1, 8192, 2048, 2), 64, dtype, batch_last=True) == "fused"
+    assert plan_for((1, 8192, 2048, 2), 128, dtype, batch_last=True) == "strided"
+    assert plan_for((2, 128, 128, 12), 32, dtype) != "interleaved"
+    assert plan_for((1, 128, 128, 3), 32, dtype) == "interleaved"
+    assert plan_for((1, 128, 128, 3), 128, dtype) != "interleaved"
