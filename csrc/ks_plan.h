@@ -171,6 +171,36 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
   return std::max(d * flops / ridge, esz * B * a * (b + c) * d + blocks) + 2.0 * blocks;
 }
 
+// w's element count; "huge" weights (>= 2^24 elements, 32 MB in 16 bits) are where the rule's
+// small-batch choices turn weight-bound (the 4096 -> 16384 MLP block's (1, 8192, 2048, 2)).
+inline int64_t weight_elems(const Problem& q) { return q.a * q.b * q.c * q.d; }
+constexpr int64_t kHugeWeight = int64_t{1} << 24;
+
+// Where Stream is the rule's plan (it serves the problem): the batch sizes where it measured
+// fastest on the H100 decode sweeps (results/stream2_h100_decode_plans.jsonl,
+// stream3_h100_nt16_decode_plans.jsonl, oddd1_h100_decode_plans.jsonl; tools/eval_rule.py):
+// - B * Gp <= 64 columns, or 128 where Gp = 8 (d = 5, 6, 7, 8k: at 16 rows 2.8-4.7x faster than
+//   the gemv kernel); at G = 2 and 64 rows it lost (170 vs 97 us);
+// - d = 1 only for one row, and only batch-first: from 2 rows cuBLAS on w as it lies (Strided)
+//   measured faster on 9 of 10 batch-first rows at 4 and 16 rows (by 5-40 %) and 2-4x at 64 (the
+//   kernel's columns are rows there); batch-last it was 1.1-1.65x Strided at one row too;
+// - batch-last from 8 rows Strided won on 23 of 28 rows (by up to 3x: cuBLAS's batch-last GEMM
+//   reads w once as well), but where w is huge (>= 2^24 elements: (1, 8192, 2048, 2) 1.84x faster
+//   at 16 rows), the weight-bound end;
+// - d = 2 at one row: the gemv kernel was 1.4-1.55x faster on w of 0.3-2 M elements (the
+//   cluster split's barriers at a few microseconds), stream 1.15x faster on (1, 8192, 2048, 2).
+inline bool stream_takes(const Problem& q) {
+  const int cols = stream_cols(q.d);
+  const bool huge_w = weight_elems(q) >= kHugeWeight;
+  if (q.batch * cols > 64 && cols != 8) return false;
+  if (q.d == 1 && (q.batch > 1 || q.batch_last)) return false;
+  if (q.batch_last && q.batch > 4 && !huge_w) return false;
+  if (q.d == 2 && q.batch == 1 && !huge_w) return false;
+  // d = 2 at 17-32 rows: Interleaved 1.26-1.89x faster where it serves (below), but for huge w.
+  if (q.batch > 16 && !huge_w && plan_serves(Plan::Interleaved, q)) return false;
+  return plan_serves(Plan::Stream, q);
+}
+
 // The rule (benchmarks/NOTES.md, "Plans"; fitted on H100 sweeps with every plan timed: the
 // seeded 48-pattern sample of the paper's grid at B = 256, 4096 and 25088 and half of the
 // 376-pattern grid at 25088, bf16; fp32 / tf32 on the sample):
@@ -189,36 +219,11 @@ inline double block_dense_cost(const Problem& q, double esz, double ridge) {
 //   (else Transposed);
 // - otherwise BlockDense or Transposed, whichever costs fewer bytes at copy bandwidth: Transposed
 //   moves x and y three times at the pattern's own flops, BlockDense once at d times the flops.
-// Where Stream is the rule's plan (it serves the problem): the batch sizes where it measured
-// fastest on the H100 decode sweeps (results/stream2_h100_decode_plans.jsonl,
-// stream3_h100_nt16_decode_plans.jsonl, oddd1_h100_decode_plans.jsonl; tools/eval_rule.py):
-// - B * Gp <= 64 columns, or 128 where Gp = 8 (d = 5, 6, 7, 8k: at 16 rows 2.8-4.7x faster than
-//   the gemv kernel); at G = 2 and 64 rows it lost (170 vs 97 us);
-// - d = 1 only for one row, and only batch-first: from 2 rows cuBLAS on w as it lies (Strided)
-//   measured faster on 9 of 10 batch-first rows at 4 and 16 rows (by 5-40 %) and 2-4x at 64 (the
-//   kernel's columns are rows there); batch-last it was 1.1-1.65x Strided at one row too;
-// - batch-last from 8 rows Strided won on 23 of 28 rows (by up to 3x: cuBLAS's batch-last GEMM
-//   reads w once as well), but where w is huge (>= 2^24 elements: (1, 8192, 2048, 2) 1.84x faster
-//   at 16 rows), the weight-bound end;
-// - d = 2 at one row: the gemv kernel was 1.4-1.55x faster on w of 0.3-2 M elements (the
-//   cluster split's barriers at a few microseconds), stream 1.15x faster on (1, 8192, 2048, 2).
-inline bool stream_takes(const Problem& q) {
-  const int cols = stream_cols(q.d);
-  const bool huge_w = q.a * q.b * q.c * q.d >= (int64_t{1} << 24);
-  if (q.batch * cols > 64 && cols != 8) return false;
-  if (q.d == 1 && (q.batch > 1 || q.batch_last)) return false;
-  if (q.batch_last && q.batch > 4 && !huge_w) return false;
-  if (q.d == 2 && q.batch == 1 && !huge_w) return false;
-  // d = 2 at 17-32 rows: Interleaved 1.26-1.89x faster where it serves (below), but for huge w.
-  if (q.batch > 16 && !huge_w && plan_serves(Plan::Interleaved, q)) return false;
-  return plan_serves(Plan::Stream, q);
-}
-
 inline Plan choose_plan(const Problem& q) {
   if (q.sm == 0 || q.precision == Precision::F64) return Plan::Bmm;
   if (stream_takes(q)) return Plan::Stream;
   const bool half = is_16bit(q.precision);
-  const bool huge_w = q.a * q.b * q.c * q.d >= (int64_t{1} << 24);
+  const bool huge_w = weight_elems(q) >= kHugeWeight;
   // Small batches: the gemv kernel, but cuBLAS on w as it lies (Strided, below) for 16-bit d = 1
   // and batch-last from 2 rows on sm_90 -- 1.3-22x faster than the gemv kernel batch-last at 4-16
   // rows (at one row the gemv kernel won batch-last d = 2 by 1.4-2x).
@@ -237,7 +242,7 @@ inline Plan choose_plan(const Problem& q) {
   //   rows (batch-last measured to 64); with d = 12 or 16 it ran 1.35-9.7x Transposed's time.
   if (!q.batch_last && q.batch < 1024 && !huge_w && plan_serves(Plan::Interleaved, q)) {
     const double planes = static_cast<double>(q.b) * static_cast<double>(q.c) / static_cast<double>(q.b + q.c);
-    const int64_t w = q.a * q.b * q.c * q.d;
+    const int64_t w = weight_elems(q);
     if (q.batch <= 64 && q.d != 12) return Plan::Interleaved;
     const bool shape = q.d == 2 || q.d == 4 || q.d == 8 ? planes >= 50.0
                        : q.d == 6 && planes >= 32.0 && planes < 300.0 && w >= 65536;
