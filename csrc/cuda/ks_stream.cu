@@ -1,16 +1,17 @@
-// The Stream plan: ks::matmul at decode-sized batches (B * G <= 128 below), 16-bit, sm_90, both layouts.
+// The Stream plan: ks::matmul at decode-sized batches (B * Gp <= 128 below), 16-bit, sm_90, both layouts.
 //
 // At these sizes a product's time is its weight bytes read once, and the other plans all lose
 // that: the gemv kernels re-read x for every (i, j) slab, and every plan that wants per-plane
 // operands (bmm, interleaved, the tile kernels) copies w into planes on every call. This kernel
 // reads w exactly once, as it lies, with 16-byte loads straight into mma.sync fragments:
 //
-//   For block i and a group of G planes (G = d for d in {1, 2, 4, 8}, G = 8 for d % 8 == 0; ks_plan.h
+//   For block i and a group of G planes (G = d for d <= 8, G = 8 for d % 8 == 0; ks_plan.h
 //   stream_shape), the positions p = (k, l) of the group's planes are a K dimension in which
 //   every row j of w is contiguous (16-byte chunks for G = 8). Then
 //       y[n, i, j, l] = sum_p w[i, j, p] * X[p, (n, l)],   X[p, (n, l)] = x[n, i, p] if p % G == l else 0:
-//   one GEMM with M = the b rows of w, N = B * G columns (row n, plane l) and K = c * G, G times
-//   the pattern's flops -- cheap while B * G <= 128, where the tensor cores idle on w's bytes.
+//   one GEMM with M = the b rows of w, N = B * Gp columns (row n, plane l; Gp = G rounded up to a
+//   power of two, padding planes dropped) and K = c * G, G times the pattern's flops -- cheap
+//   while B * Gp <= 128, where the tensor cores idle on w's bytes.
 //
 // Mainloop (per warp: 32 rows of w = two m16 tiles (one at N = 128), all N columns, the block's
 // slice of K): each thread loads its rows' 16 bytes of a 32-position step (positions 8q .. 8q + 7, q = lane % 4);
