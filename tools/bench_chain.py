@@ -1,0 +1,137 @@
+"""ks::chain by each of its paths, against the dense layer it replaces: the data that fits the
+chain rule (csrc/ks_plan.h: choose_fused_chain, choose_stream_chain).
+
+Per chain, batch and dtype: the rule's path (what `ks_ops.ops.chain_plan_for` names) and each path
+of ks::_chain_plan asked for ('factors', 'fused', 'stream'; a path that does not serve the
+arguments, or that this build lacks, is recorded as null), plus nn.Linear followed by the same
+activation. Chains come from --chains ('a,b,c,d/a,b,c,d;...', the first factor listed applied
+first) or --blocks DxH (the `auto` chains of an MLP block's two layers, d -> h and h -> d). On a GPU
+CUDA-graph replays (ks_ops.bench.time_cuda), ceilings measured in the same run; on the CPU a
+wall-clock smoke run. Rows go to a JSONL file as they finish.
+
+  python tools/bench_chain.py --blocks 384x1536,1024x4096 --batch 1,4,16,64 --dtypes bf16 --out $OUT/chain.jsonl
+  python tools/bench_chain.py --chains "16,64,64,1/1,2048,512,2" --batch 1,16 --activation gelu
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_mlp import DTYPES, blocks_of, time_cpu, write_row  # noqa: E402
+from ks_ops import KSPattern, auto_chain  # noqa: E402
+from ks_ops.bench import measure_ceilings, time_cuda  # noqa: E402
+from ks_ops.ops import ACTIVATIONS, chain_plan_for, chain_with_plan  # noqa: E402
+
+PATHS = ("factors", "fused", "stream")
+_ACT = {"none": lambda t: t, "relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
+        "gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh")}
+
+
+def chains_of(spec: str) -> list[list[tuple[int, ...]]]:
+    out = []
+    for item in spec.split(";"):
+        try:
+            chain = [tuple(int(v) for v in f.split(",")) for f in item.split("/")]
+            ps = [KSPattern.of(p) for p in chain]
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"--chains: factors 'a,b,c,d' joined by '/', chains by ';'; got {item!r} ({e})") from None
+        for p, q in zip(ps, ps[1:]):
+            if p.out_features != q.in_features:
+                raise SystemExit(f"--chains: {item!r}: a factor's output ({p.out_features}) is not the next one's "
+                                 f"input ({q.in_features})")
+        out.append(chain)
+    return out
+
+
+def block_chains(spec: str) -> list[list[tuple[int, ...]]]:
+    out = []
+    for d, h in blocks_of(spec):
+        for i, o in ((d, h), (h, d)):
+            out.append([p.shape for p in auto_chain(i, o)])
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chains", default="", help="'a,b,c,d/a,b,c,d;...' (first factor first)")
+    ap.add_argument("--blocks", default="", help="DxH list: the auto chains of d -> h and h -> d")
+    ap.add_argument("--batch", default="1,4,16,64", help="comma list of row counts")
+    ap.add_argument("--dtypes", default="bf16", help=f"comma list of {','.join(DTYPES)}")
+    ap.add_argument("--activation", default="gelu", choices=ACTIVATIONS)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--samples", type=int, default=15)
+    ap.add_argument("--max-row-s", type=float, default=0.1, help="timed seconds per path and row, at most")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_chain.jsonl"))
+    args = ap.parse_args(argv)
+
+    chains = (chains_of(args.chains) if args.chains else []) + (block_chains(args.blocks) if args.blocks else [])
+    if not chains:
+        raise SystemExit("give --chains or --blocks")
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+        dtypes = [DTYPES[t] for t in args.dtypes.split(",")]
+    except (ValueError, KeyError):
+        raise SystemExit(f"--batch: integers; --dtypes: of {list(DTYPES)}; got {args.batch!r}, {args.dtypes!r}") from None
+    if any(b < 1 for b in batches):
+        raise SystemExit("--batch: row counts must be positive")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    ceil = measure_ceilings() if cuda else None
+    sm = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability(device)) if cuda else 0
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    meta = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+            "timing": "cuda-graph" if cuda else "cpu-wall", "date": time.strftime("%Y-%m-%d"),
+            "activation": args.activation}
+    if ceil is not None:
+        meta["ceilings"] = ceil.as_dict()
+    act = _ACT[args.activation]
+    print(f"{'chain':>40} {'dtype':>5} {'rows':>5} {'rule':>8} " + " ".join(f"{p:>8}" for p in ("rule_us",) + PATHS)
+          + f" {'dense':>8}")
+    torch.manual_seed(0)
+    for chain in chains:
+        ps = [KSPattern.of(p) for p in chain]
+        for dtype in dtypes:
+            factors = [p.random_weights(dtype=dtype, device=device) for p in ps]
+            bias = torch.randn(ps[-1].out_features, dtype=dtype, device=device)
+            dense = torch.nn.Linear(ps[0].in_features, ps[-1].out_features, device=device, dtype=dtype)
+            for n in batches:
+                sets = [(torch.randn(n, ps[0].in_features, device=device, dtype=dtype),) for _ in range(3)]
+
+                def timed(fn):
+                    fn = torch.no_grad()(fn)
+                    r = (time_cuda(fn, sets, samples=args.samples, max_total_s=args.max_row_s, graph=True)
+                         if cuda else time_cpu(fn, sets, min(args.samples, 5)))
+                    return r["median_s"] * 1e6
+
+                row = {"chain": [list(p) for p in chain], "dtype": str(dtype).replace("torch.", ""), "rows": n, **meta,
+                       "rule": chain_plan_for(chain, n, dtype, sm=sm)}
+                row["rule_us"] = timed(lambda x: torch.ops.ks.chain(x, factors, bias, args.activation))
+                for path in PATHS:
+                    try:
+                        chain_with_plan(sets[0][0], factors, bias, args.activation, plan=path)
+                    except RuntimeError:  # does not serve these arguments, or not in this build / device
+                        row[f"{path}_us"] = None
+                        continue
+                    row[f"{path}_us"] = timed(lambda x, p=path: chain_with_plan(x, factors, bias, args.activation, plan=p))
+                row["dense_us"] = timed(lambda x: act(dense(x)))
+                write_row(args.out, row)
+                cells = " ".join(f"{row[k]:8.1f}" if row[k] is not None else f"{'-':>8}"
+                                 for k in ("rule_us",) + tuple(f"{p}_us" for p in PATHS) + ("dense_us",))
+                print(f"{str(chain):>40} {row['dtype']:>5} {n:>5} {row['rule']:>8} {cells}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the finished rows are in the output file", file=sys.stderr)
+        sys.exit(130)
