@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
@@ -25,9 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_mlp import DTYPES, blocks_of, time_cpu, write_row  # noqa: E402
+from bench_mlp import DTYPES, blocks_of, counts_and_dtypes, run_meta, time_cpu, write_row  # noqa: E402
 from ks_ops import KSPattern, auto_chain  # noqa: E402
-from ks_ops.bench import measure_ceilings, time_cuda  # noqa: E402
+from ks_ops.bench import time_cuda  # noqa: E402
 from ks_ops.ops import ACTIVATIONS, chain_plan_for, chain_with_plan  # noqa: E402
 
 PATHS = ("factors", "fused", "stream")
@@ -75,23 +74,12 @@ def main(argv=None) -> int:
     chains = (chains_of(args.chains) if args.chains else []) + (block_chains(args.blocks) if args.blocks else [])
     if not chains:
         raise SystemExit("give --chains or --blocks")
-    try:
-        batches = [int(b) for b in args.batch.split(",")]
-        dtypes = [DTYPES[t] for t in args.dtypes.split(",")]
-    except (ValueError, KeyError):
-        raise SystemExit(f"--batch: integers; --dtypes: of {list(DTYPES)}; got {args.batch!r}, {args.dtypes!r}") from None
-    if any(b < 1 for b in batches):
-        raise SystemExit("--batch: row counts must be positive")
+    batches, dtypes = counts_and_dtypes(args.batch, args.dtypes, "--batch")
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    ceil = measure_ceilings() if cuda else None
+    cuda, ceil, meta = run_meta(device, "cuda-graph")
+    meta["activation"] = args.activation
     sm = (lambda c: c[0] * 10 + c[1])(torch.cuda.get_device_capability(device)) if cuda else 0
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    meta = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-            "timing": "cuda-graph" if cuda else "cpu-wall", "date": time.strftime("%Y-%m-%d"),
-            "activation": args.activation}
-    if ceil is not None:
-        meta["ceilings"] = ceil.as_dict()
     act = _ACT[args.activation]
     print(f"{'chain':>40} {'dtype':>5} {'rows':>5} {'rule':>8} " + " ".join(f"{p:>8}" for p in ("rule_us",) + PATHS)
           + f" {'dense':>8}")

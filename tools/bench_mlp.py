@@ -82,6 +82,29 @@ def time_cpu(fn, arg_sets, samples: int) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "samples": len(times), "inner": 1}
 
 
+def counts_and_dtypes(counts: str, dtypes: str, flag: str) -> tuple[list[int], list[torch.dtype]]:
+    """The comma lists of row counts (flag names them in errors) and dtypes."""
+    try:
+        ns = [int(t) for t in counts.split(",")]
+        dts = [DTYPES[t] for t in dtypes.split(",")]
+    except (ValueError, KeyError):
+        raise SystemExit(f"{flag}: integers; --dtypes: of {list(DTYPES)}; got {counts!r}, {dtypes!r}") from None
+    if any(n < 1 for n in ns):
+        raise SystemExit(f"{flag}: counts must be positive")
+    return ns, dts
+
+
+def run_meta(device: torch.device, timing: str):
+    """(cuda, ceilings measured now on a GPU else None, the fields every row carries)."""
+    cuda = device.type == "cuda"
+    ceil = measure_ceilings() if cuda else None
+    meta = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+            "timing": timing if cuda else "cpu-wall", "date": time.strftime("%Y-%m-%d")}
+    if ceil is not None:
+        meta["ceilings"] = ceil.as_dict()
+    return cuda, ceil, meta
+
+
 def write_row(path: str, row: dict) -> None:
     with open(path, "a") as f:  # one line per finished row
         f.write(json.dumps(row) + "\n")
@@ -102,22 +125,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     blocks = blocks_of(args.blocks)
-    try:
-        tokens = [int(t) for t in args.tokens.split(",")]
-        dtypes = [DTYPES[t] for t in args.dtypes.split(",")]
-    except (ValueError, KeyError):
-        raise SystemExit(f"--tokens: integers; --dtypes: of {list(DTYPES)}; got {args.tokens!r}, {args.dtypes!r}") from None
-    if any(t < 1 for t in tokens):
-        raise SystemExit("--tokens: counts must be positive")
+    tokens, dtypes = counts_and_dtypes(args.tokens, args.dtypes, "--tokens")
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    ceil = measure_ceilings() if cuda else None
+    cuda, ceil, meta = run_meta(device, "eager" if args.eager else "cuda-graph")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    meta = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-            "timing": "cpu-wall" if not cuda else ("eager" if args.eager else "cuda-graph"),
-            "date": time.strftime("%Y-%m-%d")}
-    if ceil is not None:
-        meta["ceilings"] = ceil.as_dict()
     print(f"{'block':>12} {'dtype':>5} {'tokens':>6} {'dense us':>9} {'ks us':>9} {'ks/dense':>8} {'ks/floor':>8}")
     torch.manual_seed(0)
     for d, h in blocks:
