@@ -57,7 +57,7 @@ struct Problem {
 // The Stream plan's launch (csrc/cuda/ks_stream.cu). Per block i and group of G planes (G = d for
 // d <= 8, 8 for d % 8 == 0), the positions (k, l) of the group are one K dimension along
 // which every row j of w is contiguous, and x's columns are spread over (row n, plane l): one GEMM
-// of b x (B * G) x (c * G), G times the pattern's flops, which the tensor cores absorb while
+// of b x (B * Gp) x (c * G), G times the pattern's flops, which the tensor cores absorb while
 // B * Gp <= 128 (Gp = G rounded up to a power of two; decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w (16 * warps
 // at 128 columns); where the (i, group, row tile) units give fewer than one block per SM, clusters
 // of `split` blocks share K (as many as keep one wave of two blocks per SM, at least 128 positions

@@ -273,7 +273,9 @@ def stream_cols(d):  # the group rounded up to a power of two: columns per x row
 
 def serves(plan, pattern, batch_last, dtype_name="bf16", batch=300):
     d, c = pattern[3], pattern[2]
-    if plan == "stream":  # sm_90, 16-bit, batch * G <= 128 for the plane group G, whole 16-byte chunks of w's rows
+    # stream: sm_90, 16-bit, batch * Gp <= 128 (Gp: the plane group G rounded up to a power of two),
+    # whole 16-byte chunks of w's rows
+    if plan == "stream":
         g = stream_group(d)
         return (dtype_name in ("bf16", "fp16") and g > 0 and batch * stream_cols(d) <= 128 and c * d % 8 == 0
                 and torch.cuda.get_device_capability()[0] >= 9)
@@ -300,7 +302,7 @@ def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_la
     check(x, w, batch_last, dtype_name, plan)
 
 
-# The Stream plan (ks_stream.cu) at every batch it serves (up to B * G = 128: 16 n8 tiles, one m16
+# The Stream plan (ks_stream.cu) at every batch it serves (up to B * Gp = 128: 16 n8 tiles, one m16
 # tile per warp), both layouts: plane groups G = 1, 2, 4, 8
 # (d = 24: three groups of 8 planes per block), row tails (b = 7, 13, 17, 100, 130, 300 against
 # blocks of 32-128 rows), K tails (c * G not a multiple of 32), K split over clusters of 2-8

@@ -69,7 +69,7 @@ cudaError_t densify_blocks(const void* w, void* out, int64_t a, int64_t b, int64
 cudaError_t bias_activation(void* z, const void* bias, int64_t rows, int64_t features, int activation,
                             DType dtype, cudaStream_t stream);
 
-// The Stream plan (ks_stream.cu; 16-bit, sm_90, batch * stream_group(d) <= 128, both layouts,
+// The Stream plan (ks_stream.cu; 16-bit, sm_90, batch * stream_cols(d) <= 128, both layouts,
 // w 16-byte aligned): w read once as it lies, bias (a*b*d elements, or null) and activation (a
 // ks::Activation value) applied before the one rounding to y. cudaErrorNotSupported, with nothing
 // launched, where its preconditions fail (ks_plan.h stream_shape, w's alignment).

@@ -180,7 +180,7 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
   cluster_barrier();  // no block leaves while a peer reads its tile
 }
 
-// NT: n8 tiles (N = 8 NT columns >= B * G). Block = 32 * warps threads, 16 kMT rows per warp.
+// NT: n8 tiles (N = 8 NT columns >= B * Gp). Block = 32 * warps threads, 16 kMT rows per warp.
 template <typename T, int NT, int kMT = (NT >= 16 ? 1 : 2)>
 __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
