@@ -87,13 +87,13 @@ at::Tensor chain_cpu(const at::Tensor& x, at::TensorList factors, const std::opt
   return h;
 }
 
-// ks::_chain_plan on the CPU: only 'factors' (the fused chain kernel needs an sm_90a GPU).
+// ks::_chain_plan on the CPU: only 'factors' (the fused and stream chain kernels need an sm_90 GPU).
 at::Tensor chain_plan_cpu(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
                           c10::string_view activation, c10::string_view plan) {
   const std::string name(plan);
-  TORCH_CHECK(name == "factors" || name == "fused", "ks::_chain_plan: plan must be 'factors' or 'fused', got '",
-              name, "'");
-  TORCH_CHECK(name == "factors", "ks::_chain_plan: plan 'fused' needs a CUDA device with the sm_90a kernels");
+  TORCH_CHECK(name == "factors" || name == "fused" || name == "stream",
+              "ks::_chain_plan: plan must be 'factors', 'fused' or 'stream', got '", name, "'");
+  TORCH_CHECK(name == "factors", "ks::_chain_plan: plan '", name, "' needs a CUDA device (sm_90)");
   return chain_cpu(x, factors, bias, activation);
 }
 
@@ -149,6 +149,13 @@ bool chain_fused_for(at::IntArrayRef first, at::IntArrayRef second, int64_t batc
                             problem_of("ks::_chain_fused_for", second, batch, precision, false, sm));
 }
 
+// Private (tests, ks_ops.ops.chain_plan_for): whether ks::chain runs this 2-factor chain in one
+// Stream launch (decode sizes; choose_stream_chain).
+bool chain_stream_for(at::IntArrayRef first, at::IntArrayRef second, int64_t batch, int64_t precision, int64_t sm) {
+  return choose_stream_chain(problem_of("ks::_chain_stream_for", first, batch, precision, false, sm),
+                             problem_of("ks::_chain_stream_for", second, batch, precision, false, sm));
+}
+
 }  // namespace ks
 
 TORCH_LIBRARY(ks, m) {
@@ -160,8 +167,9 @@ TORCH_LIBRARY(ks, m) {
   // Private: ks::matmul run by the named plan (benchmarks, tests); and the rule's choice.
   m.def("_matmul_plan(Tensor x, Tensor w, str plan, *, bool batch_last=False) -> Tensor");
   m.def("_weight_grad_plan(Tensor grad_y, Tensor x, int[] pattern, str plan, *, bool batch_last=False) -> Tensor");
-  // Private: ks::chain by 'factors' (each factor by the rule's plan, then the epilogue) or 'fused'
-  // (the fused 2-factor kernel, hopper/chain_gemm.cu, where it serves).
+  // Private: ks::chain by 'factors' (each factor by the rule's plan, then the epilogue), 'fused'
+  // (the fused 2-factor kernel, hopper/chain_gemm.cu) or 'stream' (one Stream launch, ks_stream.cu),
+  // the last two where they serve.
   m.def("_chain_plan(Tensor x, Tensor[] factors, Tensor? bias, str activation, str plan) -> Tensor");
   m.def("_plan_for(int[] pattern, int batch, int precision, bool batch_last, int sm) -> int",
         &ks::plan_for);
@@ -169,6 +177,8 @@ TORCH_LIBRARY(ks, m) {
         &ks::plan_serves_op);
   m.def("_chain_fused_for(int[] first, int[] second, int batch, int precision, int sm) -> bool",
         &ks::chain_fused_for);
+  m.def("_chain_stream_for(int[] first, int[] second, int batch, int precision, int sm) -> bool",
+        &ks::chain_stream_for);
 }
 
 TORCH_LIBRARY_IMPL(ks, CPU, m) {

@@ -189,13 +189,15 @@ constexpr int64_t kHugeWeight = int64_t{1} << 24;
 //   at 16 rows), the weight-bound end;
 // - d = 2 at one row: the gemv kernel was 1.4-1.55x faster on w of 0.3-2 M elements (the
 //   cluster split's barriers at a few microseconds), stream 1.15x faster on (1, 8192, 2048, 2).
-inline bool stream_takes(const Problem& q) {
+// in_chain: F2 of a 2-factor chain fused with its first factor (choose_stream_chain), where the
+// launch it saves outweighs the gemv kernel's 1-2.5 us edge at one row (not measured yet).
+inline bool stream_takes(const Problem& q, bool in_chain = false) {
   const int cols = stream_cols(q.d);
   const bool huge_w = weight_elems(q) >= kHugeWeight;
   if (q.batch * cols > 64 && cols != 8) return false;
   if (q.d == 1 && (q.batch > 1 || q.batch_last)) return false;
   if (q.batch_last && q.batch > 4 && !huge_w) return false;
-  if (q.d == 2 && q.batch == 1 && !huge_w) return false;
+  if (q.d == 2 && q.batch == 1 && !huge_w && !in_chain) return false;
   // d = 2 at 17-32 rows: Interleaved 1.26-1.89x faster where it serves (below), but for huge w.
   if (q.batch > 16 && !huge_w && plan_serves(Plan::Interleaved, q)) return false;
   return plan_serves(Plan::Stream, q);
@@ -324,6 +326,21 @@ inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
   return f1.sm == 90 && f1.sm90a_kernels && half && !f1.batch_last && f1.batch >= 1024 && f1.d == 1 && f1.b == 64 &&
          f1.a * 64 <= 384 &&
          f2.a == 1 && (f2.d == 2 || f2.d == 3 || f2.d == 4) && f1.a * f1.b == f2.c * f2.d;
+}
+
+// ks::chain of two factors at decode sizes in one Stream launch (ks_stream.cu, StreamChainParams):
+// each block computes the slice of F1's output that its K slice of F2 reads, so the chain is one
+// launch instead of F1's GEMM plus F2's (at decode sizes each costs ~4-8 us, most of it launch and
+// ramp: the 384 and 1024 MLP blocks measured 1.4-3x dense for it). Its form: F1 = (a1, b1, c1, 1)
+// with c1 a multiple of 8, F2 = (1, b2, c2, d2 <= 8) where the rule streams F2 at up to 64
+// columns (rows x Gp) -- the `auto` chains' shape. Written in session 8, not yet measured: the
+// rule to be refitted.
+inline bool choose_stream_chain(const Problem& f1, const Problem& f2) {
+  // F1's recomputation, B x a1 b1 c1 FMAs per row tile of F2 (tiles of 128 rows of w2), kept under
+  // 2^25 in all (~1 us of the GPU's fp32 FMA rate; an estimate, to be fitted on a sweep).
+  const int64_t redo = f2.batch * weight_elems(f1) * ((f2.b + 127) / 128);
+  return f1.d == 1 && !f1.batch_last && f1.c % 8 == 0 && f2.a == 1 && f2.d <= 8 && f1.a * f1.b == f2.c * f2.d &&
+         f2.batch * stream_cols(f2.d) <= 64 && redo <= (int64_t{1} << 25) && stream_takes(f2, true);
 }
 
 }  // namespace ks

@@ -56,13 +56,17 @@ def plan_serves(plan: str, pattern, batch: int, dtype: torch.dtype, *, batch_las
 
 def chain_plan_for(patterns, batch: int, dtype: torch.dtype, *, sm: int = 90) -> str:
     """How ks::chain runs a batch-first chain: 'fused' (one kernel, the intermediate on chip; the
-    rule of csrc/ks_plan.h, choose_fused_chain, on an sm_90 build with the sm_90a kernels) or
-    'factors' (each factor by plan_for's plan, then the bias and activation in one pass)."""
+    rule of csrc/ks_plan.h, choose_fused_chain, on an sm_90 build with the sm_90a kernels),
+    'stream' (decode sizes: one Stream launch that computes the first factor per block;
+    choose_stream_chain) or 'factors' (each factor by plan_for's plan, then the bias and activation
+    in one pass where the last factor's plan does not apply them)."""
     pats = [tuple(int(v) for v in p) for p in patterns]
     if len(pats) != 2:
         return "factors"
-    fused = torch.ops.ks._chain_fused_for(list(pats[0]), list(pats[1]), int(batch), _precision(dtype, False), int(sm))
-    return "fused" if fused else "factors"
+    args = (list(pats[0]), list(pats[1]), int(batch), _precision(dtype, False), int(sm))
+    if torch.ops.ks._chain_fused_for(*args):
+        return "fused"
+    return "stream" if torch.ops.ks._chain_stream_for(*args) else "factors"
 
 
 def _precision(dtype: torch.dtype, allow_tf32: bool) -> int:
@@ -78,8 +82,9 @@ def matmul_with_plan(x: torch.Tensor, w: torch.Tensor, plan: str, *, batch_last:
 
 
 def chain_with_plan(x: torch.Tensor, factors, bias=None, activation: str = "none", *, plan: str) -> torch.Tensor:
-    """ks::chain run by 'factors' (each factor by the rule's plan, then the epilogue) or 'fused' (the
-    fused 2-factor kernel where it serves, else an error): for benchmarks and tests. No autograd."""
+    """ks::chain run by 'factors' (each factor by the rule's plan, then the epilogue), 'fused' (the
+    fused 2-factor kernel) or 'stream' (the 2-factor Stream launch) -- the last two where they
+    serve, else an error: for benchmarks and tests. No autograd."""
     return torch.ops.ks._chain_plan(x, list(factors), bias, activation, plan)
 
 

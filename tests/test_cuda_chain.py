@@ -10,7 +10,7 @@ import torch
 
 import ks_ops
 from ks_ops import KSPattern, ks_chain_reference
-from ks_ops.ops import ACTIVATIONS
+from ks_ops.ops import ACTIVATIONS, chain_plan_for, chain_with_plan
 from ks_ops.reference import REFERENCE_ACTIVATIONS
 
 from support import cuda_kernel_ran, rel_err, tf32
@@ -96,13 +96,61 @@ def test_stream_epilogue_at_decode_sizes(chain, name, activation):
         x, factors, b = make(chain, rows, dtype, bias)
         if bias:  # 2 bytes past a 16-byte boundary: the epilogue reads it element by element
             b = torch.cat([b[:1], b])[1:]
-        y = ks_ops.chain(x, factors, b, activation)
+        run = lambda: chain_with_plan(x, factors, b, activation, plan="factors")  # noqa: E731
+        y = run()
         ref = ks_chain_reference(x, factors, b, activation)
         err, tol = rel_err(y, ref), tolerance(x, factors, b, activation, name)
         assert y.shape == ref.shape and torch.isfinite(y).all()
         assert err <= tol, f"{name} {activation} rows={rows} bias={bias}: rel err {err:.3g} > {tol:.3g}"
-        assert not cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, activation), ("ks_bias_activation",))
-        assert cuda_kernel_ran(lambda: ks_ops.chain(x, factors, b, activation), ("stream_kernel",))
+        assert not cuda_kernel_ran(run, ("ks_bias_activation",))
+        assert cuda_kernel_ran(run, ("stream_kernel",))
+
+
+# ks::chain at decode sizes in one Stream launch (plan 'stream', ks_stream.cu StreamChainParams):
+# each block computes the slice of F1's output its K slice of F2 reads. The `auto` chain of the
+# 1024 -> 4096 layer (K split over a cluster of 8 blocks), of the 384-wide fc2 (d = 3, padded to 4
+# columns per row), and ragged ones: c1 = 16, d2 = 6 (padded to 8), b2 = 13 (a row tile's tail).
+STREAM_CHAIN_PLAN = [[(16, 64, 64, 1), (1, 2048, 512, 2)], [(6, 64, 256, 1), (1, 128, 128, 3)],
+                     [(3, 40, 16, 1), (1, 24, 20, 6)], [(2, 48, 24, 1), (1, 13, 24, 4)]]
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu", "silu"])
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+@pytest.mark.parametrize("chain", STREAM_CHAIN_PLAN, ids=str)
+def test_stream_chain_in_one_launch(chain, name, activation):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream plan needs sm_90")
+    dtype = DTYPES[name][0]
+    gp = {1: 1, 2: 2, 3: 4, 4: 4}.get(chain[1][3], 8)
+    for rows, bias in [(1, True), (3, False), (64 // gp, True)]:
+        x, factors, b = make(chain, rows, dtype, bias)
+        if rows == 3:  # leading dims, and rows 16 bytes past the start of a wider buffer (row stride > in)
+            xs = torch.randn(rows, x.shape[1] + 8, dtype=dtype, device=DEV)[:, 8:]
+            x = xs.view(1, rows, -1)
+        run = lambda: chain_with_plan(x, factors, b, activation, plan="stream")  # noqa: E731
+        y = run()
+        ref = ks_chain_reference(x, factors, b, activation)
+        err, tol = rel_err(y, ref), tolerance(x.reshape(rows, -1), factors, b, activation, name)
+        assert y.shape == ref.shape and torch.isfinite(y).all()
+        assert err <= tol, f"{name} {activation} rows={rows}: rel err {err:.3g} > {tol:.3g}"
+        # one launch: the stream kernel, no GEMM for F1, no epilogue kernel
+        assert cuda_kernel_ran(run, ("stream_kernel",))
+        assert not cuda_kernel_ran(run, ("gemm", "gemv", "xmma", "cutlass", "ks_", "elementwise", "copy"))
+        if chain_plan_for(chain, rows, dtype) == "stream":  # the rule's path gives the same bits
+            torch.testing.assert_close(ks_ops.chain(x, factors, b, activation), y, rtol=0, atol=0)
+
+
+def test_stream_chain_refuses_what_it_does_not_serve():
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the stream plan needs sm_90")
+    x, factors, b = make([(3, 40, 16, 1), (1, 24, 20, 6)], 17, torch.bfloat16)  # 17 x 8 columns > 128
+    with pytest.raises(RuntimeError, match="plan 'stream' does not serve"):
+        chain_with_plan(x, factors, b, "gelu", plan="stream")
+    x, factors, b = make([(2, 8, 12, 1), (1, 10, 8, 2)], 2, torch.bfloat16)  # c1 = 12: not whole 16-byte chunks
+    with pytest.raises(RuntimeError, match="plan 'stream' does not serve"):
+        chain_with_plan(x, factors, b, "gelu", plan="stream")
+    torch.testing.assert_close(ks_ops.chain(x, factors, b, "gelu"), chain_with_plan(x, factors, b, "gelu", plan="factors"),
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu"])

@@ -253,3 +253,23 @@ def test_rule_between_decode_and_large_batches(dtype):
     assert plan_for((2, 128, 128, 12), 32, dtype) != "interleaved"
     assert plan_for((1, 128, 128, 3), 32, dtype) == "interleaved"
     assert plan_for((1, 128, 128, 3), 128, dtype) != "interleaved"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_rule_runs_decode_chains_in_one_stream_launch(dtype):
+    """ks::chain at decode sizes (csrc/ks_plan.h, choose_stream_chain): F1 = (a1, b1, c1, 1) then
+    F2 = (1, b2, c2, d2 <= 8) in one Stream launch while F2 is streamed at <= 64 columns and F1's
+    recomputation per row tile of F2 stays small; 16-bit on sm_90 only."""
+    fc1, fc2 = [(16, 64, 64, 1), (1, 2048, 512, 2)], [(16, 64, 256, 1), (1, 128, 128, 8)]
+    for rows in (1, 4, 16):
+        assert chain_plan_for(fc1, rows, dtype) == "stream", rows
+        assert chain_plan_for(fc1, rows, dtype, sm=80) == "factors"
+        assert chain_plan_for(fc1, rows, torch.float32) == "factors"
+    assert chain_plan_for(fc1, 32, dtype) == "factors"         # F2 at 32 rows: Interleaved
+    assert chain_plan_for(fc2, 8, dtype) == "stream"            # 8 rows x 8 columns
+    assert chain_plan_for(fc2, 9, dtype) == "factors"           # 72 columns
+    assert chain_plan_for([(6, 64, 256, 1), (1, 128, 128, 3)], 16, dtype) == "stream"  # d2 = 3: 4 columns a row
+    assert chain_plan_for([(2, 8, 12, 1), (1, 10, 8, 2)], 2, dtype) == "factors"  # c1 = 12: not 16-byte chunks
+    assert chain_plan_for([(2, 8, 16, 2), (1, 8, 8, 4)], 2, dtype) == "factors"   # F1 with d = 2
+    big = [(64, 64, 64, 1), (1, 8192, 2048, 2)]  # F1 recomputed by 64 row tiles of F2
+    assert chain_plan_for(big, 1, dtype) == "stream" and chain_plan_for(big, 4, dtype) == "factors"

@@ -59,6 +59,10 @@ STREAM_CASES = [((1, 7, 8, 1), 3), ((3, 100, 38, 4), 16), ((2, 33, 136, 24), 5),
 # ks::chain at decode sizes: the last factor on the Stream plan with the bias and the activation in
 # its epilogue (a K split over a cluster of 4 in the second).
 STREAM_CHAIN_CASES = [([(6, 8, 8, 1), (1, 10, 12, 4)], 7), ([(4, 256, 192, 1), (1, 40, 256, 4)], 5)]
+# ks::chain in one Stream launch (plan 'stream': F1's output computed per block for its K slice):
+# a K split over a cluster of 8, a padded group of 6 planes, a row tile's tail (b2 = 13).
+STREAM_CHAIN_PLAN_CASES = [([(16, 64, 64, 1), (1, 2048, 512, 2)], 5), ([(3, 40, 16, 1), (1, 24, 20, 6)], 7),
+                           ([(2, 48, 24, 1), (1, 13, 24, 4)], 3)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 
@@ -129,6 +133,7 @@ def main(groups=ALL_GROUPS):
     chain_cases = [(c, "factors") for c in CHAIN_CASES] if "chain" in groups else []
     chain_cases += [(c, "fused") for c in FUSED_CHAIN_CASES] if fused else []
     chain_cases += [(c, "factors") for c in STREAM_CHAIN_CASES] if stream else []
+    chain_cases += [(c, "stream") for c in STREAM_CHAIN_PLAN_CASES] if stream else []
     for (chain, batch), plan in chain_cases:
         ps = [KSPattern.of(q) for q in chain]
         for dtype in (torch.bfloat16, torch.float16) + ((torch.float32,) if plan == "factors" else ()):

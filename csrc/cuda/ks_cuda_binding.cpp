@@ -229,31 +229,93 @@ Problem chain_factor_problem(const at::Tensor& x, const at::Tensor& w) {
   return q;
 }
 
-// ks::chain: the fused kernel (hopper/chain_gemm.cu) where the rule (ks_plan.h, choose_fused_chain)
-// picks it and the kernel serves the arguments; the factors one by one otherwise.
-// fused: nullopt = as the rule says; true = the fused kernel or an error; false = the factors.
+// ks::chain of two factors in one Stream launch (ks_stream.cu with StreamFirstFactor): each block
+// computes the slice of F1's output its K slice of F2 reads; bias and activation in its epilogue.
+// False, with nothing launched, where the kernel does not serve the arguments and `must` is false.
+bool run_stream_chain(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
+                      const std::optional<at::Tensor>& bias, Activation act, at::Tensor* out, bool must) {
+  const int64_t in = x.size(-1), B = in > 0 ? x.numel() / in : 0;
+  const Pattern p2{w2.size(0), w2.size(1), w2.size(2), w2.size(3)};
+  const auto [a, b, c, d] = p2;
+  auto shape = x.sizes().vec();
+  shape.back() = a * b * d;
+  at::Tensor y = at::empty(shape, x.options());
+  if (B == 0) {
+    *out = y;
+    return true;
+  }
+  at::Tensor xk, bc;
+  const at::Tensor w1c = w1.contiguous(), w2c = w2.contiguous();
+  MatmulArgs args{};
+  args.x = nullptr;
+  args.ldx = rows_of(x, B, in, xk);
+  TORCH_CHECK(args.ldx >= 0, "ks: negative strides are not supported");
+  args.x = xk.data_ptr();
+  args.w = w2c.data_ptr();
+  args.y = y.data_ptr();
+  args.batch = B;
+  args.a = static_cast<int>(a);
+  args.b = static_cast<int>(b);
+  args.c = static_cast<int>(c);
+  args.d = static_cast<int>(d);
+  args.batch_last = false;
+  args.dtype = to_dtype(x.scalar_type());
+  const detail::StreamFirstFactor first{w1c.const_data_ptr(), static_cast<int>(w1.size(0)),
+                                        static_cast<int>(w1.size(1)), static_cast<int>(w1.size(2))};
+  if (bias) bc = bias->contiguous();
+  const cudaError_t err = detail::stream_matmul(args, bc.defined() ? bc.const_data_ptr() : nullptr,
+                                                static_cast<int>(act), c10::cuda::getCurrentCUDAStream(), &first);
+  TORCH_CHECK(err != cudaErrorNotSupported || !must,
+              "ks::_chain_plan: plan 'stream' does not serve these arguments (16-bit, sm_90, batch-first; "
+              "F1 = (a1, b1, c1, 1) with c1 % 8 == 0, F2 = (1, b2, c2, d2 <= 8) at rows x d2 <= 64-128; x's "
+              "rows and both factors 16-byte aligned)");
+  if (err == cudaErrorNotSupported) return false;
+  check_launch(err, "stream chain kernel", p2, B, x, false);
+  *out = y;
+  return true;
+}
+
+// Which ks::chain path: the rule's, or one named by ks::_chain_plan.
+enum class ChainPath { Rule, Factors, Fused, Stream };
+
+// ks::chain: the fused kernel (hopper/chain_gemm.cu) or one Stream launch (decode sizes) where the
+// rule (ks_plan.h, choose_fused_chain / choose_stream_chain) picks them and the kernel serves the
+// arguments; the factors one by one otherwise. A named path runs or says why it cannot.
 at::Tensor run_chain(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
-                     c10::string_view activation, std::optional<bool> fused) {
+                     c10::string_view activation, ChainPath path) {
   const Activation act = parse_activation(std::string(activation));
   check_chain(x, factors, bias);
   TORCH_CHECK(x.is_cuda(), "ks: x must be a CUDA tensor here, got ", x.device());
   c10::cuda::CUDAGuard guard(x.device());
-  if (fused && *fused) {
+  if (path == ChainPath::Fused) {
     TORCH_CHECK(hopper::hopper_kernels_built() && device_sm(x) == 90,
                 "ks::_chain_plan: plan 'fused' needs an sm_90 GPU and a build with the sm_90a kernels");
     TORCH_CHECK(factors.size() == 2, "ks::_chain_plan: plan 'fused' takes 2 factors, got ", factors.size());
     return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));  // checks that it serves
   }
-  if (!fused && factors.size() == 2 &&
-      choose_fused_chain(chain_factor_problem(x, factors[0]), chain_factor_problem(x, factors[1])) &&
-      fused_chain_serves(x, factors[0], factors[1]))
-    return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));
+  if (path == ChainPath::Stream) {
+    TORCH_CHECK(factors.size() == 2, "ks::_chain_plan: plan 'stream' takes 2 factors, got ", factors.size());
+    const Problem f1 = chain_factor_problem(x, factors[0]), f2 = chain_factor_problem(x, factors[1]);
+    TORCH_CHECK(f1.d == 1 && f2.a == 1 && f2.d <= 8 && plan_serves(Plan::Stream, f2),
+                "ks::_chain_plan: plan 'stream' does not serve ", pattern_str({f1.a, f1.b, f1.c, f1.d}), " -> ",
+                pattern_str({f2.a, f2.b, f2.c, f2.d}), " at ", f2.batch, " rows in ", x.scalar_type());
+    at::Tensor y;
+    run_stream_chain(x, factors[0], factors[1], bias, act, &y, true);
+    return y;
+  }
+  if (path == ChainPath::Rule && factors.size() == 2) {
+    const Problem f1 = chain_factor_problem(x, factors[0]), f2 = chain_factor_problem(x, factors[1]);
+    if (choose_fused_chain(f1, f2) && fused_chain_serves(x, factors[0], factors[1]))
+      return fused_chain(x, factors[0], factors[1], bias, static_cast<int>(act));
+    at::Tensor y;
+    if (choose_stream_chain(f1, f2) && run_stream_chain(x, factors[0], factors[1], bias, act, &y, false)) return y;
+  }
   return chain_factors(x, factors, bias, act);
 }
 
 at::Tensor chain_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
                       c10::string_view activation) {
-  return run_chain(x, factors, bias, activation, std::nullopt);
+  return run_chain(x, factors, bias, activation, ChainPath::Rule);
 }
 
 // The fused kernel (ks_wgrad.cu) where the rule (ks_plan.h, choose_weight_grad_plan) picks it and
@@ -319,13 +381,15 @@ at::Tensor weight_grad_plan_cuda(const at::Tensor& grad_y, const at::Tensor& x, 
 }
 
 // ks::_chain_plan: 'factors' runs the factors one by one (each by the rule's plan); 'fused' the fused
-// 2-factor kernel (hopper/chain_gemm.cu) or an error naming why it cannot run.
+// 2-factor kernel (hopper/chain_gemm.cu), 'stream' the 2-factor Stream launch (ks_stream.cu), or an
+// error naming why it cannot run.
 at::Tensor chain_plan_cuda(const at::Tensor& x, at::TensorList factors, const std::optional<at::Tensor>& bias,
                            c10::string_view activation, c10::string_view plan) {
   const std::string name(plan);
-  TORCH_CHECK(name == "factors" || name == "fused", "ks::_chain_plan: plan must be 'factors' or 'fused', got '",
-              name, "'");
-  return run_chain(x, factors, bias, activation, name == "fused");
+  TORCH_CHECK(name == "factors" || name == "fused" || name == "stream",
+              "ks::_chain_plan: plan must be 'factors', 'fused' or 'stream', got '", name, "'");
+  const ChainPath path = name == "fused" ? ChainPath::Fused : name == "stream" ? ChainPath::Stream : ChainPath::Factors;
+  return run_chain(x, factors, bias, activation, path);
 }
 
 }  // namespace

@@ -73,7 +73,18 @@ cudaError_t bias_activation(void* z, const void* bias, int64_t rows, int64_t fea
 // w 16-byte aligned): w read once as it lies, bias (a*b*d elements, or null) and activation (a
 // ks::Activation value) applied before the one rounding to y. cudaErrorNotSupported, with nothing
 // launched, where its preconditions fail (ks_plan.h stream_shape, w's alignment).
-cudaError_t stream_matmul(const MatmulArgs& args, const void* bias, int activation, cudaStream_t stream);
+//
+// With `first` (ks::chain of two factors at decode sizes, one launch): args.x is the chain's input
+// and args.w / the pattern its second factor F2 = (1, b, c, d <= 8); each block computes the slice
+// of the intermediate h = x K1^T its K slice reads, from first->w = F1 = (a1, b1, c1, 1) (c1 a
+// multiple of 8, a1 * b1 = c * d), rounded to 16 bits as the unfused chain rounds it.
+// Batch-first only; x's rows and F1 16-byte aligned, else cudaErrorNotSupported.
+struct StreamFirstFactor {
+  const void* w;
+  int a, b, c;
+};
+cudaError_t stream_matmul(const MatmulArgs& args, const void* bias, int activation, cudaStream_t stream,
+                          const StreamFirstFactor* first = nullptr);
 
 // Pointer arrays (3 * a * d: A, then B, then C) of the batch-last Strided plan's batched GEMM,
 // written on the device so that the plan stays capturable in a CUDA graph (ks_layout.cu).

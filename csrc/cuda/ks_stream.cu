@@ -61,12 +61,77 @@ struct StreamParams {
   int act;
 };
 
+// The chain's launch: x is the input of ks::chain's first factor w1 = (a1, b1, c1, 1), whose output
+// each block stages for its K slice (stage_first_factor). A type of its own, so that the plain
+// kernels' parameters, code and registers stay as they were.
+struct StreamChainParams : StreamParams {
+  const void* w1;
+  int b1, c1;
+};
+
 template <typename T> __device__ __forceinline__ float to_f(T v);
 template <> __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
 template <> __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// sum over 8 pairs of 16-bit values (two 16-byte vectors), in fp32.
+template <typename T>
+__device__ __forceinline__ float dot8(const uint4& u, const uint4& v, float z) {
+  const uint32_t* a = reinterpret_cast<const uint32_t*>(&u);
+  const uint32_t* b = reinterpret_cast<const uint32_t*>(&v);
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    float2 fa, fb;
+    if constexpr (std::is_same<T, __half>::value) {
+      fa = __half22float2(*reinterpret_cast<const __half2*>(&a[t]));
+      fb = __half22float2(*reinterpret_cast<const __half2*>(&b[t]));
+    } else {
+      fa = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[t]));
+      fb = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b[t]));
+    }
+    z = fmaf(fa.x, fb.x, z);
+    z = fmaf(fa.y, fb.y, z);
+  }
+  return z;
+}
+
+// ks::chain's first factor F1 = (a1, b1, c1, 1) for this block's K slice of F2 = (1, b, c, d) with
+// G = d: position pos of the slice is feature pos of the intermediate h, h[n, f] = sum_k
+// w1[f, k] x[n, (f / b1) c1 + k], f = i1 b1 + j1. Rows n < nb of xs, zeros past the batch and K;
+// each h value rounded to T (as the unfused chain stores it). A thread takes one position and
+// four rows at a time: its w1 row (c1 elements, 16-byte chunks) is read once per four rows; the
+// x chunks are the same for the 64 or so positions of one block i1 (L1 hits).
+template <typename T>
+__device__ __forceinline__ void stage_first_factor(const StreamChainParams& p, T* xs, int kbeg, int kend) {
+  const T* x = static_cast<const T*>(p.x);
+  const T* w1 = static_cast<const T*>(p.w1);
+  const int chunks = p.c1 >> 3;
+  for (int e = threadIdx.x; e < p.k_slice; e += blockDim.x) {
+    const int f = kbeg + e;
+    const bool fin = f < kend;
+    const int i1 = fin ? f / p.b1 : 0;
+    const uint4* wr = reinterpret_cast<const uint4*>(w1 + (int64_t)(fin ? f : 0) * p.c1);
+    for (int n0 = 0; n0 < p.nb; n0 += 4) {
+      float z[4] = {0.f, 0.f, 0.f, 0.f};
+      if (fin && n0 < p.batch) {
+        const uint4* xr[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+          xr[u] = reinterpret_cast<const uint4*>(x + (int64_t)min(n0 + u, (int)p.batch - 1) * p.ldx + (int64_t)i1 * p.c1);
+        for (int k8 = 0; k8 < chunks; ++k8) {
+          const uint4 wv = wr[k8];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) z[u] = dot8<T>(wv, xr[u][k8], z[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (n0 + u < p.nb) xs[(n0 + u) * p.xs_stride + e] = from_f<T>(n0 + u < p.batch ? z[u] : 0.f);
+    }
+  }
+}
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float* acc, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -181,8 +246,11 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
 }
 
 // NT: n8 tiles (N = 8 NT columns >= B * Gp). Block = 32 * warps threads, 16 kMT rows per warp.
-template <typename T, int NT, int kMT = (NT >= 16 ? 1 : 2)>
-__global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
+// P: StreamParams, or StreamChainParams for ks::chain's launch (x is then the chain's input and
+// the block stages its first factor's output for its K slice).
+template <typename T, int NT, typename P, int kMT = (NT >= 16 ? 1 : 2)>
+__global__ void __launch_bounds__(128) stream_kernel(const P p) {
+  constexpr bool kFirst = std::is_same<P, StreamChainParams>::value;
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int r = lane >> 2, q = lane & 3;
@@ -233,7 +301,9 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
   // copied asynchronously where rows are 16-byte aligned.
   T* xs = reinterpret_cast<T*>(smem);
   const int xs_stride = p.xs_stride;
-  {
+  if constexpr (kFirst) {
+    stage_first_factor<T>(p, xs, kbeg, kend);
+  } else {
     const int chunks = p.k_slice >> 3;
     const T* x = static_cast<const T*>(p.x);
 #pragma unroll 4
@@ -327,9 +397,9 @@ __global__ void __launch_bounds__(128) stream_kernel(const StreamParams p) {
   }
 }
 
-template <typename T, int NT>
-cudaError_t launch_nt(const StreamParams& p, const StreamShape& sh, cudaStream_t stream) {
-  auto kernel = stream_kernel<T, NT>;
+template <typename T, int NT, typename P>
+cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
+  auto kernel = stream_kernel<T, NT, P>;
   static std::atomic<uint64_t> configured{0};
   int dev = 0;
   const cudaError_t e = hopper::device_with_smem(kernel, (int)kStreamMaxSmem, configured, &dev);
@@ -361,12 +431,28 @@ cudaError_t launch_t(const StreamParams& p, const StreamShape& sh, cudaStream_t 
   }
 }
 
+// The chain's launch: up to 64 columns (stream_matmul checks).
+template <typename T>
+cudaError_t launch_t(const StreamChainParams& p, const StreamShape& sh, cudaStream_t stream) {
+  switch (sh.nt) {
+    case 1: return launch_nt<T, 1>(p, sh, stream);
+    case 2: return launch_nt<T, 2>(p, sh, stream);
+    case 4: return launch_nt<T, 4>(p, sh, stream);
+    case 8: return launch_nt<T, 8>(p, sh, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 }  // namespace
 
-cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation, cudaStream_t stream) {
+cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation, cudaStream_t stream,
+                          const StreamFirstFactor* first) {
   StreamShape sh;
   if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh))
     return cudaErrorNotSupported;  // nothing launched: the caller may take another plan
+  if (first && (g.batch_last || g.a != 1 || sh.group != g.d || sh.nt > 8 || first->c % 8 != 0 || !aligned16(first->w) ||
+                !aligned16(g.x) || g.ldx % 8 != 0 || (int64_t)first->a * first->b != (int64_t)g.c * g.d))
+    return cudaErrorNotSupported;
   StreamParams p{};
   p.x = g.x;
   p.w = g.w;
@@ -391,6 +477,14 @@ cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation,
   p.x_vec = !g.batch_last && aligned16(g.x) && g.ldx % 8 == 0;
   p.batch_last = g.batch_last ? 1 : 0;
   p.act = activation;
+  if (first) {
+    StreamChainParams pc{};
+    static_cast<StreamParams&>(pc) = p;
+    pc.w1 = first->w;
+    pc.b1 = first->b;
+    pc.c1 = first->c;
+    return g.dtype == DType::F16 ? launch_t<__half>(pc, sh, stream) : launch_t<__nv_bfloat16>(pc, sh, stream);
+  }
   return g.dtype == DType::F16 ? launch_t<__half>(p, sh, stream) : launch_t<__nv_bfloat16>(p, sh, stream);
 }
 
