@@ -55,10 +55,9 @@ int device_sm(const at::Tensor& x) {
 
 // The arguments of the kernels behind MatmulArgs (ks_matmul.cu, ks_stream.cu) for y, allocated by
 // the caller; `wc` and `xk` keep alive the contiguous copies made here (only where needed).
-MatmulArgs kernel_args(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pattern& p, int64_t B,
-                       bool batch_last, at::Tensor& wc, at::Tensor& xk) {
+// The pattern, batch and dtype part of MatmulArgs (pointers and ldx: the callers).
+MatmulArgs problem_args(const Pattern& p, int64_t B, bool batch_last, at::ScalarType st) {
   const auto [a, b, c, d] = p;
-  const int64_t in_f = a * c * d;
   MatmulArgs args{};
   args.batch = B;
   args.a = static_cast<int>(a);
@@ -66,8 +65,16 @@ MatmulArgs kernel_args(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, 
   args.c = static_cast<int>(c);
   args.d = static_cast<int>(d);
   args.batch_last = batch_last;
-  args.dtype = to_dtype(x.scalar_type());
+  args.dtype = to_dtype(st);
   args.allow_tf32 = at::globalContext().allowTF32CuBLAS();
+  return args;
+}
+
+MatmulArgs kernel_args(const at::Tensor& x, const at::Tensor& w, at::Tensor& y, const Pattern& p, int64_t B,
+                       bool batch_last, at::Tensor& wc, at::Tensor& xk) {
+  const auto [a, b, c, d] = p;
+  const int64_t in_f = a * c * d;
+  MatmulArgs args = problem_args(p, B, batch_last, x.scalar_type());
   wc = w.contiguous();
   // x rows (features for batch-first, batch for batch-last) must be unit-stride; copy only then.
   int64_t ldx = 0;
@@ -236,9 +243,8 @@ bool run_stream_chain(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
                       const std::optional<at::Tensor>& bias, Activation act, at::Tensor* out, bool must) {
   const int64_t in = x.size(-1), B = in > 0 ? x.numel() / in : 0;
   const Pattern p2{w2.size(0), w2.size(1), w2.size(2), w2.size(3)};
-  const auto [a, b, c, d] = p2;
   auto shape = x.sizes().vec();
-  shape.back() = a * b * d;
+  shape.back() = p2[0] * p2[1] * p2[3];
   at::Tensor y = at::empty(shape, x.options());
   if (B == 0) {
     *out = y;
@@ -246,20 +252,12 @@ bool run_stream_chain(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
   }
   at::Tensor xk, bc;
   const at::Tensor w1c = w1.contiguous(), w2c = w2.contiguous();
-  MatmulArgs args{};
-  args.x = nullptr;
-  args.ldx = rows_of(x, B, in, xk);
+  MatmulArgs args = problem_args(p2, B, false, x.scalar_type());
+  args.ldx = rows_of(x, B, in, xk);  // the chain's input: a1 * c1 features
   TORCH_CHECK(args.ldx >= 0, "ks: negative strides are not supported");
   args.x = xk.data_ptr();
   args.w = w2c.data_ptr();
   args.y = y.data_ptr();
-  args.batch = B;
-  args.a = static_cast<int>(a);
-  args.b = static_cast<int>(b);
-  args.c = static_cast<int>(c);
-  args.d = static_cast<int>(d);
-  args.batch_last = false;
-  args.dtype = to_dtype(x.scalar_type());
   const detail::StreamFirstFactor first{w1c.const_data_ptr(), static_cast<int>(w1.size(0)),
                                         static_cast<int>(w1.size(1)), static_cast<int>(w1.size(2))};
   if (bias) bc = bias->contiguous();

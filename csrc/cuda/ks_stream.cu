@@ -419,26 +419,17 @@ cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
   return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
-template <typename T>
-cudaError_t launch_t(const StreamParams& p, const StreamShape& sh, cudaStream_t stream) {
+// P = StreamChainParams (the chain's launch) only up to 64 columns: stream_matmul checks.
+template <typename T, typename P>
+cudaError_t launch_t(const P& p, const StreamShape& sh, cudaStream_t stream) {
   switch (sh.nt) {
     case 1: return launch_nt<T, 1>(p, sh, stream);
     case 2: return launch_nt<T, 2>(p, sh, stream);
     case 4: return launch_nt<T, 4>(p, sh, stream);
     case 8: return launch_nt<T, 8>(p, sh, stream);
-    case 16: return launch_nt<T, 16>(p, sh, stream);
-    default: return cudaErrorInvalidValue;
-  }
-}
-
-// The chain's launch: up to 64 columns (stream_matmul checks).
-template <typename T>
-cudaError_t launch_t(const StreamChainParams& p, const StreamShape& sh, cudaStream_t stream) {
-  switch (sh.nt) {
-    case 1: return launch_nt<T, 1>(p, sh, stream);
-    case 2: return launch_nt<T, 2>(p, sh, stream);
-    case 4: return launch_nt<T, 4>(p, sh, stream);
-    case 8: return launch_nt<T, 8>(p, sh, stream);
+    case 16:
+      if constexpr (std::is_same<P, StreamParams>::value) return launch_nt<T, 16>(p, sh, stream);
+      return cudaErrorInvalidValue;
     default: return cudaErrorInvalidValue;
   }
 }
