@@ -329,18 +329,22 @@ inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
 }
 
 // ks::chain of two factors at decode sizes in one Stream launch (ks_stream.cu, StreamChainParams):
-// each block computes the slice of F1's output that its K slice of F2 reads, so the chain is one
-// launch instead of F1's GEMM plus F2's (at decode sizes each costs ~4-8 us, most of it launch and
-// ramp: the 384 and 1024 MLP blocks measured 1.4-3x dense for it). Its form: F1 = (a1, b1, c1, 1)
-// with c1 a multiple of 8, F2 = (1, b2, c2, d2 <= 8) where the rule streams F2 at up to 64
-// columns (rows x Gp) -- the `auto` chains' shape. Written in session 8, not yet measured: the
-// rule to be refitted.
+// each block computes the slice of F1's output that its K slice of F2 reads (by MMAs, two m16
+// tiles of one group i1 at a time: b1 % 32 == 0), so the chain is one launch instead of F1's GEMM
+// plus F2's. Its form: F1 = (a1, b1, c1, 1) with c1 a multiple of 8, F2 = (1, b2, c2, d2 <= 8)
+// streamed at up to 64 columns (rows x Gp) -- the `auto` chains' shape. Every row tile of F2
+// re-reads its K slice's rows of w1 from L2, k_slice x c1 elements per block: the fc1-type chains
+// ((a1, 64, 64, 1) -> (1, 4 h, h, 2) of the 384-1024 blocks: 12-24 K elements) ran 1.1-1.3x faster
+// than the two launches at 1-8 rows and 1.04-1.1x at 16 (H100, bf16, CUDA graphs,
+// benchmarks/results/chain2_h100_mma_f1.jsonl); the fc2-type ones (c1 = 256, F2 of one row tile
+// split over 2-8 blocks: 32-64 K; at 32 K it won at 1-2 rows, lost from 4) and the 4096 block's
+// fc1 (131 K) ran 1.1-2x slower.
 inline bool choose_stream_chain(const Problem& f1, const Problem& f2) {
-  // F1's recomputation, B x a1 b1 c1 FMAs per row tile of F2 (tiles of 128 rows of w2), kept under
-  // 2^25 in all (~1 us of the GPU's fp32 FMA rate; an estimate, to be fitted on a sweep).
-  const int64_t redo = f2.batch * weight_elems(f1) * ((f2.b + 127) / 128);
-  return f1.d == 1 && !f1.batch_last && f1.c % 8 == 0 && f2.a == 1 && f2.d <= 8 && f1.a * f1.b == f2.c * f2.d &&
-         f2.batch * stream_cols(f2.d) <= 64 && redo <= (int64_t{1} << 25) && stream_takes(f2, true);
+  if (!(f1.d == 1 && !f1.batch_last && f1.c % 8 == 0 && f1.b % 32 == 0 && f2.a == 1 && f2.d <= 8 &&
+        f1.a * f1.b == f2.c * f2.d && f2.batch * stream_cols(f2.d) <= 64 && stream_takes(f2, true)))
+    return false;
+  StreamShape s;
+  return stream_shape(f2.a, f2.b, f2.c, f2.d, f2.batch, 132, &s) && int64_t{s.k_slice} * f1.c <= 24576;
 }
 
 }  // namespace ks

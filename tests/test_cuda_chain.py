@@ -108,10 +108,13 @@ def test_stream_epilogue_at_decode_sizes(chain, name, activation):
 
 # ks::chain at decode sizes in one Stream launch (plan 'stream', ks_stream.cu StreamChainParams):
 # each block computes the slice of F1's output its K slice of F2 reads. The `auto` chain of the
-# 1024 -> 4096 layer (K split over a cluster of 8 blocks), of the 384-wide fc2 (d = 3, padded to 4
-# columns per row), and ragged ones: c1 = 16, d2 = 6 (padded to 8), b2 = 13 (a row tile's tail).
+# 1024 -> 4096 layer (K split over a cluster of 4 blocks), of the 384-wide fc2 (d = 3, padded to 4
+# columns per row), and ragged ones: c1 = 16 and 24 (F1's k steps end inside a 32-k step), d2 = 6
+# (padded to 8), b2 = 13 and 40 (row tiles' tails), K = 288 split 160 + 128 (a block's last
+# position pair past K).
 STREAM_CHAIN_PLAN = [[(16, 64, 64, 1), (1, 2048, 512, 2)], [(6, 64, 256, 1), (1, 128, 128, 3)],
-                     [(3, 40, 16, 1), (1, 24, 20, 6)], [(2, 48, 24, 1), (1, 13, 24, 4)]]
+                     [(3, 32, 16, 1), (1, 24, 16, 6)], [(2, 64, 24, 1), (1, 13, 32, 4)],
+                     [(9, 32, 16, 1), (1, 40, 144, 2)]]
 
 
 @pytest.mark.parametrize("activation", ["none", "gelu", "silu"])
@@ -143,12 +146,15 @@ def test_stream_chain_in_one_launch(chain, name, activation):
 def test_stream_chain_refuses_what_it_does_not_serve():
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("the stream plan needs sm_90")
-    x, factors, b = make([(3, 40, 16, 1), (1, 24, 20, 6)], 17, torch.bfloat16)  # 17 x 8 columns > 128
+    x, factors, b = make([(3, 32, 16, 1), (1, 24, 16, 6)], 17, torch.bfloat16)  # 17 x 8 columns > 128
     with pytest.raises(RuntimeError, match="plan 'stream' does not serve"):
         chain_with_plan(x, factors, b, "gelu", plan="stream")
     x, factors, b = make([(2, 8, 12, 1), (1, 10, 8, 2)], 2, torch.bfloat16)  # c1 = 12: not whole 16-byte chunks
     with pytest.raises(RuntimeError, match="plan 'stream' does not serve"):
         chain_with_plan(x, factors, b, "gelu", plan="stream")
+    y, factors2, b2 = make([(3, 48, 16, 1), (1, 24, 36, 4)], 2, torch.bfloat16)  # b1 = 48: F1's m16 tile pairs span two groups
+    with pytest.raises(RuntimeError, match="plan 'stream' does not serve"):
+        chain_with_plan(y, factors2, b2, "gelu", plan="stream")
     torch.testing.assert_close(ks_ops.chain(x, factors, b, "gelu"), chain_with_plan(x, factors, b, "gelu", plan="factors"),
                                rtol=0, atol=0)
 
@@ -318,5 +324,5 @@ def test_fused_chain_layouts_and_refusals():
     w1, w2 = make([(6, 32, 64, 1), (1, 384, 96, 2)], 1, torch.bfloat16)[1]  # b1 = 32
     with pytest.raises(RuntimeError, match=r"fused chain kernel does not serve"):
         chain_with_plan(x, [w1, w2], None, "none", plan="fused")
-    with pytest.raises(RuntimeError, match=r"plan must be 'factors' or 'fused'"):
+    with pytest.raises(RuntimeError, match=r"plan must be 'factors', 'fused' or 'stream', got 'nope'"):
         chain_with_plan(x, factors, b, "gelu", plan="nope")

@@ -258,18 +258,22 @@ def test_rule_between_decode_and_large_batches(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_rule_runs_decode_chains_in_one_stream_launch(dtype):
     """ks::chain at decode sizes (csrc/ks_plan.h, choose_stream_chain): F1 = (a1, b1, c1, 1) then
-    F2 = (1, b2, c2, d2 <= 8) in one Stream launch while F2 is streamed at <= 64 columns and F1's
-    recomputation per row tile of F2 stays small; 16-bit on sm_90 only."""
-    fc1, fc2 = [(16, 64, 64, 1), (1, 2048, 512, 2)], [(16, 64, 256, 1), (1, 128, 128, 8)]
-    for rows in (1, 4, 16):
-        assert chain_plan_for(fc1, rows, dtype) == "stream", rows
-        assert chain_plan_for(fc1, rows, dtype, sm=80) == "factors"
-        assert chain_plan_for(fc1, rows, torch.float32) == "factors"
-    assert chain_plan_for(fc1, 32, dtype) == "factors"         # F2 at 32 rows: Interleaved
-    assert chain_plan_for(fc2, 8, dtype) == "stream"            # 8 rows x 8 columns
-    assert chain_plan_for(fc2, 9, dtype) == "factors"           # 72 columns
-    assert chain_plan_for([(6, 64, 256, 1), (1, 128, 128, 3)], 16, dtype) == "stream"  # d2 = 3: 4 columns a row
+    F2 = (1, b2, c2, d2 <= 8) in one Stream launch while F2 is streamed at <= 64 columns and each
+    block's share of F1 (its K slice x c1 elements of w1) is small; 16-bit on sm_90 only."""
+    for h in (384, 768, 1024):  # the fc1-type auto chains: K slices of 192-384 x c1 = 64
+        fc1 = [(h // 64, 64, 64, 1), (1, 2 * h, h // 2, 2)]
+        for rows in (1, 4, 16):
+            assert chain_plan_for(fc1, rows, dtype) == "stream", (h, rows)
+            assert chain_plan_for(fc1, rows, dtype, sm=80) == "factors"
+            assert chain_plan_for(fc1, rows, torch.float32) == "factors"
+        assert chain_plan_for(fc1, 32, dtype) == "factors", h  # F2 at 32 rows: Interleaved
+    # fc2-type chains (c1 = 256, F2 of one 128-row tile): 256 x 256 elements of w1 per block
+    for fc2 in ([(16, 64, 256, 1), (1, 128, 128, 8)], [(6, 64, 256, 1), (1, 128, 128, 3)]):
+        for rows in (1, 4, 8):
+            assert chain_plan_for(fc2, rows, dtype) == "factors", (fc2, rows)
+    assert chain_plan_for([(64, 64, 64, 1), (1, 8192, 2048, 2)], 1, dtype) == "factors"  # 2048 x 64 per block
+    assert chain_plan_for([(3, 32, 16, 1), (1, 24, 16, 6)], 2, dtype) == "stream"     # d2 = 6: 8 columns a row
+    assert chain_plan_for([(3, 32, 16, 1), (1, 24, 16, 6)], 9, dtype) == "factors"    # 72 columns
     assert chain_plan_for([(2, 8, 12, 1), (1, 10, 8, 2)], 2, dtype) == "factors"  # c1 = 12: not 16-byte chunks
+    assert chain_plan_for([(3, 48, 16, 1), (1, 24, 36, 4)], 2, dtype) == "factors"  # b1 = 48: tile pairs span groups
     assert chain_plan_for([(2, 8, 16, 2), (1, 8, 8, 4)], 2, dtype) == "factors"   # F1 with d = 2
-    big = [(64, 64, 64, 1), (1, 8192, 2048, 2)]  # F1 recomputed by 64 row tiles of F2
-    assert chain_plan_for(big, 1, dtype) == "stream" and chain_plan_for(big, 4, dtype) == "factors"

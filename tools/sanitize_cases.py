@@ -60,9 +60,10 @@ STREAM_CASES = [((1, 7, 8, 1), 3), ((3, 100, 38, 4), 16), ((2, 33, 136, 24), 5),
 # its epilogue (a K split over a cluster of 4 in the second).
 STREAM_CHAIN_CASES = [([(6, 8, 8, 1), (1, 10, 12, 4)], 7), ([(4, 256, 192, 1), (1, 40, 256, 4)], 5)]
 # ks::chain in one Stream launch (plan 'stream': F1's output computed per block for its K slice):
-# a K split over a cluster of 8, a padded group of 6 planes, a row tile's tail (b2 = 13).
-STREAM_CHAIN_PLAN_CASES = [([(16, 64, 64, 1), (1, 2048, 512, 2)], 5), ([(3, 40, 16, 1), (1, 24, 20, 6)], 7),
-                           ([(2, 48, 24, 1), (1, 13, 24, 4)], 3)]
+# a K split over a cluster of 4, a padded group of 6 planes, a row tile's tail (b2 = 13) with c1 =
+# 24 (F1's k ends inside a step), K = 288 split 160 + 128.
+STREAM_CHAIN_PLAN_CASES = [([(16, 64, 64, 1), (1, 2048, 512, 2)], 5), ([(3, 32, 16, 1), (1, 24, 16, 6)], 7),
+                           ([(2, 64, 24, 1), (1, 13, 32, 4)], 3), ([(9, 32, 16, 1), (1, 40, 144, 2)], 2)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]
 
 

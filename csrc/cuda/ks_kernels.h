@@ -77,7 +77,7 @@ cudaError_t bias_activation(void* z, const void* bias, int64_t rows, int64_t fea
 // With `first` (ks::chain of two factors at decode sizes, one launch): args.x is the chain's input
 // and args.w / the pattern its second factor F2 = (1, b, c, d <= 8); each block computes the slice
 // of the intermediate h = x K1^T its K slice reads, from first->w = F1 = (a1, b1, c1, 1) (c1 a
-// multiple of 8, a1 * b1 = c * d), rounded to 16 bits as the unfused chain rounds it.
+// multiple of 8, b1 of 32, a1 * b1 = c * d), rounded to 16 bits as the unfused chain rounds it.
 // Batch-first only; x's rows and F1 16-byte aligned, else cudaErrorNotSupported.
 struct StreamFirstFactor {
   const void* w;

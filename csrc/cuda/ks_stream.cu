@@ -76,63 +76,6 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// sum over 8 pairs of 16-bit values (two 16-byte vectors), in fp32.
-template <typename T>
-__device__ __forceinline__ float dot8(const uint4& u, const uint4& v, float z) {
-  const uint32_t* a = reinterpret_cast<const uint32_t*>(&u);
-  const uint32_t* b = reinterpret_cast<const uint32_t*>(&v);
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    float2 fa, fb;
-    if constexpr (std::is_same<T, __half>::value) {
-      fa = __half22float2(*reinterpret_cast<const __half2*>(&a[t]));
-      fb = __half22float2(*reinterpret_cast<const __half2*>(&b[t]));
-    } else {
-      fa = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[t]));
-      fb = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&b[t]));
-    }
-    z = fmaf(fa.x, fb.x, z);
-    z = fmaf(fa.y, fb.y, z);
-  }
-  return z;
-}
-
-// ks::chain's first factor F1 = (a1, b1, c1, 1) for this block's K slice of F2 = (1, b, c, d) with
-// G = d: position pos of the slice is feature pos of the intermediate h, h[n, f] = sum_k
-// w1[f, k] x[n, (f / b1) c1 + k], f = i1 b1 + j1. Rows n < nb of xs, zeros past the batch and K;
-// each h value rounded to T (as the unfused chain stores it). A thread takes one position and
-// four rows at a time: its w1 row (c1 elements, 16-byte chunks) is read once per four rows; the
-// x chunks are the same for the 64 or so positions of one block i1 (L1 hits).
-template <typename T>
-__device__ __forceinline__ void stage_first_factor(const StreamChainParams& p, T* xs, int kbeg, int kend) {
-  const T* x = static_cast<const T*>(p.x);
-  const T* w1 = static_cast<const T*>(p.w1);
-  const int chunks = p.c1 >> 3;
-  for (int e = threadIdx.x; e < p.k_slice; e += blockDim.x) {
-    const int f = kbeg + e;
-    const bool fin = f < kend;
-    const int i1 = fin ? f / p.b1 : 0;
-    const uint4* wr = reinterpret_cast<const uint4*>(w1 + (int64_t)(fin ? f : 0) * p.c1);
-    for (int n0 = 0; n0 < p.nb; n0 += 4) {
-      float z[4] = {0.f, 0.f, 0.f, 0.f};
-      if (fin && n0 < p.batch) {
-        const uint4* xr[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u)
-          xr[u] = reinterpret_cast<const uint4*>(x + (int64_t)min(n0 + u, (int)p.batch - 1) * p.ldx + (int64_t)i1 * p.c1);
-        for (int k8 = 0; k8 < chunks; ++k8) {
-          const uint4 wv = wr[k8];
-#pragma unroll
-          for (int u = 0; u < 4; ++u) z[u] = dot8<T>(wv, xr[u][k8], z[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (n0 + u < p.nb) xs[(n0 + u) * p.xs_stride + e] = from_f<T>(n0 + u < p.batch ? z[u] : 0.f);
-    }
-  }
-}
-
 template <typename T>
 __device__ __forceinline__ void mma16816(float* acc, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -146,6 +89,87 @@ __device__ __forceinline__ void mma16816(float* acc, uint32_t a0, uint32_t a1, u
                  "{%0,%1,%2,%3};"
                  : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+// ks::chain's first factor F1 = (a1, b1, c1, 1) for this block's K slice of F2 = (1, b, c, d) with
+// G = d: position pos of the slice is feature pos of the intermediate h, h[n, f] = sum_k
+// w1[f, k] x[n, (f / b1) c1 + k], f = i1 b1 + j1 -- a GEMM with M = the slice's positions (rows of
+// w1), N = x's rows n < nb, K = c1, done by the same m16n8k16 MMAs and k relabelling as the
+// mainloop (both operands 16-byte loads of 8 consecutive k). A warp takes two m16 tiles (32
+// positions, one group i1: b1 % 32 == 0) at a time and issues every load of SB 32-k steps before
+// their MMAs, so that F1 costs a few L2 round trips per block (a scalar version with one dot per
+// thread and a serial k loop measured 2-8x slower than F1's own launch, results/chain1_h100_*).
+// Each h value is rounded to T (as the unfused chain stores it); zeros past the batch and K.
+template <typename T, int NT>
+__device__ __forceinline__ void stage_first_factor(const StreamChainParams& p, T* xs, int kbeg, int kend) {
+  constexpr int SB = NT >= 8 ? 1 : 2;  // 32-k steps per round of loads (registers: (4 + NT) x SB uint4)
+  const T* x = static_cast<const T*>(p.x);
+  const T* w1 = static_cast<const T*>(p.w1);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int r = lane >> 2, q = lane & 3;
+  const int tiles = p.k_slice >> 4, ksteps = (p.c1 + 31) >> 5;
+  for (int t0 = 2 * warp; t0 < tiles; t0 += 2 * warps) {
+    const int pos0 = kbeg + t0 * 16;  // a multiple of 32: the pair lies in group pos0 / b1
+    const bool pin = pos0 < kend;
+    const int64_t grp_col = pin ? (int64_t)(pos0 / p.b1) * p.c1 : 0;
+    const T* wr[2][2];
+    bool wok[2];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      wok[mt] = pos0 + 16 * mt < kend;  // kend is a multiple of 16 (K = a1 b1)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wr[mt][h] = w1 + (int64_t)(wok[mt] ? pos0 + 16 * mt + 8 * h + r : 0) * p.c1 + q * 8;
+    }
+    const T* xr[NT];
+    bool xok[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const int n = t * 8 + r;
+      xok[t] = pin && n < p.batch;
+      xr[t] = x + (xok[t] ? (int64_t)n * p.ldx + grp_col : 0) + q * 8;
+    }
+    float acc[2][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][t][e] = 0.f;
+    for (int s0 = 0; s0 < ksteps; s0 += SB) {
+      uint4 A[SB][2][2], Bv[SB][NT];
+#pragma unroll
+      for (int sb = 0; sb < SB; ++sb) {
+        const int k = (s0 + sb) * 32;
+        const bool kin = s0 + sb < ksteps && k + q * 8 < p.c1;  // c1 % 8 == 0: whole chunks
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) A[sb][mt][h] = kin && wok[mt] ? ldg16(wr[mt][h] + k) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) Bv[sb][t] = kin && xok[t] ? ldg16(xr[t] + k) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int sb = 0; sb < SB; ++sb)
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt) {
+            mma16816<T>(acc[mt][t], A[sb][mt][0].x, A[sb][mt][1].x, A[sb][mt][0].y, A[sb][mt][1].y, Bv[sb][t].x, Bv[sb][t].y);
+            mma16816<T>(acc[mt][t], A[sb][mt][0].z, A[sb][mt][1].z, A[sb][mt][0].w, A[sb][mt][1].w, Bv[sb][t].z, Bv[sb][t].w);
+          }
+    }
+    // C fragment: (position row r / r + 8 of tile mt, column n = 8t + 2q / 2q + 1); every position
+    // of the slice and every row n < nb is written (zeros from zero operands past K and the batch).
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int t = 0; t < NT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int n = t * 8 + 2 * q + (e & 1), pos = (t0 + mt) * 16 + r + (e >> 1) * 8;
+          if (n < p.nb && t0 + mt < tiles) xs[n * p.xs_stride + pos] = from_f<T>(acc[mt][t][e]);
+        }
   }
 }
 
@@ -302,7 +326,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   T* xs = reinterpret_cast<T*>(smem);
   const int xs_stride = p.xs_stride;
   if constexpr (kFirst) {
-    stage_first_factor<T>(p, xs, kbeg, kend);
+    stage_first_factor<T, NT>(p, xs, kbeg, kend);
   } else {
     const int chunks = p.k_slice >> 3;
     const T* x = static_cast<const T*>(p.x);
@@ -441,7 +465,7 @@ cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation,
   StreamShape sh;
   if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh))
     return cudaErrorNotSupported;  // nothing launched: the caller may take another plan
-  if (first && (g.batch_last || g.a != 1 || sh.group != g.d || sh.nt > 8 || first->c % 8 != 0 || !aligned16(first->w) ||
+  if (first && (g.batch_last || g.a != 1 || sh.group != g.d || sh.nt > 8 || first->c % 8 != 0 || first->b % 32 != 0 || !aligned16(first->w) ||
                 !aligned16(g.x) || g.ldx % 8 != 0 || (int64_t)first->a * first->b != (int64_t)g.c * g.d))
     return cudaErrorNotSupported;
   StreamParams p{};
