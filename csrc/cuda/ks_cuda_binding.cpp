@@ -265,7 +265,7 @@ bool run_stream_chain(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
                                                 static_cast<int>(act), c10::cuda::getCurrentCUDAStream(), &first);
   TORCH_CHECK(err != cudaErrorNotSupported || !must,
               "ks::_chain_plan: plan 'stream' does not serve these arguments (16-bit, sm_90, batch-first; "
-              "F1 = (a1, b1, c1, 1) with c1 % 8 == 0, F2 = (1, b2, c2, d2 <= 8) at rows x d2 <= 64-128; x's "
+              "F1 = (a1, b1, c1, 1) with b1 % 32 == 0 and c1 % 8 == 0, F2 = (1, b2, c2, d2 <= 8) at rows x d2 <= 64-128; x's "
               "rows and both factors 16-byte aligned)");
   if (err == cudaErrorNotSupported) return false;
   check_launch(err, "stream chain kernel", p2, B, x, false);

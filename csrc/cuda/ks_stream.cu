@@ -272,7 +272,7 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
 // NT: n8 tiles (N = 8 NT columns >= B * Gp). Block = 32 * warps threads, 16 kMT rows per warp.
 // P: StreamParams, or StreamChainParams for ks::chain's launch (x is then the chain's input and
 // the block stages its first factor's output for its K slice).
-template <typename T, int NT, typename P, int kMT = (NT >= 16 ? 1 : 2)>
+template <typename T, int NT, typename P, int kMT = (NT >= 16 ? 1 : 2), int kDepth = 2>
 __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   constexpr bool kFirst = std::is_same<P, StreamChainParams>::value;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -317,9 +317,9 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
       for (int h = 0; h < 2; ++h)
         A[mt][h] = (in && wok[mt][h]) ? ldg16_no_l1(wrow[mt][h] + off) : make_uint4(0, 0, 0, 0);
   };
-  uint4 A0[kMT][2], A1[kMT][2];
-  load_step(A0, 0);  // in flight while x is staged
-  load_step(A1, 1);
+  uint4 A[kDepth][kMT][2];  // kDepth steps in flight
+#pragma unroll
+  for (int u = 0; u < kDepth; ++u) load_step(A[u], u);  // in flight while x is staged
 
   // x rows n < nb, positions [kbeg, kbeg + k_slice), as 8-position chunks (zeros past B and K),
   // copied asynchronously where rows are 16-byte aligned.
@@ -403,13 +403,13 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
       }
     }
   };
-  for (int s = 0; s < steps; s += 2) {
-    compute_step(A0, s);
-    load_step(A0, s + 2);
-    if (s + 1 < steps) {
-      compute_step(A1, s + 1);
-      load_step(A1, s + 3);
-    }
+  for (int s = 0; s < steps; s += kDepth) {
+#pragma unroll
+    for (int u = 0; u < kDepth; ++u)
+      if (s + u < steps) {
+        compute_step(A[u], s + u);
+        load_step(A[u], s + u + kDepth);
+      }
   }
 
   switch (p.act) {  // the epilogue's code once per activation, not a switch per output
