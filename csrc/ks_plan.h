@@ -77,6 +77,8 @@ struct StreamShape {
   int k_slice = 0;    // K positions per block, a multiple of 32
   int xs_stride = 0;  // elements between staged x rows: 64 bytes mod 128, so that a quarter
                       // warp's 16-byte fragment loads (rows r, r + 1 x chunks q) hit distinct banks
+  int depth = 0;      // 32-position steps of w in flight per thread: 4 where the grid is one
+                      // wave (latency-bound), 2 where blocks queue (registers, occupancy)
   int64_t blocks = 0, smem = 0;
 };
 
@@ -113,13 +115,22 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
     s.xs_stride = s.k_slice + (s.k_slice % 64 == 0 ? 32 : 0);
     s.smem = std::max<int64_t>(2 * s.nb * static_cast<int64_t>(s.xs_stride), split > 1 ? 4 * rows * (8 * s.nt + 1) : 0);
   };
-  int split = 1;  // doubled while the blocks stay within one wave of two per SM
-  while (split < 8 && units * split * 2 <= 2 * sms && K >= 256 * split) split *= 2;
+  // split doubled while the blocks stay within one wave and each keeps >= 32 positions: at decode
+  // sizes the time is a few round trips of w's loads, and more blocks put more bytes in flight
+  // ((1, 768, 192, 2) at one row 7.0 -> 4.7 us, (1, 128, 128, 3) at 16 rows 16.2 -> 9.1 us against
+  // >= 128 positions per block; benchmarks/results/stream4_h100_split_depth_ab.jsonl).
+  int split = 1;
+  while (split < 8 && units * split * 2 <= 2 * sms && K >= 64 * split) split *= 2;
   size(split);
   while (s.smem > kStreamMaxSmem && split < 8) size(split *= 2);
   if (s.smem > kStreamMaxSmem) return false;
   s.blocks = units * s.split;
   if (s.blocks > 0x7fffffffLL) return false;
+  // Four steps in flight: 0.9-1.2x the time of two on one-wave grids ((16, 64, 256, 1) ->
+  // (1, 128, 128, 8) in one launch 11.7 -> 7.1 us), but 1.4x on (1, 8192, 2048, 2) at 16 rows (256
+  // blocks: registers cut the blocks per SM). Same A/B. Not at nt = 8 (two m16 tiles x 64
+  // columns: 4 steps of w would spill ~500 bytes a thread).
+  s.depth = s.blocks <= sms && s.nt != 8 ? 4 : 2;
   *out = s;
   return true;
 }
@@ -338,13 +349,16 @@ inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
 // than the two launches at 1-8 rows and 1.04-1.1x at 16 (H100, bf16, CUDA graphs,
 // benchmarks/results/chain2_h100_mma_f1.jsonl); the fc2-type ones (c1 = 256, F2 of one row tile
 // split over 2-8 blocks: 32-64 K; at 32 K it won at 1-2 rows, lost from 4) and the 4096 block's
-// fc1 (131 K) ran 1.1-2x slower.
+// fc1 (131 K) ran 1.1-2x slower. With F2 split down to 32-64 positions a block and 4 steps of w2
+// in flight (stream_shape), the 384 block's fc2 chain (16 K) took 6.3-15.5 us against the two
+// launches' 10.9-19.5 at 1-16 rows, the 1024 block's (32 K) 7.1 against 11.1 at one row but 13.4
+// against 9.9 at four (benchmarks/results/stream4_h100_split_depth_ab.jsonl).
 inline bool choose_stream_chain(const Problem& f1, const Problem& f2) {
   if (!(f1.d == 1 && !f1.batch_last && f1.c % 8 == 0 && f1.b % 32 == 0 && f2.a == 1 && f2.d <= 8 &&
         f1.a * f1.b == f2.c * f2.d && f2.batch * stream_cols(f2.d) <= 64 && stream_takes(f2, true)))
     return false;
   StreamShape s;
-  return stream_shape(f2.a, f2.b, f2.c, f2.d, f2.batch, 132, &s) && int64_t{s.k_slice} * f1.c <= 24576;
+  return stream_shape(f2.a, f2.b, f2.c, f2.d, f2.batch, 132, &s) && int64_t{s.k_slice} * f1.c <= (f2.batch <= 2 ? 32768 : 24576);
 }
 
 }  // namespace ks

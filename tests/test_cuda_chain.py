@@ -79,7 +79,7 @@ def test_misaligned_bias_and_empty_batch():
 
 # Decode-sized rows: the last factor runs on the Stream plan (sm_90, 16-bit), which adds the bias
 # and applies the activation before its one rounding -- no epilogue kernel. (1, 40, 256, 4): a K
-# split over a cluster of 4, so the bias is added once, after the ranks' partial sums. (Last
+# split over a cluster of 8, so the bias is added once, after the ranks' partial sums. (Last
 # factors with d = 4 or 3: the rule streams them at 1-16 rows; d = 2 goes to the gemv kernel at one.)
 STREAM_CHAINS = [[(6, 8, 8, 1), (1, 10, 12, 4)], [(4, 256, 192, 1), (1, 40, 256, 4)], [(16, 64, 64, 1), (1, 2048, 256, 4)],
                  [(2, 96, 48, 1), (1, 50, 64, 3)]]
@@ -108,10 +108,10 @@ def test_stream_epilogue_at_decode_sizes(chain, name, activation):
 
 # ks::chain at decode sizes in one Stream launch (plan 'stream', ks_stream.cu StreamChainParams):
 # each block computes the slice of F1's output its K slice of F2 reads. The `auto` chain of the
-# 1024 -> 4096 layer (K split over a cluster of 4 blocks), of the 384-wide fc2 (d = 3, padded to 4
+# 1024 -> 4096 layer (K split over a cluster of 8 blocks), of the 384-wide fc2 (d = 3, padded to 4
 # columns per row), and ragged ones: c1 = 16 and 24 (F1's k steps end inside a 32-k step), d2 = 6
-# (padded to 8), b2 = 13 and 40 (row tiles' tails), K = 288 split 160 + 128 (a block's last
-# position pair past K).
+# (padded to 8), b2 = 13 and 40 (row tiles' tails), K = 288 over a cluster of 8 (64 positions a
+# block: one slice half past K, three empty).
 STREAM_CHAIN_PLAN = [[(16, 64, 64, 1), (1, 2048, 512, 2)], [(6, 64, 256, 1), (1, 128, 128, 3)],
                      [(3, 32, 16, 1), (1, 24, 16, 6)], [(2, 64, 24, 1), (1, 13, 32, 4)],
                      [(9, 32, 16, 1), (1, 40, 144, 2)]]

@@ -314,7 +314,9 @@ STREAM_PATTERNS = [(1, 7, 8, 1), (3, 13, 16, 1), (2, 17, 36, 2), (1, 130, 36, 2)
                    (1, 2048, 512, 2),
                    # groups of 3, 5, 6, 7 planes (padded to 4 or 8 columns per x row; masks that turn
                    # with the position's phase); (1, 128, 1024, 3): a K split over a cluster
-                   (2, 61, 24, 3), (1, 128, 128, 6), (3, 40, 16, 5), (1, 72, 8, 7), (1, 128, 1024, 3)]
+                   (2, 61, 24, 3), (1, 128, 128, 6), (3, 40, 16, 5), (1, 72, 8, 7), (1, 128, 1024, 3),
+                   # 136 blocks (more than an H100's SMs): two steps of w in flight instead of four
+                   (17, 1024, 8, 1)]
 
 
 @pytest.mark.parametrize("batch_last", [False, True], ids=["bf", "bl"])

@@ -52,16 +52,18 @@ FUSED_CHAIN_CASES = [([(4, 64, 40, 1), (1, 100, 64, 4)], 37), ([(3, 64, 24, 1), 
 # The Stream plan (ks_stream.cu, group stream, sm_90): plane groups 1, 2, 4 and 8 (d = 24: three
 # groups), row tails, K tails, K split over clusters of 2-8 blocks ((1, 300, 2048, 1): 8), column
 # tiles of 64 and of 128 (one m16 tile per warp), groups of 3 and 7 planes (masks turning with the
-# position's phase; the last one split over a cluster); both layouts.
+# position's phase; the last one split over a cluster), four steps of w in flight and, on 136
+# blocks (more than the SMs), two; both layouts.
 STREAM_CASES = [((1, 7, 8, 1), 3), ((3, 100, 38, 4), 16), ((2, 33, 136, 24), 5), ((1, 300, 2048, 1), 64),
                 ((1, 40, 1000, 2), 13), ((1, 130, 36, 2), 64), ((2, 40, 37, 8), 16),
-                ((2, 61, 24, 3), 21), ((1, 72, 8, 7), 9), ((1, 128, 1024, 3), 5)]
+                ((2, 61, 24, 3), 21), ((1, 72, 8, 7), 9), ((1, 128, 1024, 3), 5), ((17, 1024, 8, 1), 7)]
 # ks::chain at decode sizes: the last factor on the Stream plan with the bias and the activation in
-# its epilogue (a K split over a cluster of 4 in the second).
+# its epilogue (a K split over a cluster of 8 in the second).
 STREAM_CHAIN_CASES = [([(6, 8, 8, 1), (1, 10, 12, 4)], 7), ([(4, 256, 192, 1), (1, 40, 256, 4)], 5)]
 # ks::chain in one Stream launch (plan 'stream': F1's output computed per block for its K slice):
-# a K split over a cluster of 4, a padded group of 6 planes, a row tile's tail (b2 = 13) with c1 =
-# 24 (F1's k ends inside a step), K = 288 split 160 + 128.
+# a K split over a cluster of 8, a padded group of 6 planes, a row tile's tail (b2 = 13) with c1 =
+# 24 (F1's k ends inside a step), K = 288 over a cluster of 8 (64 positions each: a half-full slice
+# and three empty ones).
 STREAM_CHAIN_PLAN_CASES = [([(16, 64, 64, 1), (1, 2048, 512, 2)], 5), ([(3, 32, 16, 1), (1, 24, 16, 6)], 7),
                            ([(2, 64, 24, 1), (1, 13, 32, 4)], 3), ([(9, 32, 16, 1), (1, 40, 144, 2)], 2)]
 DTYPES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False), (torch.float16, False)]

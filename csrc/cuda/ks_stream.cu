@@ -19,10 +19,11 @@
 // (logical k {2q, 2q+1, 2q+8, 2q+9} of MMA s are positions 8q + 4s + {0..3}), which B's fragments
 // follow: X's columns come from x rows staged once in shared memory, masked to plane l by a per-
 // thread constant (columns are n * G + l, so a thread's plane is its column's lane % G). w's chunks
-// go straight into registers two steps ahead of the MMAs; x's rows are one cp.async group.
+// go straight into registers 2 or 4 steps ahead of the MMAs (stream_shape's depth: 4 on one-wave
+// grids); x's rows are one cp.async group.
 //
-// Split over K: where (i, group, row tiles) give fewer than ~2 blocks per SM, a cluster of up to
-// 8 blocks splits K; each writes its fp32 partial tile to its shared memory and rank r sums rows
+// Split over K: where (i, group, row tiles) give fewer blocks than SMs, a cluster of up to 8
+// blocks splits K (>= 32 positions each); each writes its fp32 partial tile to its shared memory and rank r sums rows
 // of all ranks' tiles through distributed shared memory in rank order (deterministic), adds the
 // bias, applies the activation and writes y. One launch, no workspace.
 #include <cuda_bf16.h>
@@ -302,8 +303,8 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
       wok[mt][h] = j < p.b;
       wrow[mt][h] = w + ((int64_t)i * p.b + (wok[mt][h] ? j : 0)) * cd + goff;
     }
-  // w's chunks go straight into registers (one 16-byte load per row and step), two steps ahead of
-  // the MMAs: shared memory holds only x, so that four or more blocks share an SM (the warps hide
+  // w's chunks go straight into registers (one 16-byte load per row and step), kDepth steps ahead
+  // of the MMAs: shared memory holds only x, so that four or more blocks share an SM (the warps hide
   // each other's latencies; a cp.async ring of 6-12 steps measured 5-15 % slower for its lower
   // occupancy, benchmarks/NOTES.md).
   const int threads = blockDim.x;
@@ -421,9 +422,9 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   }
 }
 
-template <typename T, int NT, typename P>
+template <typename T, int NT, typename P, int kDepth>
 cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
-  auto kernel = stream_kernel<T, NT, P>;
+  auto kernel = stream_kernel<T, NT, P, (NT >= 16 ? 1 : 2), kDepth>;
   static std::atomic<uint64_t> configured{0};
   int dev = 0;
   const cudaError_t e = hopper::device_with_smem(kernel, (int)kStreamMaxSmem, configured, &dev);
@@ -443,16 +444,22 @@ cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
   return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
+template <typename T, int NT, typename P>
+cudaError_t launch_depth(const P& p, const StreamShape& sh, cudaStream_t stream) {
+  if constexpr (NT == 8) return launch_nt<T, NT, P, 2>(p, sh, stream);  // depth 2 only (stream_shape)
+  else return sh.depth == 4 ? launch_nt<T, NT, P, 4>(p, sh, stream) : launch_nt<T, NT, P, 2>(p, sh, stream);
+}
+
 // P = StreamChainParams (the chain's launch) only up to 64 columns: stream_matmul checks.
 template <typename T, typename P>
 cudaError_t launch_t(const P& p, const StreamShape& sh, cudaStream_t stream) {
   switch (sh.nt) {
-    case 1: return launch_nt<T, 1>(p, sh, stream);
-    case 2: return launch_nt<T, 2>(p, sh, stream);
-    case 4: return launch_nt<T, 4>(p, sh, stream);
-    case 8: return launch_nt<T, 8>(p, sh, stream);
+    case 1: return launch_depth<T, 1>(p, sh, stream);
+    case 2: return launch_depth<T, 2>(p, sh, stream);
+    case 4: return launch_depth<T, 4>(p, sh, stream);
+    case 8: return launch_depth<T, 8>(p, sh, stream);
     case 16:
-      if constexpr (std::is_same<P, StreamParams>::value) return launch_nt<T, 16>(p, sh, stream);
+      if constexpr (std::is_same<P, StreamParams>::value) return launch_depth<T, 16>(p, sh, stream);
       return cudaErrorInvalidValue;
     default: return cudaErrorInvalidValue;
   }
