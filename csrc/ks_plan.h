@@ -201,7 +201,8 @@ constexpr int64_t kHugeWeight = int64_t{1} << 24;
 // - d = 2 at one row: the gemv kernel was 1.4-1.55x faster on w of 0.3-2 M elements (the
 //   cluster split's barriers at a few microseconds), stream 1.15x faster on (1, 8192, 2048, 2).
 // in_chain: F2 of a 2-factor chain fused with its first factor (choose_stream_chain), where the
-// launch it saves outweighs the gemv kernel's 1-2.5 us edge at one row (not measured yet).
+// launch it saves outweighs the gemv kernel's 1-2.5 us edge at one row (the 384-1024 blocks' fc1
+// chains: 6.0-7.2 us in one launch against 10.7-11 for the gemv kernel's two).
 inline bool stream_takes(const Problem& q, bool in_chain = false) {
   const int cols = stream_cols(q.d);
   const bool huge_w = weight_elems(q) >= kHugeWeight;
@@ -344,21 +345,20 @@ inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
 // tiles of one group i1 at a time: b1 % 32 == 0), so the chain is one launch instead of F1's GEMM
 // plus F2's. Its form: F1 = (a1, b1, c1, 1) with c1 a multiple of 8, F2 = (1, b2, c2, d2 <= 8)
 // streamed at up to 64 columns (rows x Gp) -- the `auto` chains' shape. Every row tile of F2
-// re-reads its K slice's rows of w1 from L2, k_slice x c1 elements per block: the fc1-type chains
-// ((a1, 64, 64, 1) -> (1, 4 h, h, 2) of the 384-1024 blocks: 12-24 K elements) ran 1.1-1.3x faster
-// than the two launches at 1-8 rows and 1.04-1.1x at 16 (H100, bf16, CUDA graphs,
-// benchmarks/results/chain2_h100_mma_f1.jsonl); the fc2-type ones (c1 = 256, F2 of one row tile
-// split over 2-8 blocks: 32-64 K; at 32 K it won at 1-2 rows, lost from 4) and the 4096 block's
-// fc1 (131 K) ran 1.1-2x slower. With F2 split down to 32-64 positions a block and 4 steps of w2
-// in flight (stream_shape), the 384 block's fc2 chain (16 K) took 6.3-15.5 us against the two
-// launches' 10.9-19.5 at 1-16 rows, the 1024 block's (32 K) 7.1 against 11.1 at one row but 13.4
-// against 9.9 at four (benchmarks/results/stream4_h100_split_depth_ab.jsonl).
+// re-reads its K slice's rows of w1, k_slice x c1 elements a block (the "share"), and F1's work
+// grows with the rows. H100, bf16, CUDA graphs (benchmarks/results/chain3_h100_split_depth.jsonl):
+// - fc1-type chains ((h/64, 64, 64, 1) -> (1, 2h, h/2, 2), h = 384-1024; shares 4-8 K): 6.0-7.2
+//   us at 1-4 rows against the two launches' 8.5-11 (dense Linear + GELU 5.7-6.8), 1.05-1.4x
+//   faster to 16 rows;
+// - fc2-type ((h/64, 64, 256, 1) -> (1, 128, 128, h/128); shares 16-32 K): 1.2-1.4x faster at one
+//   row, even at two, 1.5-2x slower from 8;
+// - the 4096 block's fc1 (share 131 K): 1.1x slower at every size.
 inline bool choose_stream_chain(const Problem& f1, const Problem& f2) {
   if (!(f1.d == 1 && !f1.batch_last && f1.c % 8 == 0 && f1.b % 32 == 0 && f2.a == 1 && f2.d <= 8 &&
         f1.a * f1.b == f2.c * f2.d && f2.batch * stream_cols(f2.d) <= 64 && stream_takes(f2, true)))
     return false;
   StreamShape s;
-  return stream_shape(f2.a, f2.b, f2.c, f2.d, f2.batch, 132, &s) && int64_t{s.k_slice} * f1.c <= (f2.batch <= 2 ? 32768 : 24576);
+  return stream_shape(f2.a, f2.b, f2.c, f2.d, f2.batch, 132, &s) && int64_t{s.k_slice} * f1.c <= (f2.batch <= 2 ? 32768 : 8192);
 }
 
 }  // namespace ks

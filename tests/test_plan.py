@@ -267,12 +267,10 @@ def test_rule_runs_decode_chains_in_one_stream_launch(dtype):
             assert chain_plan_for(fc1, rows, dtype, sm=80) == "factors"
             assert chain_plan_for(fc1, rows, torch.float32) == "factors"
         assert chain_plan_for(fc1, 32, dtype) == "factors", h  # F2 at 32 rows: Interleaved
-    # fc2-type chains (c1 = 256, F2 of one 128-row tile over a cluster of 8): 64 x 256 elements of
-    # w1 a block for the 384 block's, 128 x 256 for the 1024 block's (only at 1-2 rows)
-    fc2 = [(6, 64, 256, 1), (1, 128, 128, 3)]
-    assert [chain_plan_for(fc2, rows, dtype) for rows in (1, 4, 16, 17)] == ["stream"] * 3 + ["factors"]
-    fc2 = [(16, 64, 256, 1), (1, 128, 128, 8)]
-    assert [chain_plan_for(fc2, rows, dtype) for rows in (1, 2, 3, 8)] == ["stream"] * 2 + ["factors"] * 2
+    # fc2-type chains (c1 = 256, F2 of one 128-row tile over a cluster of 8): 64 x 256 and 128 x
+    # 256 elements of w1 a block, taken at 1-2 rows only
+    for fc2 in ([(6, 64, 256, 1), (1, 128, 128, 3)], [(16, 64, 256, 1), (1, 128, 128, 8)]):
+        assert [chain_plan_for(fc2, rows, dtype) for rows in (1, 2, 3, 8)] == ["stream"] * 2 + ["factors"] * 2, fc2
     assert chain_plan_for([(64, 64, 64, 1), (1, 8192, 2048, 2)], 1, dtype) == "factors"  # 2048 x 64 per block
     assert chain_plan_for([(3, 32, 16, 1), (1, 24, 16, 6)], 2, dtype) == "stream"     # d2 = 6: 8 columns a row
     assert chain_plan_for([(3, 32, 16, 1), (1, 24, 16, 6)], 9, dtype) == "factors"    # 72 columns
