@@ -104,7 +104,7 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
   const int64_t cols = batch * s.cols;
   s.nt = cols <= 8 ? 1 : cols <= 16 ? 2 : cols <= 32 ? 4 : cols <= 64 ? 8 : 16;
   s.nb = static_cast<int>(8 * s.nt / s.cols);
-  const int64_t warp_rows = s.nt >= 16 ? 16 : 32;  // two m16 tiles per warp, one at 16 n8 tiles
+  const int64_t warp_rows = 16;  // one m16 tile per warp (ks_stream.cu kMT)
   s.warps = b > 2 * warp_rows ? 4 : b > warp_rows ? 2 : 1;
   const int64_t rows = warp_rows * s.warps;
   s.row_tiles = static_cast<int>((b + rows - 1) / rows);
@@ -115,12 +115,13 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
     s.xs_stride = s.k_slice + (s.k_slice % 64 == 0 ? 32 : 0);
     s.smem = std::max<int64_t>(2 * s.nb * static_cast<int64_t>(s.xs_stride), split > 1 ? 4 * rows * (8 * s.nt + 1) : 0);
   };
-  // split doubled while the blocks stay within one wave and each keeps >= 32 positions: at decode
-  // sizes the time is a few round trips of w's loads, and more blocks put more bytes in flight
-  // ((1, 768, 192, 2) at one row 7.0 -> 4.7 us, (1, 128, 128, 3) at 16 rows 16.2 -> 9.1 us against
-  // >= 128 positions per block; benchmarks/results/stream4_h100_split_depth_ab.jsonl).
+  // split doubled while the blocks stay within two per SM and each keeps >= 32 positions: at
+  // decode sizes the time is a few round trips of w's loads, and more blocks put more bytes in
+  // flight ((1, 768, 192, 2) at one row 7.0 -> 4.7 us, (1, 128, 128, 3) at 16 rows 16.2 -> 9.1 us
+  // against >= 128 positions and one block per SM; benchmarks/results/stream4_h100_split_depth_ab.jsonl;
+  // two per SM: (1, 8192, 2048, 2) at 32 rows 93.8 -> 87.3 us, stream5_h100_occupancy_ab.jsonl).
   int split = 1;
-  while (split < 8 && units * split * 2 <= 2 * sms && K >= 64 * split) split *= 2;
+  while (split < 8 && units * split <= 2 * sms && K >= 64 * split) split *= 2;
   size(split);
   while (s.smem > kStreamMaxSmem && split < 8) size(split *= 2);
   if (s.smem > kStreamMaxSmem) return false;
@@ -128,8 +129,9 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
   if (s.blocks > 0x7fffffffLL) return false;
   // Four steps in flight: 0.9-1.2x the time of two on one-wave grids ((16, 64, 256, 1) ->
   // (1, 128, 128, 8) in one launch 11.7 -> 7.1 us), but 1.4x on (1, 8192, 2048, 2) at 16 rows (256
-  // blocks: registers cut the blocks per SM). Same A/B. Not at nt = 8 (two m16 tiles x 64
-  // columns: 4 steps of w would spill ~500 bytes a thread).
+  // blocks: registers cut the blocks per SM); stream4_h100_split_depth_ab.jsonl, with two m16
+  // tiles per warp. Not at nt = 8, where four steps of two tiles spilled; with one tile they
+  // would fit (not measured yet).
   s.depth = s.blocks <= sms && s.nt != 8 ? 4 : 2;
   *out = s;
   return true;

@@ -305,7 +305,7 @@ def test_every_plan_matches_reference(plan, pattern, batch, dtype_name, batch_la
 # The Stream plan (ks_stream.cu) at every batch it serves (up to B * Gp = 128: 16 n8 tiles, one m16
 # tile per warp), both layouts: plane groups G = 1, 2, 4, 8
 # (d = 24: three groups of 8 planes per block), row tails (b = 7, 13, 17, 100, 130, 300 against
-# blocks of 32-128 rows), K tails (c * G not a multiple of 32), K split over clusters of 2-8
+# blocks of 16-64 rows), K tails (c * G not a multiple of 32), K split over clusters of 2-8
 # blocks ((1, 300, 2048, 1), (1, 40, 1000, 2), (1, 2048, 512, 2) at small batches), x rows staged
 # with 16-byte loads and, for batch-last, an x 2 bytes off a 16-byte boundary and a row stride
 # that is not a multiple of 8, element by element.
@@ -315,7 +315,7 @@ STREAM_PATTERNS = [(1, 7, 8, 1), (3, 13, 16, 1), (2, 17, 36, 2), (1, 130, 36, 2)
                    # groups of 3, 5, 6, 7 planes (padded to 4 or 8 columns per x row; masks that turn
                    # with the position's phase); (1, 128, 1024, 3): a K split over a cluster
                    (2, 61, 24, 3), (1, 128, 128, 6), (3, 40, 16, 5), (1, 72, 8, 7), (1, 128, 1024, 3),
-                   # 136 blocks (more than an H100's SMs): two steps of w in flight instead of four
+                   # 272 blocks (more than an H100's SMs): two steps of w in flight instead of four
                    (17, 1024, 8, 1)]
 
 

@@ -51,8 +51,8 @@ FUSED_CHAIN_CASES = [([(4, 64, 40, 1), (1, 100, 64, 4)], 37), ([(3, 64, 24, 1), 
                      ([(6, 64, 256, 1), (1, 128, 128, 3)], 300), ([(3, 64, 40, 1), (1, 72, 64, 3)], 4099)]
 # The Stream plan (ks_stream.cu, group stream, sm_90): plane groups 1, 2, 4 and 8 (d = 24: three
 # groups), row tails, K tails, K split over clusters of 2-8 blocks ((1, 300, 2048, 1): 8), column
-# tiles of 64 and of 128 (one m16 tile per warp), groups of 3 and 7 planes (masks turning with the
-# position's phase; the last one split over a cluster), four steps of w in flight and, on 136
+# tiles of 64 and of 128, groups of 3 and 7 planes (masks turning with the
+# position's phase; the last one split over a cluster), four steps of w in flight and, on 272
 # blocks (more than the SMs), two; both layouts.
 STREAM_CASES = [((1, 7, 8, 1), 3), ((3, 100, 38, 4), 16), ((2, 33, 136, 24), 5), ((1, 300, 2048, 1), 64),
                 ((1, 40, 1000, 2), 13), ((1, 130, 36, 2), 64), ((2, 40, 37, 8), 16),

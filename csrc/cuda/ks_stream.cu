@@ -13,7 +13,7 @@
 //   power of two, padding planes dropped) and K = c * G, G times the pattern's flops -- cheap
 //   while B * Gp <= 128, where the tensor cores idle on w's bytes.
 //
-// Mainloop (per warp: 32 rows of w = two m16 tiles (one at N = 128), all N columns, the block's
+// Mainloop (per warp: 16 rows of w = one m16 tile, all N columns, the block's
 // slice of K): each thread loads its rows' 16 bytes of a 32-position step (positions 8q .. 8q + 7, q = lane % 4);
 // the step's two k16 MMAs read them as their A fragments after a relabelling of k inside the step
 // (logical k {2q, 2q+1, 2q+8, 2q+9} of MMA s are positions 8q + 4s + {0..3}), which B's fragments
@@ -206,8 +206,10 @@ __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, i
   else static_cast<T*>(p.y)[n * ((int64_t)p.a * p.b * p.d) + f] = v;
 }
 
-// kMT (a default template argument below): m16 tiles per warp (rows of w: 16 kMT per warp); 2,
-// and 1 for the widest column tiles (NT = 16), whose accumulators would not fit twice.
+// m16 tiles per warp (rows of w: 16 kMT per warp). One: 64-row blocks, twice as many blocks and
+// warps per SM as two tiles gave (at 16-32 rows 1.3-1.6x faster: (1, 2048, 512, 2) at 32 rows
+// 20.7 -> 13.3 us, H100, benchmarks/results/stream5_h100_occupancy_ab.jsonl; equal at 1-4 rows).
+constexpr int kMT = 1;
 
 // The block's outputs. Without a split, straight from the accumulators (C fragment: rows r and
 // r + 8 of each m16 tile, columns 2q and 2q + 1 of each n8 tile). With one, every block writes its
@@ -216,7 +218,7 @@ __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, i
 // order (deterministic), (l, row) fastest, so that consecutive threads write consecutive features
 // of y's rows where G = d. Index arithmetic by shifts: share, N and Gp are powers of two; columns
 // of planes l >= G (G = 3, 5, 6, 7 padded to Gp) are dropped.
-template <typename T, int NT, int ACT, int kMT = (NT >= 16 ? 1 : 2)>
+template <typename T, int NT, int ACT>
 __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT][NT][4], unsigned char* smem,
                                          int rank, int rt, int i, int goff, int gshift) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, q = lane & 3;
@@ -273,7 +275,7 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
 // NT: n8 tiles (N = 8 NT columns >= B * Gp). Block = 32 * warps threads, 16 kMT rows per warp.
 // P: StreamParams, or StreamChainParams for ks::chain's launch (x is then the chain's input and
 // the block stages its first factor's output for its K slice).
-template <typename T, int NT, typename P, int kMT = (NT >= 16 ? 1 : 2), int kDepth = 2>
+template <typename T, int NT, typename P, int kDepth>
 __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   constexpr bool kFirst = std::is_same<P, StreamChainParams>::value;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -424,7 +426,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
 
 template <typename T, int NT, typename P, int kDepth>
 cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
-  auto kernel = stream_kernel<T, NT, P, (NT >= 16 ? 1 : 2), kDepth>;
+  auto kernel = stream_kernel<T, NT, P, kDepth>;
   static std::atomic<uint64_t> configured{0};
   int dev = 0;
   const cudaError_t e = hopper::device_with_smem(kernel, (int)kStreamMaxSmem, configured, &dev);
