@@ -202,6 +202,10 @@ constexpr int64_t kHugeWeight = int64_t{1} << 24;
 //   at 16 rows), the weight-bound end;
 // - d = 2 at one row: the gemv kernel was 1.4-1.55x faster on w of 0.3-2 M elements (the
 //   cluster split's barriers at a few microseconds), stream 1.15x faster on (1, 8192, 2048, 2).
+// Refitted on results/stream5_h100_decode_plans.jsonl (one m16 tile per warp, K split to 32
+// positions, 4 steps in flight): d = 2 batch-first at 17-32 rows now stream (1.17-1.28x faster
+// than Interleaved; d = 3, 6, 8 there still Interleaved), d = 2 batch-last to 8 rows (1.1-1.75x
+// faster than Strided; at 16 mixed), huge w batch-last only to 16 rows (2.5x slower at 32).
 // in_chain: F2 of a 2-factor chain fused with its first factor (choose_stream_chain), where the
 // launch it saves outweighs the gemv kernel's 1-2.5 us edge at one row (the 384-1024 blocks' fc1
 // chains: 6.0-7.2 us in one launch against 10.7-11 for the gemv kernel's two).
@@ -210,10 +214,10 @@ inline bool stream_takes(const Problem& q, bool in_chain = false) {
   const bool huge_w = weight_elems(q) >= kHugeWeight;
   if (q.batch * cols > 64 && cols != 8) return false;
   if (q.d == 1 && (q.batch > 1 || q.batch_last)) return false;
-  if (q.batch_last && q.batch > 4 && !huge_w) return false;
+  if (q.batch_last && q.batch > (huge_w ? 16 : q.d == 2 ? 8 : 4)) return false;
   if (q.d == 2 && q.batch == 1 && !huge_w && !in_chain) return false;
-  // d = 2 at 17-32 rows: Interleaved 1.26-1.89x faster where it serves (below), but for huge w.
-  if (q.batch > 16 && !huge_w && plan_serves(Plan::Interleaved, q)) return false;
+  // 17-32 rows: Interleaved where it serves, but for d = 2 and huge w.
+  if (q.batch > 16 && !huge_w && q.d != 2 && plan_serves(Plan::Interleaved, q)) return false;
   return plan_serves(Plan::Stream, q);
 }
 
@@ -351,7 +355,8 @@ inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
 // grows with the rows. H100, bf16, CUDA graphs (benchmarks/results/chain3_h100_split_depth.jsonl):
 // - fc1-type chains ((h/64, 64, 64, 1) -> (1, 2h, h/2, 2), h = 384-1024; shares 4-8 K): 6.0-7.2
 //   us at 1-4 rows against the two launches' 8.5-11 (dense Linear + GELU 5.7-6.8), 1.05-1.4x
-//   faster to 16 rows;
+//   faster to 16 rows; with one m16 tile per warp 1.3-1.5x at 32 rows (9.0-15.3 against
+//   13.6-20.1 us, chain4_h100_one_tile.jsonl);
 // - fc2-type ((h/64, 64, 256, 1) -> (1, 128, 128, h/128); shares 16-32 K): 1.2-1.4x faster at one
 //   row, even at two, 1.5-2x slower from 8;
 // - the 4096 block's fc1 (share 131 K): 1.1x slower at every size.

@@ -63,10 +63,11 @@ def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
 def test_rule_streams_w_at_decode_sizes(dtype):
     """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * Gp <= 64 columns
     (Gp: the plane group G = d for d <= 8, 8 for d % 8 == 0, rounded up to a power of two), 128
-    where Gp = 8; at d = 1 only one row, batch-first; batch-last only to 4 rows (Strided from 8)
-    unless w is huge; not at d = 2 and one row (the gemv kernel) unless w is huge; batch-first
-    17-32 rows of d = 2 go to Interleaved. The kernel serves batch * Gp <= 128; its shared memory
-    (the block's x rows, K split over up to 8 blocks) bounds c * G."""
+    where Gp = 8; at d = 1 only one row, batch-first; batch-last only to 4 rows (Strided from 8),
+    8 for d = 2, 16 where w is huge; not at d = 2 and one row (the gemv kernel) unless w is huge;
+    batch-first 17-32 rows go to Interleaved where it serves, but for d = 2. The kernel serves
+    batch * Gp <= 128; its shared memory (the block's x rows, K split over up to 8 blocks) bounds
+    c * G."""
     huge = (1, 8192, 2048, 2)  # 2^25 elements of w
     for batch_last in (False, True):
         cases = [((1, 2048, 512, 2), (4,)), ((1, 128, 128, 8), (1, 4)), ((1, 128, 128, 32), (1, 4)),
@@ -87,13 +88,18 @@ def test_rule_streams_w_at_decode_sizes(dtype):
         assert plan_for((1, 128, 5, 4), 1, dtype, batch_last=batch_last) != "stream"    # c * d % 8 != 0
         assert plan_for(huge, 64, dtype, batch_last=batch_last) == "fused"  # huge w at 64 rows: gemv
     assert plan_for((16, 64, 64, 1), 1, dtype, batch_last=True) == "strided"
-    for pattern in ((1, 2048, 512, 2), (1, 128, 128, 3), (1, 256, 256, 5), (1, 128, 128, 32)):  # batch-last from 8 rows
+    for pattern in ((1, 128, 128, 3), (1, 256, 256, 5), (1, 128, 128, 32)):  # batch-last from 8 rows
         for batch in (8, 16):
             assert plan_for(pattern, batch, dtype, batch_last=True) == "strided", (pattern, batch)
+    assert plan_for((1, 2048, 512, 2), 8, dtype, batch_last=True) == "stream"    # d = 2: to 8 rows
+    assert plan_for((1, 2048, 512, 2), 9, dtype, batch_last=True) == "strided"
+    assert plan_for(huge, 16, dtype, batch_last=True) == "stream" and plan_for(huge, 17, dtype, batch_last=True) != "stream"
     assert plan_for((1, 128, 128, 3), 17, dtype) != "stream" and plan_for((1, 128, 128, 6), 17, dtype) != "stream"
-    for batch in (17, 32, 64):  # batch-first 17-64 rows: Interleaved where it serves
-        assert plan_for((1, 2048, 512, 2), batch, dtype) == "interleaved"
+    for batch in (17, 32):  # batch-first 17-32 rows of d = 2: stream (64 columns)
+        assert plan_for((1, 2048, 512, 2), batch, dtype) == "stream"
+    for batch in (17, 32, 64):  # other d at 17-64 rows, and d = 2 past 64 columns: Interleaved where it serves
         assert plan_for((1, 128, 128, 6), batch, dtype) == "interleaved"
+    assert plan_for((1, 2048, 512, 2), 33, dtype) == "interleaved"
     assert plan_for((1, 2048, 512, 2), 16, torch.float32) != "stream"
     assert plan_serves("stream", (1, 2048, 512, 2), 64, dtype) and plan_for((1, 2048, 512, 2), 64, dtype) != "stream"
     # x rows of K positions over at most 8 blocks: 32 rows of 16384 / 8 positions fit in 160 KB, 64 do not
@@ -234,9 +240,9 @@ def test_rule_between_decode_and_large_batches(dtype):
     """17-512 rows, batch-first 16-bit on sm_90 (results/mid1_h100_plans.jsonl): Interleaved where it
     measured best -- any plane shape to 64 rows (not d = 12), from 65 rows only where b >= c, the
     planes are not small and w < 2^23; huge w (>= 2^24) with d in {2, 4, 8}: the gemv kernel to
-    256 rows (64 batch-last)."""
+    256 rows (64 batch-last). d = 2 at 17-32 rows: stream (test_rule_streams_w_at_decode_sizes)."""
     for batch in (17, 64, 128, 256, 512):
-        assert plan_for((1, 2048, 512, 2), batch, dtype) == "interleaved", batch
+        assert plan_for((1, 2048, 512, 2), batch, dtype) == ("stream" if batch <= 32 else "interleaved"), batch
         assert plan_for((1, 128, 128, 8), batch, dtype) == "interleaved", batch
         assert plan_for((1, 2048, 512, 2), batch, dtype, sm=80) != "interleaved"
         assert plan_for((1, 2048, 512, 2), batch, torch.float32) != "interleaved"
@@ -262,11 +268,11 @@ def test_rule_runs_decode_chains_in_one_stream_launch(dtype):
     block's share of F1 (its K slice x c1 elements of w1) is small; 16-bit on sm_90 only."""
     for h in (384, 768, 1024):  # the fc1-type auto chains: K slices of 192-384 x c1 = 64
         fc1 = [(h // 64, 64, 64, 1), (1, 2 * h, h // 2, 2)]
-        for rows in (1, 4, 16):
+        for rows in (1, 4, 16, 32):
             assert chain_plan_for(fc1, rows, dtype) == "stream", (h, rows)
             assert chain_plan_for(fc1, rows, dtype, sm=80) == "factors"
             assert chain_plan_for(fc1, rows, torch.float32) == "factors"
-        assert chain_plan_for(fc1, 32, dtype) == "factors", h  # F2 at 32 rows: Interleaved
+        assert chain_plan_for(fc1, 33, dtype) == "factors", h  # F2 past 64 columns
     # fc2-type chains (c1 = 256, F2 of one 128-row tile over a cluster of 8): 64 x 256 and 128 x
     # 256 elements of w1 a block, taken at 1-2 rows only
     for fc2 in ([(6, 64, 256, 1), (1, 128, 128, 3)], [(16, 64, 256, 1), (1, 128, 128, 8)]):
