@@ -26,6 +26,14 @@ def test_ks_block_folds_the_gelu_into_its_first_layer():
     torch.testing.assert_close(ks(x), unfolded)
 
 
+def test_cold_copies_are_independent():
+    copies = bm.block_copies(lambda: bm.dense_block(32, 128, torch.device("cpu"), torch.float32), True,
+                             torch.device("cpu"))
+    assert len(copies) == 64 and not torch.equal(copies[0][0].weight, copies[1][0].weight)
+    assert len(bm.block_copies(lambda: bm.dense_block(32, 128, torch.device("cpu"), torch.float32), False,
+                               torch.device("cpu"))) == 1
+
+
 def test_bytes_and_flops():
     dense = bm.dense_block(64, 256, "cpu", torch.float32)
     nbytes, flops = bm.block_bytes_flops(dense, 10, 4)
@@ -45,6 +53,12 @@ def test_rows_and_errors(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["block"] == [32, 128] and rows[0]["tokens"] == 3
     assert rows[0]["dense_us"] > 0 and rows[0]["ks_us"] > 0 and rows[0]["timing"] == "cpu-wall"
+    assert rows[0]["weights"] == "hot" and rows[0]["dense_weight_sets"] == rows[0]["ks_weight_sets"] == 1
+    cold = tmp_path / "cold.jsonl"
+    assert bm.main(["--blocks", "32x128", "--tokens", "2", "--dtypes", "fp32", "--device", "cpu", "--cold",
+                    "--samples", "2", "--out", str(cold)]) == 0
+    row = json.loads(cold.read_text())
+    assert row["weights"] == "cold" and row["dense_weight_sets"] == row["ks_weight_sets"] == 64  # tiny: the cap
     with pytest.raises(SystemExit, match="--blocks: each block is DxH"):
         bm.main(["--blocks", "32by128", "--device", "cpu", "--out", str(out)])
     with pytest.raises(SystemExit, match="--tokens"):

@@ -9,8 +9,14 @@ targets: fused-chain (1024 -> 4096 -> 1024 at 25088 tokens, bf16: KS <= 0.6x den
 (tokens 1-256 under CUDA graphs: KS <= 0.7x dense at 4096 -> 16384, <= 1.0x at 1024 -> 4096).
 Rows go to a JSONL file as they finish (a finished row survives Ctrl-C).
 
+Weights: by default each block is one module, so every weight smaller than L2 is read from L2 on
+every replay after the first ("hot"). --cold gives each call its own copy of the block (fresh random
+weights, copies enough that a rotation exceeds 3x L2, at most 64), as a decoder that streams each
+layer's weights from HBM sees them; rows carry "weights" and "weight_sets".
+
   python tools/bench_mlp.py --blocks 1024x4096,4096x16384 --tokens 1,4,16,64,256 --dtypes bf16,fp16
   python tools/bench_mlp.py --blocks 1024x4096 --tokens 25088 --dtypes bf16
+  python tools/bench_mlp.py --blocks 384x1536,1024x4096 --tokens 1,4,16 --cold
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ks_ops import KSLinear, auto_chain  # noqa: E402
-from ks_ops.bench import measure_ceilings, time_cuda  # noqa: E402
+from ks_ops.bench import measure_ceilings, rotation_count, time_cuda  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,6 +59,20 @@ def dense_block(d: int, h: int, device, dtype) -> nn.Module:
 def ks_block(d: int, h: int, device, dtype) -> nn.Module:
     return nn.Sequential(KSLinear(auto_chain(d, h), activation="gelu"),
                          KSLinear(auto_chain(h, d))).to(device=device, dtype=dtype).eval()
+
+
+def weight_bytes(block: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in block.parameters())
+
+
+def block_copies(make, cold: bool, device) -> list[nn.Module]:
+    """One block (hot), or as many independently initialised copies as make a rotation larger than
+    3x L2, at most 64 (cold: time_cuda cycles its argument sets, a copy per call)."""
+    first = make()
+    if not cold:
+        return [first]
+    n = rotation_count(weight_bytes(first), device if device.type == "cuda" else None, cap=64)
+    return [first] + [make() for _ in range(n - 1)]
 
 
 def block_bytes_flops(block: nn.Module, tokens: int, esz: int) -> tuple[int, int]:
@@ -119,6 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="bf16", help=f"comma list of {','.join(DTYPES)}")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--eager", action="store_true", help="time eager calls (host included), not graph replays")
+    ap.add_argument("--cold", action="store_true", help="a copy of the block per call, weights cold in L2 (see above)")
     ap.add_argument("--samples", type=int, default=15)
     ap.add_argument("--max-row-s", type=float, default=0.5, help="timed seconds per block and row, at most")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_mlp.jsonl"))
@@ -135,14 +156,22 @@ def main(argv=None) -> int:
         for dtype in dtypes:
             esz = torch.tensor([], dtype=dtype).element_size()
             # ks: what the op's rule runs (the fused chain kernel where it picks it).
-            models = {"dense": dense_block(d, h, device, dtype), "ks": ks_block(d, h, device, dtype)}
+            models = {"dense": block_copies(lambda: dense_block(d, h, device, dtype), args.cold, device),
+                      "ks": block_copies(lambda: ks_block(d, h, device, dtype), args.cold, device)}
             for n in tokens:
-                sets = [(torch.randn(n, d, device=device, dtype=dtype),) for _ in range(3)]
-                row = {"block": [d, h], "dtype": str(dtype).replace("torch.", ""), "tokens": n, **meta}
-                for name, model in models.items():
-                    fn = torch.no_grad()(model)
-                    r = (time_cuda(fn, sets, samples=args.samples, max_total_s=args.max_row_s, graph=not args.eager)
+                row = {"block": [d, h], "dtype": str(dtype).replace("torch.", ""), "tokens": n, **meta,
+                       "weights": "cold" if args.cold else "hot"}
+                for name, copies in models.items():
+                    # (x, block) pairs: at least 3 inputs, every copy once per rotation
+                    sets = [(torch.randn(n, d, device=device, dtype=dtype), copies[i % len(copies)])
+                            for i in range(max(3, len(copies)))]
+                    fn = torch.no_grad()(lambda x, block: block(x))
+                    # a sample long enough that one graph replays every copy (at most 64 calls)
+                    r = (time_cuda(fn, sets, samples=args.samples, max_total_s=args.max_row_s, graph=not args.eager,
+                                   min_sample_s=2e-4 if len(copies) == 1 else 2e-3)
                          if cuda else time_cpu(fn, sets, min(args.samples, 5)))
+                    row[f"{name}_weight_sets"] = len(copies)
+                    model = copies[0]
                     nbytes, flops = block_bytes_flops(model, n, esz)
                     row[f"{name}_us"] = r["median_s"] * 1e6
                     row[f"{name}_bytes"], row[f"{name}_flops"] = nbytes, flops
