@@ -35,6 +35,12 @@ def test_rows_written(tmp_path):
         assert r["chain"] == [[3, 5, 7, 2], [1, 4, 15, 2]] and r["rule"] == "factors" and r["timing"] == "cpu-wall"
         assert r["rule_us"] > 0 and r["factors_us"] > 0 and r["dense_us"] > 0
         assert r["fused_us"] is None and r["stream_us"] is None  # GPU paths: not on the CPU
+        assert r["weights"] == "hot" and r["weight_sets"] == r["dense_weight_sets"] == 1
+    cold = tmp_path / "cold.jsonl"
+    assert bc.main(["--chains", "3,5,7,2/1,4,15,2", "--batch", "2", "--dtypes", "fp32", "--samples", "2",
+                    "--device", "cpu", "--cold", "--out", str(cold)]) == 0
+    r = json.loads(cold.read_text())
+    assert r["weights"] == "cold" and r["weight_sets"] == r["dense_weight_sets"] == 64 and r["rule_us"] > 0
 
 
 def test_argument_errors():

@@ -7,7 +7,8 @@ arguments, or that this build lacks, is recorded as null), plus nn.Linear follow
 activation. Chains come from --chains ('a,b,c,d/a,b,c,d;...', the first factor listed applied
 first) or --blocks DxH (the `auto` chains of an MLP block's two layers, d -> h and h -> d). On a GPU
 CUDA-graph replays (ks_ops.bench.time_cuda), ceilings measured in the same run; on the CPU a
-wall-clock smoke run. Rows go to a JSONL file as they finish.
+wall-clock smoke run. Rows go to a JSONL file as they finish. --cold: a copy of the factors, bias
+and dense layer per call (as bench_mlp --cold), so that weights smaller than L2 come from HBM.
 
   python tools/bench_chain.py --blocks 384x1536,1024x4096 --batch 1,4,16,64 --dtypes bf16 --out $OUT/chain.jsonl
   python tools/bench_chain.py --chains "16,64,64,1/1,2048,512,2" --batch 1,16 --activation gelu
@@ -24,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_mlp import DTYPES, blocks_of, counts_and_dtypes, run_meta, time_cpu, write_row  # noqa: E402
+from bench_mlp import DTYPES, blocks_of, copies_of, counts_and_dtypes, run_meta, sample_s, time_cpu, write_row  # noqa: E402
 from ks_ops import KSPattern, auto_chain  # noqa: E402
 from ks_ops.bench import time_cuda  # noqa: E402
 from ks_ops.ops import ACTIVATIONS, chain_plan_for, chain_with_plan  # noqa: E402
@@ -66,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="bf16", help=f"comma list of {','.join(DTYPES)}")
     ap.add_argument("--activation", default="gelu", choices=ACTIVATIONS)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--cold", action="store_true", help="a copy of the weights per call (cold in L2)")
     ap.add_argument("--samples", type=int, default=15)
     ap.add_argument("--max-row-s", type=float, default=0.1, help="timed seconds per path and row, at most")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_chain.jsonl"))
@@ -87,29 +89,36 @@ def main(argv=None) -> int:
     for chain in chains:
         ps = [KSPattern.of(p) for p in chain]
         for dtype in dtypes:
-            factors = [p.random_weights(dtype=dtype, device=device) for p in ps]
-            bias = torch.randn(ps[-1].out_features, dtype=dtype, device=device)
-            dense = torch.nn.Linear(ps[0].in_features, ps[-1].out_features, device=device, dtype=dtype)
+            # (factors, bias) and dense layers: one of each (hot), or copies (cold)
+            ks_w = copies_of(lambda: ([p.random_weights(dtype=dtype, device=device) for p in ps],
+                                      torch.randn(ps[-1].out_features, dtype=dtype, device=device)),
+                             lambda fb: sum(t.numel() * t.element_size() for t in fb[0] + [fb[1]]), args.cold, device)
+            denses = copies_of(lambda: torch.nn.Linear(ps[0].in_features, ps[-1].out_features, device=device, dtype=dtype),
+                               lambda m: sum(t.numel() * t.element_size() for t in m.parameters()), args.cold, device)
             for n in batches:
-                sets = [(torch.randn(n, ps[0].in_features, device=device, dtype=dtype),) for _ in range(3)]
-
-                def timed(fn):
+                def timed(fn, weights):
+                    sets = [(torch.randn(n, ps[0].in_features, device=device, dtype=dtype), weights[i % len(weights)])
+                            for i in range(max(3, len(weights)))]
                     fn = torch.no_grad()(fn)
-                    r = (time_cuda(fn, sets, samples=args.samples, max_total_s=args.max_row_s, graph=True)
+                    r = (time_cuda(fn, sets, samples=args.samples, max_total_s=args.max_row_s, graph=True,
+                                   min_sample_s=sample_s(len(weights)))
                          if cuda else time_cpu(fn, sets, min(args.samples, 5)))
                     return r["median_s"] * 1e6
 
                 row = {"chain": [list(p) for p in chain], "dtype": str(dtype).replace("torch.", ""), "rows": n, **meta,
-                       "rule": chain_plan_for(chain, n, dtype, sm=sm)}
-                row["rule_us"] = timed(lambda x: torch.ops.ks.chain(x, factors, bias, args.activation))
+                       "rule": chain_plan_for(chain, n, dtype, sm=sm), "weights": "cold" if args.cold else "hot",
+                       "weight_sets": len(ks_w), "dense_weight_sets": len(denses)}
+                row["rule_us"] = timed(lambda x, fb: torch.ops.ks.chain(x, fb[0], fb[1], args.activation), ks_w)
+                x0 = torch.randn(n, ps[0].in_features, device=device, dtype=dtype)
                 for path in PATHS:
                     try:
-                        chain_with_plan(sets[0][0], factors, bias, args.activation, plan=path)
+                        chain_with_plan(x0, ks_w[0][0], ks_w[0][1], args.activation, plan=path)
                     except RuntimeError:  # does not serve these arguments, or not in this build / device
                         row[f"{path}_us"] = None
                         continue
-                    row[f"{path}_us"] = timed(lambda x, p=path: chain_with_plan(x, factors, bias, args.activation, plan=p))
-                row["dense_us"] = timed(lambda x: act(dense(x)))
+                    row[f"{path}_us"] = timed(
+                        lambda x, fb, p=path: chain_with_plan(x, fb[0], fb[1], args.activation, plan=p), ks_w)
+                row["dense_us"] = timed(lambda x, m: act(m(x)), denses)
                 write_row(args.out, row)
                 cells = " ".join(f"{row[k]:8.1f}" if row[k] is not None else f"{'-':>8}"
                                  for k in ("rule_us",) + tuple(f"{p}_us" for p in PATHS) + ("dense_us",))

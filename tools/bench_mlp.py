@@ -65,14 +65,24 @@ def weight_bytes(block: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in block.parameters())
 
 
-def block_copies(make, cold: bool, device) -> list[nn.Module]:
-    """One block (hot), or as many independently initialised copies as make a rotation larger than
-    3x L2, at most 64 (cold: time_cuda cycles its argument sets, a copy per call)."""
+def copies_of(make, nbytes, cold: bool, device) -> list:
+    """One object from make() (hot), or as many independently initialised ones as make a rotation of
+    their `nbytes(obj)` larger than 3x L2, at most 64 (cold: time_cuda cycles its argument sets, a
+    copy per call)."""
     first = make()
     if not cold:
         return [first]
-    n = rotation_count(weight_bytes(first), device if device.type == "cuda" else None, cap=64)
+    n = rotation_count(nbytes(first), device if device.type == "cuda" else None, cap=64)
     return [first] + [make() for _ in range(n - 1)]
+
+
+def block_copies(make, cold: bool, device) -> list[nn.Module]:
+    return copies_of(make, weight_bytes, cold, device)
+
+
+def sample_s(copies: int) -> float:
+    """time_cuda's minimum sample: long enough that one graph replays every copy (at most 64 calls)."""
+    return 2e-4 if copies == 1 else 2e-3
 
 
 def block_bytes_flops(block: nn.Module, tokens: int, esz: int) -> tuple[int, int]:
@@ -166,9 +176,8 @@ def main(argv=None) -> int:
                     sets = [(torch.randn(n, d, device=device, dtype=dtype), copies[i % len(copies)])
                             for i in range(max(3, len(copies)))]
                     fn = torch.no_grad()(lambda x, block: block(x))
-                    # a sample long enough that one graph replays every copy (at most 64 calls)
                     r = (time_cuda(fn, sets, samples=args.samples, max_total_s=args.max_row_s, graph=not args.eager,
-                                   min_sample_s=2e-4 if len(copies) == 1 else 2e-3)
+                                   min_sample_s=sample_s(len(copies)))
                          if cuda else time_cpu(fn, sets, min(args.samples, 5)))
                     row[f"{name}_weight_sets"] = len(copies)
                     model = copies[0]
