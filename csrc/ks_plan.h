@@ -71,7 +71,7 @@ struct StreamShape {
   int cols = 0;       // Gp = stream_cols(d): columns per x row
   int nt = 0;         // n8 tiles: N = 8 * nt >= B * Gp columns
   int nb = 0;         // x rows staged: N / G (>= B)
-  int warps = 0;      // 32 rows of w each (16 where nt = 16)
+  int warps = 0;      // 16 rows of w each (one m16 tile)
   int row_tiles = 0;  // ceil(b / rows per block)
   int split = 0;      // blocks of a cluster over K (1, 2, 4 or 8)
   int k_slice = 0;    // K positions per block, a multiple of 32

@@ -22,8 +22,8 @@
 // go straight into registers 2 or 4 steps ahead of the MMAs (stream_shape's depth: 4 on one-wave
 // grids); x's rows are one cp.async group.
 //
-// Split over K: where (i, group, row tiles) give fewer blocks than SMs, a cluster of up to 8
-// blocks splits K (>= 32 positions each); each writes its fp32 partial tile to its shared memory and rank r sums rows
+// Split over K: where (i, group, row tiles) give fewer than two blocks per SM, a cluster of up to
+// 8 blocks splits K (>= 32 positions each); each writes its fp32 partial tile to its shared memory and rank r sums rows
 // of all ranks' tiles through distributed shared memory in rank order (deterministic), adds the
 // bias, applies the activation and writes y. One launch, no workspace.
 #include <cuda_bf16.h>
@@ -53,7 +53,7 @@ struct StreamParams {
   int G, groups, K;    // planes per group, d / G, positions per unit (c * G)
   int Gp;              // columns per x row: G rounded up to a power of two (columns n * Gp + l)
   int chunk_stride;    // elements between consecutive 8-position chunks of a row (8, or d when G < d)
-  int row_tiles;       // units per (i, group): ceil(b / (32 * warps))
+  int row_tiles;       // units per (i, group): ceil(b / (16 * warps))
   int split, k_slice;  // cluster size over K, positions per block (a multiple of 32)
   int nb;              // x rows staged (>= batch): N / G
   int xs_stride;       // elements between staged x rows (ks_plan.h stream_shape)
