@@ -355,8 +355,9 @@ inline bool choose_fused_chain(const Problem& f1, const Problem& f2) {
 // grows with the rows. H100, bf16, CUDA graphs (benchmarks/results/chain3_h100_split_depth.jsonl):
 // - fc1-type chains ((h/64, 64, 64, 1) -> (1, 2h, h/2, 2), h = 384-1024; shares 4-8 K): 6.0-7.2
 //   us at 1-4 rows against the two launches' 8.5-11 (dense Linear + GELU 5.7-6.8), 1.05-1.4x
-//   faster to 16 rows; with one m16 tile per warp 1.3-1.5x at 32 rows (9.0-15.3 against
-//   13.6-20.1 us, chain4_h100_one_tile.jsonl);
+//   faster to 16 rows; with one m16 tile per warp 1.3-1.5x at 32 rows against two launches
+//   whose F2 ran on the interleaved kernel (chain4_h100_one_tile.jsonl), 1.06-1.2x against F2 on
+//   stream (chain5_h100_chain.jsonl);
 // - fc2-type ((h/64, 64, 256, 1) -> (1, 128, 128, h/128); shares 16-32 K): 1.2-1.4x faster at one
 //   row, even at two, 1.5-2x slower from 8;
 // - the 4096 block's fc1 (share 131 K): 1.1x slower at every size.
