@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_mlp import DTYPES, blocks_of, copies_of, counts_and_dtypes, run_meta, sample_s, time_cpu, write_row  # noqa: E402
+from bench_mlp import (DTYPES, blocks_of, copies_of, counts_and_dtypes, run_meta, sample_s, tensor_bytes,  # noqa: E402
+                       time_cpu, weight_bytes, write_row)
 from ks_ops import KSPattern, auto_chain  # noqa: E402
 from ks_ops.bench import time_cuda  # noqa: E402
 from ks_ops.ops import ACTIVATIONS, chain_plan_for, chain_with_plan  # noqa: E402
@@ -92,9 +93,9 @@ def main(argv=None) -> int:
             # (factors, bias) and dense layers: one of each (hot), or copies (cold)
             ks_w = copies_of(lambda: ([p.random_weights(dtype=dtype, device=device) for p in ps],
                                       torch.randn(ps[-1].out_features, dtype=dtype, device=device)),
-                             lambda fb: sum(t.numel() * t.element_size() for t in fb[0] + [fb[1]]), args.cold, device)
+                             lambda fb: tensor_bytes(fb[0] + [fb[1]]), args.cold, device)
             denses = copies_of(lambda: torch.nn.Linear(ps[0].in_features, ps[-1].out_features, device=device, dtype=dtype),
-                               lambda m: sum(t.numel() * t.element_size() for t in m.parameters()), args.cold, device)
+                               weight_bytes, args.cold, device)
             for n in batches:
                 def timed(fn, weights):
                     sets = [(torch.randn(n, ps[0].in_features, device=device, dtype=dtype), weights[i % len(weights)])

@@ -61,8 +61,12 @@ def ks_block(d: int, h: int, device, dtype) -> nn.Module:
                          KSLinear(auto_chain(h, d))).to(device=device, dtype=dtype).eval()
 
 
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def weight_bytes(block: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in block.parameters())
+    return tensor_bytes(block.parameters())
 
 
 def copies_of(make, nbytes, cold: bool, device) -> list:
