@@ -201,7 +201,10 @@ constexpr int64_t kHugeWeight = int64_t{1} << 24;
 //   reads w once as well), but where w is huge (>= 2^24 elements: (1, 8192, 2048, 2) 1.84x faster
 //   at 16 rows), the weight-bound end;
 // - d = 2 at one row: the gemv kernel was 1.4-1.55x faster on w of 0.3-2 M elements (the
-//   cluster split's barriers at a few microseconds), stream 1.15x faster on (1, 8192, 2048, 2).
+//   cluster split's barriers at a few microseconds); on (1, 8192, 2048, 2) stream was 1.15x
+//   faster with w partly hot in L2, but the gemv kernel 1.08-1.15x faster cold (33.9 vs 36.6 us,
+//   32.5 vs 37.5: results/stream6_h100_fc2_f1_ab.jsonl, stream5_*), as a model's 32 MB layer is
+//   read, so batch-first takes it there too (batch-last: stream, not measured cold);
 // Refitted on results/stream5_h100_decode_plans.jsonl (one m16 tile per warp, K split to 32
 // positions, 4 steps in flight): d = 2 batch-first at 17-32 rows now stream (1.17-1.28x faster
 // than Interleaved; d = 3, 6, 8 there still Interleaved), d = 2 batch-last to 8 rows (1.1-1.75x
@@ -215,7 +218,7 @@ inline bool stream_takes(const Problem& q, bool in_chain = false) {
   if (q.batch * cols > 64 && cols != 8) return false;
   if (q.d == 1 && (q.batch > 1 || q.batch_last)) return false;
   if (q.batch_last && q.batch > (huge_w ? 16 : q.d == 2 ? 8 : 4)) return false;
-  if (q.d == 2 && q.batch == 1 && !huge_w && !in_chain) return false;
+  if (q.d == 2 && q.batch == 1 && !in_chain && !(huge_w && q.batch_last)) return false;
   // 17-32 rows: Interleaved where it serves, but for d = 2 and huge w.
   if (q.batch > 16 && !huge_w && q.d != 2 && plan_serves(Plan::Interleaved, q)) return false;
   return plan_serves(Plan::Stream, q);

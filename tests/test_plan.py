@@ -64,7 +64,8 @@ def test_rule_streams_w_at_decode_sizes(dtype):
     """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * Gp <= 64 columns
     (Gp: the plane group G = d for d <= 8, 8 for d % 8 == 0, rounded up to a power of two), 128
     where Gp = 8; at d = 1 only one row, batch-first; batch-last only to 4 rows (Strided from 8),
-    8 for d = 2, 16 where w is huge; not at d = 2 and one row (the gemv kernel) unless w is huge;
+    8 for d = 2, 16 where w is huge; not at d = 2 and one row (the gemv kernel) unless w is huge and
+    batch-last (the gemv kernel measured faster batch-first on the huge w read cold);
     batch-first 17-32 rows go to Interleaved where it serves, but for d = 2. The kernel serves
     batch * Gp <= 128; its shared memory (the block's x rows, K split over up to 8 blocks) bounds
     c * G."""
@@ -72,7 +73,7 @@ def test_rule_streams_w_at_decode_sizes(dtype):
     for batch_last in (False, True):
         cases = [((1, 2048, 512, 2), (4,)), ((1, 128, 128, 8), (1, 4)), ((1, 128, 128, 32), (1, 4)),
                  ((3, 40, 24, 4), (1, 4)), ((1, 128, 128, 3), (1, 4)), ((1, 128, 128, 6), (2, 4)),
-                 ((1, 256, 256, 5), (1, 4)), ((1, 512, 512, 7), (1, 4)), (huge, (1, 4, 16))]
+                 ((1, 256, 256, 5), (1, 4)), ((1, 512, 512, 7), (1, 4)), (huge, (4, 16) if not batch_last else (1, 4, 16))]
         if not batch_last:
             cases += [((16, 64, 64, 1), (1,)), ((1, 2048, 512, 2), (16,)), ((1, 128, 128, 3), (16,)), ((1, 128, 128, 6), (9, 16)),
                       ((1, 128, 128, 32), (16,)), (huge, (32,))]
@@ -84,6 +85,7 @@ def test_rule_streams_w_at_decode_sizes(dtype):
             assert plan_for((16, 64, 256, 1), batch, dtype, batch_last=batch_last) == "strided"
             assert plan_for((16, 64, 256, 1), batch, torch.float32, batch_last=batch_last) == "fused"
         assert plan_for((1, 2048, 512, 2), 1, dtype, batch_last=batch_last) == "fused"  # d = 2, one row
+        assert plan_for(huge, 1, dtype, batch_last=batch_last) == ("stream" if batch_last else "fused")
         assert plan_for((1, 128, 128, 12), 1, dtype, batch_last=batch_last) != "stream"  # d = 12: no group
         assert plan_for((1, 128, 5, 4), 1, dtype, batch_last=batch_last) != "stream"    # c * d % 8 != 0
         assert plan_for(huge, 64, dtype, batch_last=batch_last) == "fused"  # huge w at 64 rows: gemv

@@ -90,3 +90,23 @@ def test_rewind_sets_the_length_counter_of_layers_that_cannot_crop():
     _rewind(cache, 4)
     assert [c.item() for c in counters] == [4, 4]
     assert all(layer.cumulative_length is c for layer, c in zip(cache.layers, counters))  # same tensors
+
+
+def test_static_cache_is_allocated_before_the_compiled_prefill(monkeypatch):
+    """The layers exist, at static addresses, before the first (compiled) forward writes them:
+    allocated inside compiled code they cannot be marked, and CUDA graphs skip every graph that
+    writes the cache (transformers 5.x allocates them on the first update)."""
+    cfg, model = tiny("static")
+    made = []
+    real = models._static_cache
+    monkeypatch.setattr(models, "_static_cache", lambda *a: made.append(real(*a)) or made[-1])
+    models.phases(model, model, cfg.model, cfg.input, cfg.workloads[0], torch.device("cpu"), torch.float32, 0)
+    (cache,) = made
+    layers = getattr(cache, "layers", None)
+    if not layers or not hasattr(cache, "early_initialization"):
+        pytest.skip("transformers 4.x: the cache is allocated in its constructor")
+    assert len(layers) == 2 and all(layer.is_initialized for layer in layers)
+    for layer in layers:
+        assert layer.keys.shape == layer.values.shape == (3, 4, 7 + 5, 8) and layer.keys.dtype == torch.float32
+        for t in (layer.keys, layer.values, getattr(layer, "cumulative_length", layer.keys)):
+            assert getattr(t, "_dynamo_static_input_type", None) is not None

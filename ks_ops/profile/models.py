@@ -119,7 +119,21 @@ def _static_cache(model: nn.Module, batch: int, length: int, device, dtype):
     kwargs = {"config": model.config, "max_cache_len": length}
     if "max_batch_size" in params:
         kwargs.update(max_batch_size=batch, device=device, dtype=dtype)
-    return StaticCache(**kwargs)
+    cache = StaticCache(**kwargs)
+    # transformers 5.x allocates the layers on their first update. Under torch.compile that update
+    # runs inside the compiled prefill, where the layers cannot mark their tensors as static
+    # addresses: CUDA graphs then skip every graph that writes the cache ("mutated inputs"), and
+    # the length counter stays a CPU tensor that Inductor's CUDA kernels cannot take (transformers
+    # 5.17 + torch 2.11: a crash in the static launcher, or "Pointer argument must be either uint64
+    # or have data_ptr method"). Allocating them here, outside compiled code, is transformers' own
+    # remedy (StaticLayer.lazy_initialization's docstring).
+    if hasattr(cache, "early_initialization"):
+        cfg = model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        cache.early_initialization(batch_size=batch, num_heads=heads, head_dim=head_dim, dtype=dtype,
+                                   device=torch.device(device))
+    return cache
 
 
 def _rewind(cache, length: int) -> None:
