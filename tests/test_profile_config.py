@@ -118,8 +118,14 @@ def test_generate_needs_tokens():
         config.parse(raw)
 
 
-@pytest.mark.parametrize("name", ["vit_s16.yaml", "vit_s16_timm.yaml", "gpt2_medium.yaml", "cpu_small.yaml",
-                                  "gpt2_medium_compiled.yaml", "gpt2_medium_decode_compiled.yaml"])
+PROFILES = sorted(p.name for p in (ROOT / "profiles").glob("*.yaml"))
+
+
+def test_profiles_folder_is_found():
+    assert "cpu_small.yaml" in PROFILES and "gpt2_medium_decode_compiled_b128.yaml" in PROFILES
+
+
+@pytest.mark.parametrize("name", PROFILES)
 def test_committed_profiles_are_valid(name):
     cfg = config.load(ROOT / "profiles" / name)
     assert cfg.variants[0].name == "dense" and cfg.output.json

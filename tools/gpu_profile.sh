@@ -14,7 +14,10 @@
 #   vitt   profiles/vit_s16_timm.yaml: timm's ViT-S/16, 4 variants (2 compiled) x {bf16, fp32}  ~3 min
 #   gpt2c  profiles/gpt2_medium_compiled.yaml: dense and KS compiled x {fp32, bf16}  ~3-4 min
 #   gpt2   profiles/gpt2_medium.yaml: 2 variants x {forward, generate} x {fp32, bf16}, 3 trials  ~2.5 min
-#   gpt2d  profiles/gpt2_medium_decode_compiled.yaml: generate under reduce-overhead, static cache, bf16
+#   gpt2d  profiles/gpt2_medium_decode_compiled.yaml: generate under reduce-overhead, static cache, bf16,
+#          batch 16  ~5.5 min
+#   gpt2d128  the same at batch 128 (profiles/gpt2_medium_decode_compiled_b128.yaml)
+#   gpt2e  profiles/gpt2_medium_decode.yaml: eager generate at batch 16, bf16
 #   bench  tools/bench_energy.py: the 6 ViT-S/16 factors in fp32 and bf16 and 2 grid patterns in
 #          bf16, B = 25088, backends kernel/bmm/dense interleaved, 2 trials  ~3.3 min
 # plus the build (~1 min for the C++ op; more if CUDA sources compile): 8-9 minutes in all. The
@@ -96,6 +99,14 @@ PY
         timeout -s INT -k 30 300 python3 -m ks_ops.profile profiles/gpt2_medium_decode_compiled.yaml --out-dir "$OUT" --no-progress || status=1
         meter_was_zeus "$OUT/gpt2_medium_decode_compiled.json" || status=1
         ;;
+      gpt2d128)
+        timeout -s INT -k 30 300 python3 -m ks_ops.profile profiles/gpt2_medium_decode_compiled_b128.yaml --out-dir "$OUT" --no-progress || status=1
+        meter_was_zeus "$OUT/gpt2_medium_decode_compiled_b128.json" || status=1
+        ;;
+      gpt2e)
+        timeout -s INT -k 30 240 python3 -m ks_ops.profile profiles/gpt2_medium_decode.yaml --out-dir "$OUT" --no-progress || status=1
+        meter_was_zeus "$OUT/gpt2_medium_decode.json" || status=1
+        ;;
       bench)  # rows go straight to $OUT (kept if the call is cut short) and back to $WORK to resume
         [ -f "$WORK/bench_energy.jsonl" ] && cp "$WORK/bench_energy.jsonl" "$OUT/"
         local common=(--trials 2 --warmup-s 0.3 --out "$OUT/bench_energy.jsonl")
@@ -103,7 +114,7 @@ PY
         timeout -s INT -k 30 60 python3 tools/bench_energy.py --patterns "4,64,64,4;1,256,256,4" --dtypes bfloat16 "${common[@]}" || status=1
         cp "$OUT/bench_energy.jsonl" "$WORK/" 2>/dev/null
         ;;
-      *) echo "unknown stage $stage (check, vit, vitt, gpt2, gpt2c, gpt2d, bench)"; status=2 ;;
+      *) echo "unknown stage $stage (check, vit, vitt, gpt2, gpt2c, gpt2d, gpt2d128, gpt2e, bench)"; status=2 ;;
     esac
   done
   rm -f "$OUT"/.*.tmp
