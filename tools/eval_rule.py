@@ -10,10 +10,11 @@ geometric mean of rule / best, and rows where the rule's plan is slower than min
 Pure CPU: the rule is compiled into the CPU build too."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import statistics
-import sys
 
 import torch
 
@@ -55,6 +56,11 @@ def main(paths: list[str], sm: int = 90) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    main(sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rows", nargs="+", help="jsonl files of tools/bench_matmul.py --plans")
+    ap.add_argument("--sm", type=int, default=90, help="compute capability the rule decides for (90: H100 / H200)")
+    args = ap.parse_args()
+    missing = [p for p in args.rows if not os.path.isfile(p)]
+    if missing:
+        ap.error(f"no such file: {', '.join(missing)}")
+    main(args.rows, sm=args.sm)
