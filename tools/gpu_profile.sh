@@ -36,6 +36,13 @@ meter_was_zeus() {
     || { echo "SMOKE CHECK FAILED: $1 was not measured with Zeus"; return 1; }
 }
 
+# One profile (profiles/NAME.yaml, whose json output is NAME.json) within SECONDS, then the check
+# that Zeus measured it; a failure marks the run's status (main's local) and the stages go on.
+profile() {
+  timeout -s INT -k 30 "$2" python3 -m ks_ops.profile "profiles/$1.yaml" --out-dir "$OUT" --no-progress || status=1
+  meter_was_zeus "$OUT/$1.json" || status=1
+}
+
 main() {
   local status=0 stages=${*:-check vit gpt2 bench}
   export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MAX_JOBS=$(nproc) TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a}
@@ -79,34 +86,13 @@ r = m.end_window("idle")
 print(f"idle window: {r.energy_j:.1f} J in {r.time_s:.2f} s = {r.power_w:.0f} W")
 PY
         ;;
-      vit)
-        timeout -s INT -k 30 330 python3 -m ks_ops.profile profiles/vit_s16.yaml --out-dir "$OUT" --no-progress || status=1
-        meter_was_zeus "$OUT/vit_s16.json" || status=1
-        ;;
-      vitt)
-        timeout -s INT -k 30 330 python3 -m ks_ops.profile profiles/vit_s16_timm.yaml --out-dir "$OUT" --no-progress || status=1
-        meter_was_zeus "$OUT/vit_s16_timm.json" || status=1
-        ;;
-      gpt2)
-        timeout -s INT -k 30 260 python3 -m ks_ops.profile profiles/gpt2_medium.yaml --out-dir "$OUT" --no-progress || status=1
-        meter_was_zeus "$OUT/gpt2_medium.json" || status=1
-        ;;
-      gpt2c)
-        timeout -s INT -k 30 300 python3 -m ks_ops.profile profiles/gpt2_medium_compiled.yaml --out-dir "$OUT" --no-progress || status=1
-        meter_was_zeus "$OUT/gpt2_medium_compiled.json" || status=1
-        ;;
-      gpt2d)
-        timeout -s INT -k 30 300 python3 -m ks_ops.profile profiles/gpt2_medium_decode_compiled.yaml --out-dir "$OUT" --no-progress || status=1
-        meter_was_zeus "$OUT/gpt2_medium_decode_compiled.json" || status=1
-        ;;
-      gpt2d128)
-        timeout -s INT -k 30 300 python3 -m ks_ops.profile profiles/gpt2_medium_decode_compiled_b128.yaml --out-dir "$OUT" --no-progress || status=1
-        meter_was_zeus "$OUT/gpt2_medium_decode_compiled_b128.json" || status=1
-        ;;
-      gpt2e)
-        timeout -s INT -k 30 240 python3 -m ks_ops.profile profiles/gpt2_medium_decode.yaml --out-dir "$OUT" --no-progress || status=1
-        meter_was_zeus "$OUT/gpt2_medium_decode.json" || status=1
-        ;;
+      vit) profile vit_s16 330 ;;
+      vitt) profile vit_s16_timm 330 ;;
+      gpt2) profile gpt2_medium 260 ;;
+      gpt2c) profile gpt2_medium_compiled 300 ;;
+      gpt2d) profile gpt2_medium_decode_compiled 300 ;;
+      gpt2d128) profile gpt2_medium_decode_compiled_b128 300 ;;
+      gpt2e) profile gpt2_medium_decode 240 ;;
       bench)  # rows go straight to $OUT (kept if the call is cut short) and back to $WORK to resume
         [ -f "$WORK/bench_energy.jsonl" ] && cp "$WORK/bench_energy.jsonl" "$OUT/"
         local common=(--trials 2 --warmup-s 0.3 --out "$OUT/bench_energy.jsonl")
