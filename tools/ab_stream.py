@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Kernel-only A/B of stream-kernel variants (csrc/cuda/ks_stream.cu + csrc/ks_plan.h) in one process.
+
+Each variant is those two files at a git ref, in the working tree ("."), or in a folder made by
+--extract-only (cuda/ks_stream.cu, ks_plan.h), compiled as its own torch extension
+(tools/ab_stream_bind.cu; the other headers come from the checkout), so that variants run side by
+side on the same card, in the same process, on the same inputs:
+
+    python tools/ab_stream.py --variant base=main --variant new=. --out ab.jsonl
+
+Where the GPU machine gets no git history, extract first and carry the folder:
+
+    python tools/ab_stream.py --variant base=main --variant new=wip/x --extract-only --build-dir scratch/ab
+    python tools/ab_stream.py --variant base=scratch/ab/base --variant new=scratch/ab/new --out ab.jsonl
+
+Every case times each variant by CUDA-graph replay over rotated copies of the weights (more than
+3x L2 in all, so w comes from HBM as in a model) and nn.Linear on the dense matrix of the same
+shape, after checking each variant's y (poisoned with NaN first) against the float64 reference.
+ks_ops itself need not be built: only its pure-Python modules are used. Rows are appended to
+--out as they finish; Ctrl-C keeps them. benchmarks/results/stream7_h100_nsplit_relaxed_ab.jsonl
+came from this harness (then in scratch/)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = ("csrc/cuda/ks_stream.cu", "csrc/ks_plan.h")
+# (pattern, batches): the MLP blocks' factors at decode sizes, odd d, a huge w, ragged tiles.
+CASES = [((1, 128, 128, 8), (8, 16)), ((1, 128, 128, 32), (4, 16)), ((1, 768, 192, 2), (1, 16, 32)),
+         ((1, 1536, 384, 2), (1, 16, 32)), ((1, 2048, 512, 2), (1, 4, 16, 32)), ((1, 128, 128, 3), (16, 32)),
+         ((4, 384, 384, 6), (8,)), ((1, 8192, 2048, 2), (1, 16)), ((2, 40, 37, 8), (16,)), ((1, 72, 8, 7), (9,))]
+# ks::chain in one stream launch: the auto chains of the 384 and 1024 blocks (fc1, fc2).
+CHAINS = [((6, 64, 64, 1), (1, 768, 192, 2)), ((16, 64, 64, 1), (1, 2048, 512, 2)),
+          ((6, 64, 256, 1), (1, 128, 128, 3)), ((16, 64, 256, 1), (1, 128, 128, 8))]
+
+
+def pure_ks_ops():
+    """ks_ops's pure-Python modules, without loading its extension (which may not be built)."""
+    try:
+        import ks_ops  # noqa: F401
+    except ImportError:
+        pkg = types.ModuleType("ks_ops")
+        pkg.__path__ = [os.path.join(ROOT, "ks_ops")]
+        sys.modules["ks_ops"] = pkg
+    from ks_ops.bench import l2_bytes, time_cuda
+    from ks_ops.pattern import KSPattern
+    from ks_ops.reference import ks_chain_reference, ks_matmul_reference
+    return KSPattern, time_cuda, l2_bytes, ks_matmul_reference, ks_chain_reference
+
+
+def variant_of(spec: str) -> tuple[str, str]:
+    name, sep, ref = spec.partition("=")
+    if not sep or not name.isidentifier() or not ref:
+        raise argparse.ArgumentTypeError(f"--variant wants NAME=REF (a git ref, or '.' for the working tree), got {spec!r}")
+    return name, ref
+
+
+def extract(name: str, ref: str, build_root: str) -> str:
+    """The variant's two files under build_root/name (cuda/ks_stream.cu, ks_plan.h), from the working
+    tree ("."), a folder of that layout, or a git ref."""
+    d = os.path.join(build_root, name)
+    os.makedirs(os.path.join(d, "cuda"), exist_ok=True)
+    for path in FILES:
+        sub = "cuda" if path.endswith(".cu") else ""
+        if ref == "." or os.path.isdir(ref):
+            src = os.path.join(ROOT, path) if ref == "." else os.path.join(ref, sub, os.path.basename(path))
+            if not os.path.isfile(src):
+                raise SystemExit(f"variant {name}: no {src}")
+            with open(src, "rb") as f:
+                data = f.read()
+        else:
+            r = subprocess.run(["git", "-C", ROOT, "show", f"{ref}:{path}"], capture_output=True)
+            if r.returncode != 0:
+                raise SystemExit(f"variant {name}: no {path} at git ref {ref!r}: {r.stderr.decode().strip()}")
+            data = r.stdout
+        dst = os.path.join(d, sub, os.path.basename(path))
+        with open(dst + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(dst + ".tmp", dst)
+    return d
+
+
+def build(name: str, d: str):
+    from torch.utils.cpp_extension import load
+    return load(f"ab_stream_{name}", [os.path.join(ROOT, "tools", "ab_stream_bind.cu")],
+                extra_include_paths=[os.path.join(d, "cuda"), os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "csrc")],
+                extra_cuda_cflags=["-O3", "-gencode=arch=compute_90a,code=sm_90a"], build_directory=d, verbose=False)
+
+
+def write_row(path: str, row: dict) -> None:
+    with open(path, "a") as f:  # one line per finished row
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", type=variant_of, action="append", required=True, help="NAME=REF, two or more")
+    ap.add_argument("--out", help="jsonl file the rows are appended to (required unless --extract-only)")
+    ap.add_argument("--no-chains", action="store_true", help="skip the one-launch chains")
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build", "ab_stream"))
+    ap.add_argument("--extract-only", action="store_true", help="write the variants' files under --build-dir, then stop")
+    ap.add_argument("--build-only", action="store_true", help="extract and compile, then stop")
+    args = ap.parse_args(argv)
+    names = [n for n, _ in args.variant]
+    if len(set(names)) != len(names):
+        ap.error(f"--variant names must differ: {names}")
+    if not args.out and not args.extract_only:
+        ap.error("--out is required")
+    dirs = {n: extract(n, ref, args.build_dir) for n, ref in args.variant}
+    if args.extract_only:
+        print("extracted:", ", ".join(f"{n} -> {d}" for n, d in dirs.items()))
+        return 0
+    t0 = time.time()
+    with ThreadPoolExecutor(len(dirs)) as ex:  # nvcc is single-threaded: one per variant
+        mods = dict(zip(dirs, ex.map(lambda n: build(n, dirs[n]), dirs)))
+    print(f"built {names} in {time.time() - t0:.0f} s", flush=True)
+    if args.build_only:
+        return 0
+
+    import torch
+    KSPattern, time_cuda, l2_bytes, matmul_ref, chain_ref = pure_ks_ops()
+    dt, dev = torch.bfloat16, "cuda"
+
+    def sets(nbytes):  # copies of the weights: a rotation of > 3x L2
+        return max(1, min(64, -(-3 * l2_bytes() // nbytes)))
+
+    def timed(fn, inputs):
+        return time_cuda(fn, inputs, samples=7, max_total_s=0.04, graph=True, max_inner=64, min_sample_s=1e-3)["median_s"] * 1e6
+
+    def check(run, y, ref):
+        y.fill_(float("nan"))
+        run()
+        torch.cuda.synchronize()
+        return ((y.double() - ref).norm() / ref.norm()).item()
+
+    for pat, batches in CASES:
+        p = KSPattern.of(pat)
+        for B in batches:
+            n = sets(2 * p.nnz)
+            ws = [p.random_weights(dtype=dt, device=dev) for _ in range(n)]
+            xs = [torch.randn(B, p.in_features, dtype=dt, device=dev) for _ in range(n)]
+            y = torch.empty(B, p.out_features, dtype=dt, device=dev)
+            ref = matmul_ref(xs[0], ws[0])
+            row = {"pattern": pat, "rows": B, "sets": n, "gpu": torch.cuda.get_device_name()}
+            for v, m in mods.items():
+                row[v + "_err"] = check(lambda: m.run(xs[0], ws[0], y, *pat), y, ref)
+                row[v] = timed(lambda x, w, m=m: m.run(x, w, y, *pat), list(zip(xs, ws)))
+                row[v + "_blocks"] = (m.shape(*pat, B) or [0] * 7)[6]
+            dn = sets(2 * p.in_features * p.out_features)
+            dense = [torch.randn(p.out_features, p.in_features, dtype=dt, device=dev) for _ in range(dn)]
+            row["dense"] = timed(lambda x, k: torch.nn.functional.linear(x, k), list(zip([xs[0]] * dn, dense)))
+            write_row(args.out, row)
+            print(pat, B, " ".join(f"{v} {row[v]:.1f}" for v in names), f"| dense {row['dense']:.1f} | blocks",
+                  [row[v + "_blocks"] for v in names], "err %.1e" % max(row[v + "_err"] for v in names), flush=True)
+    if args.no_chains:
+        return 0
+    for ch in CHAINS:
+        p1, p2 = KSPattern.of(ch[0]), KSPattern.of(ch[1])
+        for B in (1, 4, 8, 16, 32):
+            if B * {2: 2, 3: 4}.get(ch[1][3], 8) > 64:  # the chain's launch serves <= 64 columns
+                continue
+            n = sets(2 * (p1.nnz + p2.nnz))
+            w1s = [p1.random_weights(dtype=dt, device=dev) for _ in range(n)]
+            w2s = [p2.random_weights(dtype=dt, device=dev) for _ in range(n)]
+            xs = [torch.randn(B, p1.in_features, dtype=dt, device=dev) for _ in range(n)]
+            y = torch.empty(B, p2.out_features, dtype=dt, device=dev)
+            ref = chain_ref(xs[0], [w1s[0], w2s[0]], None, "gelu")
+            row = {"chain": ch, "rows": B, "sets": n, "gpu": torch.cuda.get_device_name()}
+            for v, m in mods.items():
+                row[v + "_err"] = check(lambda: m.run_chain(xs[0], w1s[0], w2s[0], y, *ch[1][1:]), y, ref)
+                row[v] = timed(lambda x, a, b, m=m: m.run_chain(x, a, b, y, *ch[1][1:]), list(zip(xs, w1s, w2s)))
+            write_row(args.out, row)
+            print(ch, B, " ".join(f"{v} {row[v]:.1f}" for v in names), "err %.1e" % max(row[v + "_err"] for v in names), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the finished rows are in the output file", file=sys.stderr)
+        sys.exit(130)
