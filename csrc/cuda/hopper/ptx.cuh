@@ -11,6 +11,16 @@
 #define KS_SM90A 0
 #endif
 
+// A build for several architectures (TORCH_CUDA_ARCH_LIST="8.0;9.0a") compiles these kernels for
+// the older ones too, where the plans that launch them are never taken (ks_plan.h: sm == 90): there
+// every wrapper below traps instead of emitting an instruction the target lacks (ptxas refused
+// the whole file before).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define KS_SM90_ASM(...) __trap()
+#else
+#define KS_SM90_ASM(...) asm volatile(__VA_ARGS__)
+#endif
+
 namespace ks {
 namespace hopper {
 
@@ -21,28 +31,28 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
 // ---- mbarriers (shared::cta) ----------------------------------------------------------------
 
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));
+  KS_SM90_ASM("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));
 }
 
 // Makes the initialised barriers visible to the other threads of the cluster and to the async
 // proxy (TMA completes transactions on them).
 __device__ __forceinline__ void fence_barrier_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  KS_SM90_ASM("fence.mbarrier_init.release.cluster;" ::: "memory");
 }
 
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
+  KS_SM90_ASM("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
 
 __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
+  KS_SM90_ASM("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes)
                : "memory");
 }
 
 // Blocks until the phase of parity `parity` has completed. A fresh barrier is in phase 0, so
 // waiting for parity 1 returns at once: producers start with parity 1 on their "empty" barriers.
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
+  KS_SM90_ASM(
       "{\n"
       ".reg .pred done;\n"
       "WAIT_%=:\n"
@@ -56,14 +66,14 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
 // ---- TMA (bulk tensor copies) -----------------------------------------------------------------
 
 __device__ __forceinline__ void tma_prefetch_descriptor(const void* tmap) {
-  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(tmap)) : "memory");
+  KS_SM90_ASM("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(tmap)) : "memory");
 }
 
 // A 3-d box at coordinates (c0, c1, c2) (c0 the contiguous dimension) into shared memory; its
 // bytes complete a transaction on `bar`. Out-of-bounds elements arrive as zeros.
 __device__ __forceinline__ void tma_load_3d(void* dst, const void* tmap, uint64_t* bar, int c0, int c1,
                                             int c2) {
-  asm volatile(
+  KS_SM90_ASM(
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(smem_u32(dst)),
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
@@ -75,7 +85,7 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const void* tmap, uint64_
 __device__ __forceinline__ void tma_load_3d_multicast(void* dst, const void* tmap, uint64_t* bar, int c0, int c1,
                                                       int c2, uint16_t cta_mask) {
 #if KS_SM90A  // (ptxas advises against .multicast::cluster on a plain sm_90 target)
-  asm volatile(
+  KS_SM90_ASM(
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
       " [%0], [%1, {%3, %4, %5}], [%2], %6;" ::"r"(smem_u32(dst)),
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "h"(cta_mask)
@@ -91,7 +101,7 @@ __device__ __forceinline__ void tma_load_3d_multicast(void* dst, const void* tma
 // Every thread of every block of the cluster, not necessarily warp-converged: writes and barrier
 // initialisations before it are visible after it.
 __device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release;\n"
+  KS_SM90_ASM("barrier.cluster.arrive.release;\n"
                "barrier.cluster.wait.acquire;" ::: "memory");
 }
 
@@ -100,9 +110,14 @@ __device__ __forceinline__ void cluster_sync() {
 // wgmma reads of a stage, not writes a peer reads; .release.cluster made every stage release a
 // cluster-wide fence on the consumers' path (the multicast kernel ran 2x slower, H100).
 __device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t* bar, uint32_t rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(bar)), "r"(rank));
-  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
+  KS_SM90_ASM(
+      "{\n"
+      ".reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(rank)
+      : "memory");
 }
 
 // ---- wgmma ------------------------------------------------------------------------------------
@@ -126,20 +141,20 @@ __device__ __forceinline__ uint64_t wgmma_desc_k(uint32_t smem_addr) {
 
 __device__ __forceinline__ void wgmma_fence() {
 #if KS_SM90A
-  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+  KS_SM90_ASM("wgmma.fence.sync.aligned;" ::: "memory");
 #endif
 }
 
 __device__ __forceinline__ void wgmma_commit() {
 #if KS_SM90A
-  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+  KS_SM90_ASM("wgmma.commit_group.sync.aligned;" ::: "memory");
 #endif
 }
 
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
 #if KS_SM90A
-  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+  KS_SM90_ASM("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 #endif
 }
 
@@ -147,7 +162,7 @@ __device__ __forceinline__ void wgmma_wait() {
 template <int R>
 __device__ __forceinline__ void fence_registers(float (&d)[R]) {
 #pragma unroll
-  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < R; ++i) KS_SM90_ASM("" : "+f"(d[i])::"memory");
 }
 
 // The output operands of a wgmma, 8 accumulator registers of `d` at a time.
@@ -173,7 +188,7 @@ __device__ __forceinline__ void fence_registers(float (&d)[R]) {
   "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
 // One wgmma.mma_async: D += A * B^T, A and B K-major in shared memory (descriptors), scale-d on.
 #define KS_WGMMA(SHAPE, TYPE, REGS, DESC_A, DESC_B, ...)                                               \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                             \
+  KS_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                             \
                "wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." TYPE " {" REGS "}, " DESC_A ", " \
                DESC_B ", p, 1, 1, 0, 0;\n}\n"                                                           \
                : __VA_ARGS__                                                                           \
@@ -213,7 +228,7 @@ __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_
 // warp w of the warpgroup holds rows 16w..16w+15) * B (N x 16)^T, B K-major in shared memory.
 // The A registers are read asynchronously: they must not change before the matching wgmma_wait.
 #define KS_WGMMA_RS(SHAPE, TYPE, REGS, A0, DESC_B, ...)                                                  \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                              \
+  KS_SM90_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                              \
                "wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." TYPE " {" REGS "}, {" A0 "}, " DESC_B \
                ", p, 1, 1, 0;\n}\n"                                                                     \
                : __VA_ARGS__                                                                            \
@@ -266,7 +281,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[
 
 // Named barrier over `threads` threads (a multiple of 32), id 1..15 (0 is __syncthreads).
 __device__ __forceinline__ void named_barrier(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+  KS_SM90_ASM("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Keeps the compiler from moving reads or writes of 32-bit registers across an asynchronous wgmma
@@ -274,47 +289,47 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
 template <int R>
 __device__ __forceinline__ void fence_registers(uint32_t (&r)[R]) {
 #pragma unroll
-  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(r[i])::"memory");
+  for (int i = 0; i < R; ++i) KS_SM90_ASM("" : "+r"(r[i])::"memory");
 }
 
 // Hands registers between warpgroups: every warp of a warpgroup runs the same one.
 template <int N>
 __device__ __forceinline__ void setmaxnreg_inc() {
 #if KS_SM90A
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
+  KS_SM90_ASM("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
 #endif
 }
 template <int N>
 __device__ __forceinline__ void setmaxnreg_dec() {
 #if KS_SM90A
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+  KS_SM90_ASM("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
 #endif
 }
 
 // Makes this thread's shared-memory writes visible to the async proxy (a TMA store reading them).
 __device__ __forceinline__ void fence_proxy_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  KS_SM90_ASM("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
 // A 3-d box of shared memory to global memory at coordinates (c0, c1, c2); out-of-bounds
 // elements are not written. Completes with the bulk group of the next bulk_commit.
 __device__ __forceinline__ void tma_store_3d(const void* tmap, const void* src, int c0, int c1, int c2) {
-  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];" ::"l"(
+  KS_SM90_ASM("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];" ::"l"(
                    reinterpret_cast<uint64_t>(tmap)),
                "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
                : "memory");
 }
 
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bulk_commit() { KS_SM90_ASM("cp.async.bulk.commit_group;" ::: "memory"); }
 
 // Waits until at most N bulk groups are pending: their shared-memory reads only (.read), or whole.
 template <int N>
 __device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+  KS_SM90_ASM("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
 }
 template <int N>
 __device__ __forceinline__ void bulk_wait() {
-  asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+  KS_SM90_ASM("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
 }
 
 }  // namespace hopper
