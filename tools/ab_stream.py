@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Kernel-only A/B of stream-kernel variants (csrc/cuda/ks_stream.cu + csrc/ks_plan.h) in one process.
 
-Each variant is those two files at a git ref, in the working tree ("."), or in a folder made by
---extract-only (cuda/ks_stream.cu, ks_plan.h), compiled as its own torch extension
+Each variant is those files (FILES: with the PTX wrappers) at a git ref, in the working tree
+("."), or in a folder made by --extract-only, compiled as its own torch extension
 (tools/ab_stream_bind.cu; the other headers come from the checkout), so that variants run side by
 side on the same card, in the same process, on the same inputs:
 
@@ -31,7 +31,10 @@ import types
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ("csrc/cuda/ks_stream.cu", "csrc/ks_plan.h")
+# A variant's files (its folder holds them as under csrc/): the kernel, its plan, and the PTX
+# wrappers it may add to. The kernel includes them first from its own folder; the rest of csrc/
+# comes from the checkout.
+FILES = ("csrc/cuda/ks_stream.cu", "csrc/ks_plan.h", "csrc/cuda/hopper/ptx.cuh")
 # (pattern, batches): the MLP blocks' factors at decode sizes, odd d, a huge w, ragged tiles.
 CASES = [((1, 128, 128, 8), (8, 16)), ((1, 128, 128, 32), (4, 16)), ((1, 768, 192, 2), (1, 16, 32)),
          ((1, 1536, 384, 2), (1, 16, 32)), ((1, 2048, 512, 2), (1, 4, 16, 32)), ((1, 128, 128, 3), (16, 32)),
@@ -63,14 +66,14 @@ def variant_of(spec: str) -> tuple[str, str]:
 
 
 def extract(name: str, ref: str, build_root: str) -> str:
-    """The variant's two files under build_root/name (cuda/ks_stream.cu, ks_plan.h), from the working
-    tree ("."), a folder of that layout, or a git ref."""
+    """The variant's FILES under build_root/name as under csrc/ (cuda/ks_stream.cu, ks_plan.h,
+    cuda/hopper/ptx.cuh), from the working tree ("."), a folder of that layout, or a git ref."""
     d = os.path.join(build_root, name)
-    os.makedirs(os.path.join(d, "cuda"), exist_ok=True)
     for path in FILES:
-        sub = "cuda" if path.endswith(".cu") else ""
+        rel = os.path.relpath(path, "csrc")
+        os.makedirs(os.path.join(d, os.path.dirname(rel)), exist_ok=True)
         if ref == "." or os.path.isdir(ref):
-            src = os.path.join(ROOT, path) if ref == "." else os.path.join(ref, sub, os.path.basename(path))
+            src = os.path.join(ROOT, path) if ref == "." else os.path.join(ref, rel)
             if not os.path.isfile(src):
                 raise SystemExit(f"variant {name}: no {src}")
             with open(src, "rb") as f:
@@ -80,7 +83,7 @@ def extract(name: str, ref: str, build_root: str) -> str:
             if r.returncode != 0:
                 raise SystemExit(f"variant {name}: no {path} at git ref {ref!r}: {r.stderr.decode().strip()}")
             data = r.stdout
-        dst = os.path.join(d, sub, os.path.basename(path))
+        dst = os.path.join(d, rel)
         with open(dst + ".tmp", "wb") as f:
             f.write(data)
         os.replace(dst + ".tmp", dst)
