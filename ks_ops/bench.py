@@ -10,7 +10,9 @@
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -20,6 +22,15 @@ import torch
 from .pattern import KSPattern
 
 L2_FALLBACK_BYTES = 60 * 2**20
+
+
+def append_row(path: str, row: dict) -> None:
+    """One finished benchmark row as a line of the jsonl file at `path`, flushed to disk: a run cut
+    short (Ctrl-C, a time limit) keeps every row it finished."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def l2_bytes(device=None) -> int:

@@ -22,7 +22,6 @@ came from this harness (then in scratch/)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -52,10 +51,10 @@ def pure_ks_ops():
         pkg = types.ModuleType("ks_ops")
         pkg.__path__ = [os.path.join(ROOT, "ks_ops")]
         sys.modules["ks_ops"] = pkg
-    from ks_ops.bench import l2_bytes, time_cuda
+    from ks_ops.bench import append_row, l2_bytes, time_cuda
     from ks_ops.pattern import KSPattern
     from ks_ops.reference import ks_chain_reference, ks_matmul_reference
-    return KSPattern, time_cuda, l2_bytes, ks_matmul_reference, ks_chain_reference
+    return KSPattern, time_cuda, l2_bytes, append_row, ks_matmul_reference, ks_chain_reference
 
 
 def variant_of(spec: str) -> tuple[str, str]:
@@ -97,13 +96,6 @@ def build(name: str, d: str):
                 extra_cuda_cflags=["-O3", "-gencode=arch=compute_90a,code=sm_90a"], build_directory=d, verbose=False)
 
 
-def write_row(path: str, row: dict) -> None:
-    with open(path, "a") as f:  # one line per finished row
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,7 +123,7 @@ def main(argv=None) -> int:
         return 0
 
     import torch
-    KSPattern, time_cuda, l2_bytes, matmul_ref, chain_ref = pure_ks_ops()
+    KSPattern, time_cuda, l2_bytes, append_row, matmul_ref, chain_ref = pure_ks_ops()
     dt, dev = torch.bfloat16, "cuda"
 
     def sets(nbytes):  # copies of the weights: a rotation of > 3x L2
@@ -162,7 +154,7 @@ def main(argv=None) -> int:
             dn = sets(2 * p.in_features * p.out_features)
             dense = [torch.randn(p.out_features, p.in_features, dtype=dt, device=dev) for _ in range(dn)]
             row["dense"] = timed(lambda x, k: torch.nn.functional.linear(x, k), list(zip([xs[0]] * dn, dense)))
-            write_row(args.out, row)
+            append_row(args.out, row)
             print(pat, B, " ".join(f"{v} {row[v]:.1f}" for v in names), f"| dense {row['dense']:.1f} | blocks",
                   [row[v + "_blocks"] for v in names], "err %.1e" % max(row[v + "_err"] for v in names), flush=True)
     if args.no_chains:
@@ -182,7 +174,7 @@ def main(argv=None) -> int:
             for v, m in mods.items():
                 row[v + "_err"] = check(lambda: m.run_chain(xs[0], w1s[0], w2s[0], y, *ch[1][1:]), y, ref)
                 row[v] = timed(lambda x, a, b, m=m: m.run_chain(x, a, b, y, *ch[1][1:]), list(zip(xs, w1s, w2s)))
-            write_row(args.out, row)
+            append_row(args.out, row)
             print(ch, B, " ".join(f"{v} {row[v]:.1f}" for v in names), "err %.1e" % max(row[v + "_err"] for v in names), flush=True)
     return 0
 

@@ -26,9 +26,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_mlp import (DTYPES, blocks_of, copies_of, counts_and_dtypes, run_meta, sample_s, tensor_bytes,  # noqa: E402
-                       time_cpu, weight_bytes, write_row)
+                       time_cpu, weight_bytes)
 from ks_ops import KSPattern, auto_chain  # noqa: E402
-from ks_ops.bench import time_cuda  # noqa: E402
+from ks_ops.bench import append_row, time_cuda  # noqa: E402
 from ks_ops.ops import ACTIVATIONS, chain_plan_for, chain_with_plan  # noqa: E402
 
 PATHS = ("factors", "fused", "stream")
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                     row[f"{path}_us"] = timed(
                         lambda x, fb, p=path: chain_with_plan(x, fb[0], fb[1], args.activation, plan=p), ks_w)
                 row["dense_us"] = timed(lambda x, m: act(m(x)), denses)
-                write_row(args.out, row)
+                append_row(args.out, row)
                 cells = " ".join(f"{row[k]:8.1f}" if row[k] is not None else f"{'-':>8}"
                                  for k in ("rule_us",) + tuple(f"{p}_us" for p in PATHS) + ("dense_us",))
                 print(f"{str(chain):>40} {row['dtype']:>5} {n:>5} {row['rule']:>8} {cells}", flush=True)

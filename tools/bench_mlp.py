@@ -21,7 +21,6 @@ layer's weights from HBM sees them; rows carry "weights" and "weight_sets".
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ks_ops import KSLinear, auto_chain  # noqa: E402
-from ks_ops.bench import measure_ceilings, rotation_count, time_cuda  # noqa: E402
+from ks_ops.bench import append_row, measure_ceilings, rotation_count, time_cuda  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -139,13 +138,6 @@ def run_meta(device: torch.device, timing: str):
     return cuda, ceil, meta
 
 
-def write_row(path: str, row: dict) -> None:
-    with open(path, "a") as f:  # one line per finished row
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", default="1024x4096,4096x16384", help="DxH list: d -> h -> d blocks")
@@ -191,7 +183,7 @@ def main(argv=None) -> int:
                     if ceil is not None:
                         row[f"{name}_floor_us"] = max(flops / ceil.rate(dtype), nbytes / ceil.copy_bytes_per_s) * 1e6
                 row["ks_over_dense"] = row["ks_us"] / row["dense_us"]
-                write_row(args.out, row)
+                append_row(args.out, row)
                 floor = f"{row['ks_us'] / row['ks_floor_us']:8.2f}" if ceil is not None else f"{'-':>8}"
                 print(f"{d:>5}x{h:<6} {row['dtype']:>5} {n:>6} "
                       f"{row['dense_us']:9.1f} {row['ks_us']:9.1f} {row['ks_over_dense']:8.3f} {floor}", flush=True)
