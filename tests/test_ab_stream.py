@@ -63,5 +63,5 @@ def test_unknown_ref_is_named(tmp_path):
 
 
 def test_pure_modules_load():
-    KSPattern, time_cuda, l2_bytes, append_row, matmul_ref, chain_ref = ab.pure_ks_ops()
+    KSPattern, time_cuda, rotation_count, append_row, matmul_ref, chain_ref = ab.pure_ks_ops()
     assert KSPattern.of((1, 4, 4, 2)).nnz == 32 and callable(time_cuda) and callable(chain_ref)

@@ -13,7 +13,12 @@ def run(*args):
 def test_help_names_the_arguments():
     r = run("--help")
     assert r.returncode == 0, r.stderr
-    assert "pattern" in r.stdout and "'dense'" in r.stdout and "--batch-last" in r.stdout
+    assert "pattern" in r.stdout and "linear" in r.stdout and "stream" in r.stdout and "--batch-last" in r.stdout
+
+
+def test_unknown_plan_is_refused_by_name():
+    r = run("1,4,4,2", "3", "streem")
+    assert r.returncode == 2 and "invalid choice: 'streem'" in r.stderr
 
 
 def test_bad_dtype_is_refused_by_name():

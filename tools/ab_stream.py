@@ -51,10 +51,10 @@ def pure_ks_ops():
         pkg = types.ModuleType("ks_ops")
         pkg.__path__ = [os.path.join(ROOT, "ks_ops")]
         sys.modules["ks_ops"] = pkg
-    from ks_ops.bench import append_row, l2_bytes, time_cuda
+    from ks_ops.bench import append_row, rotation_count, time_cuda
     from ks_ops.pattern import KSPattern
     from ks_ops.reference import ks_chain_reference, ks_matmul_reference
-    return KSPattern, time_cuda, l2_bytes, append_row, ks_matmul_reference, ks_chain_reference
+    return KSPattern, time_cuda, rotation_count, append_row, ks_matmul_reference, ks_chain_reference
 
 
 def variant_of(spec: str) -> tuple[str, str]:
@@ -123,11 +123,11 @@ def main(argv=None) -> int:
         return 0
 
     import torch
-    KSPattern, time_cuda, l2_bytes, append_row, matmul_ref, chain_ref = pure_ks_ops()
+    KSPattern, time_cuda, rotation_count, append_row, matmul_ref, chain_ref = pure_ks_ops()
     dt, dev = torch.bfloat16, "cuda"
 
     def sets(nbytes):  # copies of the weights: a rotation of > 3x L2
-        return max(1, min(64, -(-3 * l2_bytes() // nbytes)))
+        return rotation_count(nbytes, cap=64)
 
     def timed(fn, inputs):
         return time_cuda(fn, inputs, samples=7, max_total_s=0.04, graph=True, max_inner=64, min_sample_s=1e-3)["median_s"] * 1e6
