@@ -13,7 +13,8 @@
 //   power of two, padding planes dropped) and K = c * G, G times the pattern's flops -- cheap
 //   while B * Gp <= 128, where the tensor cores idle on w's bytes.
 //
-// Mainloop (per warp: 16 rows of w = one m16 tile, all N columns, the block's
+// Mainloop (per warp: 16 rows of w = one m16 tile, all N columns -- or a quarter of them where
+// four warps share the tile because the grid is too small to fill the GPU (kCP) -- and the block's
 // slice of K): each thread loads its rows' 16 bytes of a 32-position step (positions 8q .. 8q + 7, q = lane % 4);
 // the step's two k16 MMAs read them as their A fragments after a relabelling of k inside the step
 // (logical k {2q, 2q+1, 2q+8, 2q+9} of MMA s are positions 8q + 4s + {0..3}), which B's fragments
@@ -218,29 +219,30 @@ constexpr int kMT = 1;
 // order (deterministic), (l, row) fastest, so that consecutive threads write consecutive features
 // of y's rows where G = d. Index arithmetic by shifts: share, N and Gp are powers of two; columns
 // of planes l >= G (G = 3, 5, 6, 7 padded to Gp) are dropped.
-template <typename T, int NT, int ACT>
+template <typename T, int NT, int ACT, int kCP>
 __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT][NT][4], unsigned char* smem,
                                          int rank, int rt, int i, int goff, int gshift) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, q = lane & 3;
-  const int rows_per_block = (blockDim.x >> 5) * 16 * kMT, G = p.G, Gp = p.Gp;
+  const int mwarp = warp / kCP, col0 = (warp % kCP) * NT * 8;  // this warp's m16 tile and first column
+  const int rows_per_block = (blockDim.x >> 5) / kCP * 16 * kMT, G = p.G, Gp = p.Gp;
   if (p.split == 1) {
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int j = rt * rows_per_block + warp * 16 * kMT + mt * 16 + h * 8 + r;
+        const int j = rt * rows_per_block + mwarp * 16 * kMT + mt * 16 + h * 8 + r;
         if (j >= p.b) continue;
 #pragma unroll
         for (int t = 0; t < NT; ++t)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int col = t * 8 + 2 * q + e, n = col >> gshift, l = col & (Gp - 1);
+            const int col = col0 + t * 8 + 2 * q + e, n = col >> gshift, l = col & (Gp - 1);
             if (n < p.batch && l < G) put<T, ACT>(p, acc[mt][t][2 * h + e], ((int64_t)i * p.b + j) * p.d + goff + l, n);
           }
       }
     return;
   }
-  constexpr int N = NT * 8, Np = N + 1;
+  constexpr int N = NT * 8 * kCP, Np = N + 1;
   float* red = reinterpret_cast<float*>(smem);  // over x: all its reads are done
   __syncthreads();
 #pragma unroll
@@ -249,7 +251,7 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
     for (int t = 0; t < NT; ++t)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float* dst = red + (warp * 16 * kMT + mt * 16 + h * 8 + r) * Np + t * 8 + 2 * q;
+        float* dst = red + (mwarp * 16 * kMT + mt * 16 + h * 8 + r) * Np + col0 + t * 8 + 2 * q;
         dst[0] = acc[mt][t][2 * h];
         dst[1] = acc[mt][t][2 * h + 1];
       }
@@ -272,16 +274,20 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
   cluster_barrier();  // no block leaves while a peer reads its tile
 }
 
-// NT: n8 tiles (N = 8 NT columns >= B * Gp). Block = 32 * warps threads, 16 kMT rows per warp.
+// NT: n8 tiles per warp; kCP: warps per m16 tile (ks_plan.h StreamShape::col_parts), each with NT
+// consecutive n8 tiles (N = 8 NT kCP columns >= B * Gp). Block = 32 * warps threads, 16 kMT rows
+// per kCP warps.
 // P: StreamParams, or StreamChainParams for ks::chain's launch (x is then the chain's input and
 // the block stages its first factor's output for its K slice).
-template <typename T, int NT, typename P, int kDepth>
+template <typename T, int NT, typename P, int kDepth, int kCP>
 __global__ void __launch_bounds__(128) stream_kernel(const P p) {
+  static_assert(kCP == 1 || !std::is_same<P, StreamChainParams>::value, "the chain's launch keeps kCP = 1");
   constexpr bool kFirst = std::is_same<P, StreamChainParams>::value;
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int r = lane >> 2, q = lane & 3;
-  const int rows_per_block = (blockDim.x >> 5) * 16 * kMT;
+  const int rows_per_block = (blockDim.x >> 5) / kCP * 16 * kMT;
+  const int mwarp = warp / kCP, col0 = (warp % kCP) * NT * 8;  // this warp's m16 tile and first column
   const int rank = blockIdx.x % p.split;
   const int unit = blockIdx.x / p.split;
   const int rt = unit % p.row_tiles, ig = unit / p.row_tiles;
@@ -296,7 +302,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   const T* w = static_cast<const T*>(p.w);
   const T* wrow[kMT][2];
   bool wok[kMT][2];
-  const int j0 = rt * rows_per_block + warp * 16 * kMT;
+  const int j0 = rt * rows_per_block + mwarp * 16 * kMT;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -381,7 +387,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   masks_at(0, mask);
   const T* xcol[NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) xcol[t] = xs + ((t * 8 + r) >> gshift) * xs_stride + q * 8;
+  for (int t = 0; t < NT; ++t) xcol[t] = xs + ((col0 + t * 8 + r) >> gshift) * xs_stride + q * 8;
 
   float acc[kMT][NT][4];
 #pragma unroll
@@ -416,17 +422,17 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   }
 
   switch (p.act) {  // the epilogue's code once per activation, not a switch per output
-    case 1: epilogue<T, NT, 1>(p, acc, smem, rank, rt, i, goff, gshift); break;
-    case 2: epilogue<T, NT, 2>(p, acc, smem, rank, rt, i, goff, gshift); break;
-    case 3: epilogue<T, NT, 3>(p, acc, smem, rank, rt, i, goff, gshift); break;
-    case 4: epilogue<T, NT, 4>(p, acc, smem, rank, rt, i, goff, gshift); break;
-    default: epilogue<T, NT, 0>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 1: epilogue<T, NT, 1, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 2: epilogue<T, NT, 2, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 3: epilogue<T, NT, 3, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 4: epilogue<T, NT, 4, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    default: epilogue<T, NT, 0, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
   }
 }
 
-template <typename T, int NT, typename P, int kDepth>
+template <typename T, int NT, typename P, int kDepth, int kCP>
 cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
-  auto kernel = stream_kernel<T, NT, P, kDepth>;
+  auto kernel = stream_kernel<T, NT, P, kDepth, kCP>;
   static std::atomic<uint64_t> configured{0};
   int dev = 0;
   const cudaError_t e = hopper::device_with_smem(kernel, (int)kStreamMaxSmem, configured, &dev);
@@ -446,15 +452,23 @@ cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
   return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
-template <typename T, int NT, typename P>
+template <typename T, int NT, typename P, int kCP = 1>
 cudaError_t launch_depth(const P& p, const StreamShape& sh, cudaStream_t stream) {
-  if constexpr (NT == 8) return launch_nt<T, NT, P, 2>(p, sh, stream);  // depth 2 only (stream_shape)
-  else return sh.depth == 4 ? launch_nt<T, NT, P, 4>(p, sh, stream) : launch_nt<T, NT, P, 2>(p, sh, stream);
+  if constexpr (NT == 8) return launch_nt<T, NT, P, 2, kCP>(p, sh, stream);  // depth 2 only (stream_shape)
+  else return sh.depth == 4 ? launch_nt<T, NT, P, 4, kCP>(p, sh, stream) : launch_nt<T, NT, P, 2, kCP>(p, sh, stream);
 }
 
 // P = StreamChainParams (the chain's launch) only up to 64 columns: stream_matmul checks.
 template <typename T, typename P>
 cudaError_t launch_t(const P& p, const StreamShape& sh, cudaStream_t stream) {
+  if (sh.col_parts == 4) {  // 64-128 columns, a quarter per warp (stream_shape)
+    if constexpr (std::is_same<P, StreamParams>::value) {
+      if (sh.nt == 8) return launch_depth<T, 2, P, 4>(p, sh, stream);
+      if (sh.nt == 16) return launch_depth<T, 4, P, 4>(p, sh, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
+  if (sh.col_parts != 1) return cudaErrorInvalidValue;
   switch (sh.nt) {
     case 1: return launch_depth<T, 1>(p, sh, stream);
     case 2: return launch_depth<T, 2>(p, sh, stream);
@@ -472,7 +486,7 @@ cudaError_t launch_t(const P& p, const StreamShape& sh, cudaStream_t stream) {
 cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation, cudaStream_t stream,
                           const StreamFirstFactor* first) {
   StreamShape sh;
-  if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh))
+  if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh, first != nullptr))
     return cudaErrorNotSupported;  // nothing launched: the caller may take another plan
   if (first && (g.batch_last || g.a != 1 || sh.group != g.d || sh.nt > 8 || first->c % 8 != 0 || first->b % 32 != 0 || !aligned16(first->w) ||
                 !aligned16(g.x) || g.ldx % 8 != 0 || (int64_t)first->a * first->b != (int64_t)g.c * g.d))
