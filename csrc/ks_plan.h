@@ -62,7 +62,7 @@ struct Problem {
 // of 16 * warps rows of w (one m16 tile per warp), or of 16 rows whose columns four warps share
 // (col_parts); where the (i, group, row tile) units give fewer than two blocks per SM, clusters of
 // `split` blocks share K (at least 32 positions each). Shared memory: the block's x rows (nb rows
-// of k_slice positions), then, with a split, its fp32 partial tile.
+// of k_slice positions), then, with a split, the slots its peers push their fp32 partials into.
 constexpr int64_t kStreamMaxSmem = 160 * 1024;
 constexpr int64_t kStreamMaxCols = 128;  // B * Gp
 
@@ -128,7 +128,8 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
     s.split = split;
     s.k_slice = static_cast<int>(((K + split - 1) / split + 31) / 32 * 32);
     s.xs_stride = s.k_slice + (s.k_slice % 64 == 0 ? 32 : 0);
-    s.smem = std::max<int64_t>(2 * s.nb * static_cast<int64_t>(s.xs_stride), split > 1 ? 4 * rows * (8 * s.nt + 1) : 0);
+    // x's rows, then with a split the reduction's slots (rows of N + 2 floats) and its barrier
+    s.smem = 2 * s.nb * static_cast<int64_t>(s.xs_stride) + (split > 1 ? 4 * rows * (8 * s.nt + 2) + 8 : 0);
   };
   // split doubled while the blocks stay within two per SM and each keeps >= 32 positions: at
   // decode sizes the time is a few round trips of w's loads, and more blocks put more bytes in

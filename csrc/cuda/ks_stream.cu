@@ -24,9 +24,9 @@
 // grids); x's rows are one cp.async group.
 //
 // Split over K: where (i, group, row tiles) give fewer than two blocks per SM, a cluster of up to
-// 8 blocks splits K (>= 32 positions each); each writes its fp32 partial tile to its shared memory and rank r sums rows
-// of all ranks' tiles through distributed shared memory in rank order (deterministic), adds the
-// bias, applies the activation and writes y. One launch, no workspace.
+// 8 blocks splits K (>= 32 positions each); each pushes the rows of its fp32 partial tile that rank
+// r finishes into r's shared memory (st.async), and r sums them in rank order (deterministic), adds
+// the bias, applies the activation and writes y. One launch, no workspace.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -36,6 +36,7 @@
 
 #include "activation.cuh"
 #include "hopper/launch.h"
+#include "hopper/ptx.cuh"
 #include "ks_dispatch.h"
 #include "ks_kernels.h"
 #include "../ks_plan.h"
@@ -175,39 +176,6 @@ __device__ __forceinline__ void stage_first_factor(const StreamChainParams& p, T
   }
 }
 
-// Every thread of every block of the cluster: shared-memory writes before it are visible to the
-// cluster's reads after it.
-__device__ __forceinline__ void cluster_barrier() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
-#endif
-}
-
-// The cluster's last barrier: only keeps every block's shared memory alive until its peers have
-// read it. Their reads are complete when they arrive (each read value was stored to y before), so
-// the arrive needs no release fence -- which would wait for every earlier store to y (ncu: the
-// fence and the wait behind it were 20 % of the stall samples at one row, results/ncu10_h100).
-__device__ __forceinline__ void cluster_barrier_relaxed() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait;" ::: "memory");
-#endif
-}
-
-// The float at this block's shared-memory address `p`, in block `rank` of the cluster.
-__device__ __forceinline__ float ld_cluster_f32(const float* p, uint32_t rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t remote;
-  float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
-               : "=r"(remote)
-               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(p))), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-  return v;
-#else
-  return *p;
-#endif
-}
-
 // One output: + bias, the activation ACT (ks_checks.h Activation; 16-bit output), one rounding.
 template <typename T, int ACT>
 __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, int n) {
@@ -223,12 +191,17 @@ __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, i
 constexpr int kMT = 1;
 
 // The block's outputs. Without a split, straight from the accumulators (C fragment: rows r and
-// r + 8 of each m16 tile, columns 2q and 2q + 1 of each n8 tile). With one, every block writes its
-// fp32 partial tile (rows of N + 1 floats) to its shared memory; after a cluster barrier rank
-// `rank` finishes rows [rank * share, (rank + 1) * share): the ranks' partials summed in rank
-// order (deterministic), (l, row) fastest, so that consecutive threads write consecutive features
-// of y's rows where G = d. Index arithmetic by shifts: share, N and Gp are powers of two; columns
-// of planes l >= G (G = 3, 5, 6, 7 padded to Gp) are dropped.
+// r + 8 of each m16 tile, columns 2q and 2q + 1 of each n8 tile). With one, rank o of the cluster
+// finishes rows [o * share, (o + 1) * share) of the tile: every block pushes those rows of its fp32
+// partials into o's slots by st.async, whose bytes complete a transaction on o's barrier, and o
+// waits on its own barrier only, then sums its slots in rank order (deterministic), (l, row)
+// fastest, so that consecutive threads write consecutive features of y's rows where G = d. No
+// cluster-wide barrier sits between the mainloop and y: pulling the partials through distributed
+// shared memory needed two, whose fences and waits were 20-28 % of the stall samples at 1-16 rows
+// (ncu, results/ncu10_h100). Shared memory after x's rows: slots [split][share][N + 2] floats (+2:
+// the rows a warp stores hit different banks), then the barrier, which the kernel initialises at
+// its start, expecting rows x N x 4 bytes. Index arithmetic by shifts: share, N and Gp are powers
+// of two; columns of planes l >= G (G = 3, 5, 6, 7 padded to Gp) are dropped.
 template <typename T, int NT, int ACT, int kCP>
 __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT][NT][4], unsigned char* smem,
                                          int rank, int rt, int i, int goff, int gshift) {
@@ -252,37 +225,36 @@ __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT
       }
     return;
   }
-  constexpr int N = NT * 8 * kCP, Np = N + 1;
-  float* red = reinterpret_cast<float*>(smem);  // over x: all its reads are done
-  __syncthreads();
+  constexpr int N = NT * 8 * kCP, Np = N + 2;
+  const int share = rows_per_block / p.split;  // a power of two
+  const int sshift = __ffs(share) - 1;
+  float* slots = reinterpret_cast<float*>(smem + 2 * (size_t)p.nb * p.xs_stride);
+  uint64_t* bar = reinterpret_cast<uint64_t*>(slots + (size_t)rows_per_block * Np);
+  hopper::cluster_wait();  // every block's barrier is initialised (arrived at the kernel's start)
+  const uint32_t slots_at = hopper::smem_u32(slots), bar_at = hopper::smem_u32(bar);
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-    for (int t = 0; t < NT; ++t)
+    for (int h = 0; h < 2; ++h) {
+      const int row = mwarp * 16 * kMT + mt * 16 + h * 8 + r, owner = row >> sshift;
+      const uint32_t dst = hopper::mapa(slots_at, owner) + ((rank * share + (row & (share - 1))) * Np + col0 + 2 * q) * 4;
+      const uint32_t dst_bar = hopper::mapa(bar_at, owner);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float* dst = red + (mwarp * 16 * kMT + mt * 16 + h * 8 + r) * Np + col0 + t * 8 + 2 * q;
-        dst[0] = acc[mt][t][2 * h];
-        dst[1] = acc[mt][t][2 * h + 1];
-      }
-  cluster_barrier();
-  const int share = rows_per_block / p.split;  // a power of two
-  const int sshift = __ffs(share) - 1;
+      for (int t = 0; t < NT; ++t) hopper::st_async_f32x2(dst + t * 32, acc[mt][t][2 * h], acc[mt][t][2 * h + 1], dst_bar);
+    }
+  hopper::mbarrier_wait_cluster(bar, 0);  // every rank's rows for this block have landed
 #pragma unroll 2
   for (int e = tid; e < share * N; e += blockDim.x) {
-    const int l = e & (Gp - 1), row = rank * share + ((e >> gshift) & (share - 1)), n = e >> (gshift + sshift);
-    const int j = rt * rows_per_block + row;
-    if (n >= p.batch || j >= p.b || l >= G) continue;  // read only what is stored (cluster_barrier_relaxed)
-    const float* src = red + row * Np + n * Gp + l;
-    float part[8];
-#pragma unroll
-    for (int s = 0; s < 8; ++s) part[s] = s < p.split ? ld_cluster_f32(src, s) : 0.f;
-    float z = part[0];
-#pragma unroll
-    for (int s = 1; s < 8; ++s) z += part[s];
+    const int l = e & (Gp - 1), rin = (e >> gshift) & (share - 1), n = e >> (gshift + sshift);
+    const int j = rt * rows_per_block + rank * share + rin;
+    if (n >= p.batch || j >= p.b || l >= G) continue;
+    const float* src = slots + rin * Np + n * Gp + l;
+    float z = src[0];
+    for (int s = 1; s < p.split; ++s) z += src[s * share * Np];
     put<T, ACT>(p, z, ((int64_t)i * p.b + j) * p.d + goff + l, n);
   }
-  cluster_barrier_relaxed();  // no block leaves while a peer reads its tile
+  // No barrier before leaving: a block leaves after every store into it has landed, and its own
+  // stores go to blocks that wait for them.
 }
 
 // NT: n8 tiles per warp; kCP: warps per m16 tile (ks_plan.h StreamShape::col_parts), each with NT
@@ -340,6 +312,20 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   uint4 A[kDepth][kMT][2];  // kDepth steps in flight
 #pragma unroll
   for (int u = 0; u < kDepth; ++u) load_step(A[u], u);  // in flight while x is staged
+
+  // The split's reduction barrier (epilogue): initialised now, expecting the slot bytes of every
+  // rank; the cluster's wait in the epilogue makes it visible to the peers before they push.
+  if (p.split > 1) {
+    if (tid == 0) {
+      constexpr int N = NT * 8 * kCP;
+      uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 2 * (size_t)p.nb * p.xs_stride +
+                                                  (size_t)rows_per_block * (N + 2) * 4);
+      hopper::mbarrier_init(bar, 1);
+      hopper::mbarrier_arrive_expect_tx(bar, rows_per_block * N * 4);
+      hopper::fence_barrier_init();
+    }
+    hopper::cluster_arrive_relaxed();
+  }
 
   // x rows n < nb, positions [kbeg, kbeg + k_slice), as 8-position chunks (zeros past B and K),
   // copied asynchronously where rows are 16-byte aligned.
