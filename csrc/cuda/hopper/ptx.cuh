@@ -123,7 +123,7 @@ __device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t* bar, uint32_t 
 // Waits for phase `parity` of a barrier that other blocks of the cluster complete (st.async's
 // transactions): acquire at cluster scope, so that their stores are visible after it.
 __device__ __forceinline__ void mbarrier_wait_cluster(uint64_t* bar, uint32_t parity) {
-  asm volatile(
+  KS_SM90_ASM(
       "{\n"
       ".reg .pred done;\n"
       "WAIT_%=:\n"
@@ -136,20 +136,20 @@ __device__ __forceinline__ void mbarrier_wait_cluster(uint64_t* bar, uint32_t pa
 
 // The split halves of cluster_sync: arrive without ordering anything (after fence_barrier_init
 // where barriers were initialised), wait with acquire.
-__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait;" ::: "memory"); }
+__device__ __forceinline__ void cluster_arrive_relaxed() { KS_SM90_ASM("barrier.cluster.arrive.relaxed;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { KS_SM90_ASM("barrier.cluster.wait;" ::: "memory"); }
 
 // The shared::cluster address of this block's shared-memory address `addr` in block `rank`.
 __device__ __forceinline__ uint32_t mapa(uint32_t addr, uint32_t rank) {
-  uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+  uint32_t remote = 0;
+  KS_SM90_ASM("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
   return remote;
 }
 
 // Two floats into a (possibly remote) block's shared memory at shared::cluster address `addr`
 // (8-byte aligned), completing 8 bytes of a transaction on the barrier at `bar` in that block.
 __device__ __forceinline__ void st_async_f32x2(uint32_t addr, float a, float b, uint32_t bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];" ::"r"(addr),
+  KS_SM90_ASM("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];" ::"r"(addr),
                "f"(a), "f"(b), "r"(bar)
                : "memory");
 }
