@@ -58,11 +58,11 @@ struct Problem {
 // d <= 8, 8 for d % 8 == 0), the positions (k, l) of the group are one K dimension along
 // which every row j of w is contiguous, and x's columns are spread over (row n, plane l): one GEMM
 // of b x (B * Gp) x (c * G), G times the pattern's flops, which the tensor cores absorb while
-// B * Gp <= 128 (Gp = G rounded up to a power of two; decode sizes are bound by w's bytes). Blocks of 32 * warps rows of w (16 * warps
-// at 128 columns); where the (i, group, row tile) units give fewer than one block per SM, clusters
-// of `split` blocks share K (as many as keep one wave of two blocks per SM, at least 128 positions
-// each). Shared memory: the block's x rows (nb rows of k_slice positions), then, with a split, its
-// fp32 partial tile.
+// B * Gp <= 128 (Gp = G rounded up to a power of two; decode sizes are bound by w's bytes). Blocks
+// of 16 * warps rows of w (one m16 tile per warp), or of 16 rows whose columns four warps share
+// (col_parts); where the (i, group, row tile) units give fewer than two blocks per SM, clusters of
+// `split` blocks share K (at least 32 positions each). Shared memory: the block's x rows (nb rows
+// of k_slice positions), then, with a split, the slots its peers push their fp32 partials into.
 constexpr int64_t kStreamMaxSmem = 160 * 1024;
 constexpr int64_t kStreamMaxCols = 128;  // B * Gp
 
@@ -71,7 +71,8 @@ struct StreamShape {
   int cols = 0;       // Gp = stream_cols(d): columns per x row
   int nt = 0;         // n8 tiles: N = 8 * nt >= B * Gp columns
   int nb = 0;         // x rows staged: N / G (>= B)
-  int warps = 0;      // 16 rows of w each (one m16 tile)
+  int warps = 0;      // per block (128 threads at most)
+  int col_parts = 0;  // warps sharing one m16 tile of w, each with nt / col_parts of the n8 tiles
   int row_tiles = 0;  // ceil(b / rows per block)
   int split = 0;      // blocks of a cluster over K (1, 2, 4 or 8)
   int k_slice = 0;    // K positions per block, a multiple of 32
@@ -93,8 +94,11 @@ inline int stream_cols(int64_t d) {
 }
 
 // False where the kernel does not serve the problem (then no plan of this name runs it). `sms`
-// only sets the split; whether it serves does not depend on it.
-inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t batch, int sms, StreamShape* out) {
+// only sets the split and the column parts; whether it serves does not depend on them. chain: the
+// launch of ks::chain (ks_stream.cu stage_first_factor), whose blocks each recompute their share
+// of the first factor, so it keeps one warp per m16 tile (more blocks would recompute more).
+inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t batch, int sms, StreamShape* out,
+                         bool chain = false) {
   StreamShape s;
   s.group = stream_group(d);
   s.cols = stream_cols(d);
@@ -106,14 +110,26 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
   s.nb = static_cast<int>(8 * s.nt / s.cols);
   const int64_t warp_rows = 16;  // one m16 tile per warp (ks_stream.cu kMT)
   s.warps = b > 2 * warp_rows ? 4 : b > warp_rows ? 2 : 1;
-  const int64_t rows = warp_rows * s.warps;
+  s.col_parts = 1;
+  auto units_of = [&](int64_t rows) { return a * (d / G) * ((b + rows - 1) / rows); };
+  // 64-128 columns where even a split of 8 leaves SMs idle ((1, 128, 128, 8) at 16 rows: 2 row
+  // tiles x 8 = 16 blocks, each warp a serial stream of 16 n8 tiles x the k steps; ncu,
+  // benchmarks/results/ncu10_h100): four warps share each m16 tile, a quarter of the columns each,
+  // in blocks of 16 rows -- four times the warps on the same bytes of w (each warp loads its
+  // tile's rows; the other three find them in L2).
+  if (!chain && s.nt >= 8 && units_of(warp_rows * s.warps) * 8 < sms) {
+    s.col_parts = 4;
+    s.warps = 4;
+  }
+  const int64_t rows = warp_rows * s.warps / s.col_parts;
   s.row_tiles = static_cast<int>((b + rows - 1) / rows);
-  const int64_t K = c * G, units = a * (d / G) * s.row_tiles;
+  const int64_t K = c * G, units = units_of(rows);
   auto size = [&](int split) {
     s.split = split;
     s.k_slice = static_cast<int>(((K + split - 1) / split + 31) / 32 * 32);
     s.xs_stride = s.k_slice + (s.k_slice % 64 == 0 ? 32 : 0);
-    s.smem = std::max<int64_t>(2 * s.nb * static_cast<int64_t>(s.xs_stride), split > 1 ? 4 * rows * (8 * s.nt + 1) : 0);
+    // x's rows, then with a split the reduction's slots (rows of N + 2 floats) and its barrier
+    s.smem = 2 * s.nb * static_cast<int64_t>(s.xs_stride) + (split > 1 ? 4 * rows * (8 * s.nt + 2) + 8 : 0);
   };
   // split doubled while the blocks stay within two per SM and each keeps >= 32 positions: at
   // decode sizes the time is a few round trips of w's loads, and more blocks put more bytes in
@@ -132,7 +148,7 @@ inline bool stream_shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t bat
   // blocks: registers cut the blocks per SM); stream4_h100_split_depth_ab.jsonl, with two m16
   // tiles per warp. Not at nt = 8, where four steps of two tiles spilled; with one tile they
   // would fit (not measured yet).
-  s.depth = s.blocks <= sms && s.nt != 8 ? 4 : 2;
+  s.depth = s.blocks <= sms && s.nt / s.col_parts != 8 ? 4 : 2;
   *out = s;
   return true;
 }
@@ -369,7 +385,8 @@ inline bool choose_stream_chain(const Problem& f1, const Problem& f2) {
         f1.a * f1.b == f2.c * f2.d && f2.batch * stream_cols(f2.d) <= 64 && stream_takes(f2, true)))
     return false;
   StreamShape s;
-  return stream_shape(f2.a, f2.b, f2.c, f2.d, f2.batch, 132, &s) && int64_t{s.k_slice} * f1.c <= (f2.batch <= 2 ? 32768 : 8192);
+  return stream_shape(f2.a, f2.b, f2.c, f2.d, f2.batch, 132, &s, /*chain=*/true) &&
+         int64_t{s.k_slice} * f1.c <= (f2.batch <= 2 ? 32768 : 8192);
 }
 
 }  // namespace ks

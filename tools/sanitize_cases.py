@@ -53,7 +53,9 @@ FUSED_CHAIN_CASES = [([(4, 64, 40, 1), (1, 100, 64, 4)], 37), ([(3, 64, 24, 1), 
 # groups), row tails, K tails, K split over clusters of 2-8 blocks ((1, 300, 2048, 1): 8), column
 # tiles of 64 and of 128, groups of 3 and 7 planes (masks turning with the
 # position's phase; the last one split over a cluster), four steps of w in flight and, on 272
-# blocks (more than the SMs), two; both layouts.
+# blocks (more than the SMs), two; four warps sharing an m16 tile's columns where the grid is small
+# ((3, 100, 38, 4) at 16 rows, (2, 33, 136, 24), (1, 130, 36, 2) at 64, (2, 40, 37, 8), and (1, 72,
+# 8, 7) without a split); both layouts.
 STREAM_CASES = [((1, 7, 8, 1), 3), ((3, 100, 38, 4), 16), ((2, 33, 136, 24), 5), ((1, 300, 2048, 1), 64),
                 ((1, 40, 1000, 2), 13), ((1, 130, 36, 2), 64), ((2, 40, 37, 8), 16),
                 ((2, 61, 24, 3), 21), ((1, 72, 8, 7), 9), ((1, 128, 1024, 3), 5), ((17, 1024, 8, 1), 7)]

@@ -13,7 +13,8 @@
 //   power of two, padding planes dropped) and K = c * G, G times the pattern's flops -- cheap
 //   while B * Gp <= 128, where the tensor cores idle on w's bytes.
 //
-// Mainloop (per warp: 16 rows of w = one m16 tile, all N columns, the block's
+// Mainloop (per warp: 16 rows of w = one m16 tile, all N columns -- or a quarter of them where
+// four warps share the tile because the grid is too small to fill the GPU (kCP) -- and the block's
 // slice of K): each thread loads its rows' 16 bytes of a 32-position step (positions 8q .. 8q + 7, q = lane % 4);
 // the step's two k16 MMAs read them as their A fragments after a relabelling of k inside the step
 // (logical k {2q, 2q+1, 2q+8, 2q+9} of MMA s are positions 8q + 4s + {0..3}), which B's fragments
@@ -23,9 +24,9 @@
 // grids); x's rows are one cp.async group.
 //
 // Split over K: where (i, group, row tiles) give fewer than two blocks per SM, a cluster of up to
-// 8 blocks splits K (>= 32 positions each); each writes its fp32 partial tile to its shared memory and rank r sums rows
-// of all ranks' tiles through distributed shared memory in rank order (deterministic), adds the
-// bias, applies the activation and writes y. One launch, no workspace.
+// 8 blocks splits K (>= 32 positions each); each pushes the rows of its fp32 partial tile that rank
+// r finishes into r's shared memory (st.async), and r sums them in rank order (deterministic), adds
+// the bias, applies the activation and writes y. One launch, no workspace.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -35,6 +36,7 @@
 
 #include "activation.cuh"
 #include "hopper/launch.h"
+#include "hopper/ptx.cuh"
 #include "ks_dispatch.h"
 #include "ks_kernels.h"
 #include "../ks_plan.h"
@@ -174,29 +176,6 @@ __device__ __forceinline__ void stage_first_factor(const StreamChainParams& p, T
   }
 }
 
-// Every thread of every block of the cluster: shared-memory writes before it are visible to the
-// cluster's reads after it.
-__device__ __forceinline__ void cluster_barrier() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
-#endif
-}
-
-// The float at this block's shared-memory address `p`, in block `rank` of the cluster.
-__device__ __forceinline__ float ld_cluster_f32(const float* p, uint32_t rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t remote;
-  float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;"
-               : "=r"(remote)
-               : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(p))), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-  return v;
-#else
-  return *p;
-#endif
-}
-
 // One output: + bias, the activation ACT (ks_checks.h Activation; 16-bit output), one rounding.
 template <typename T, int ACT>
 __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, int n) {
@@ -212,76 +191,86 @@ __device__ __forceinline__ void put(const StreamParams& p, float z, int64_t f, i
 constexpr int kMT = 1;
 
 // The block's outputs. Without a split, straight from the accumulators (C fragment: rows r and
-// r + 8 of each m16 tile, columns 2q and 2q + 1 of each n8 tile). With one, every block writes its
-// fp32 partial tile (rows of N + 1 floats) to its shared memory; after a cluster barrier rank
-// `rank` finishes rows [rank * share, (rank + 1) * share): the ranks' partials summed in rank
-// order (deterministic), (l, row) fastest, so that consecutive threads write consecutive features
-// of y's rows where G = d. Index arithmetic by shifts: share, N and Gp are powers of two; columns
-// of planes l >= G (G = 3, 5, 6, 7 padded to Gp) are dropped.
-template <typename T, int NT, int ACT>
+// r + 8 of each m16 tile, columns 2q and 2q + 1 of each n8 tile). With one, rank o of the cluster
+// finishes rows [o * share, (o + 1) * share) of the tile: every block pushes those rows of its fp32
+// partials into o's slots by st.async, whose bytes complete a transaction on o's barrier, and o
+// waits on its own barrier only, then sums its slots in rank order (deterministic), (l, row)
+// fastest, so that consecutive threads write consecutive features of y's rows where G = d. No
+// cluster-wide barrier sits between the mainloop and y: pulling the partials through distributed
+// shared memory needed two, whose fences and waits were 20-28 % of the stall samples at 1-16 rows
+// (ncu, results/ncu10_h100). Shared memory after x's rows: slots [split][share][N + 2] floats (+2:
+// the rows a warp stores hit different banks), then the barrier, which the kernel initialises at
+// its start, expecting rows x N x 4 bytes. Index arithmetic by shifts: share, N and Gp are powers
+// of two; columns of planes l >= G (G = 3, 5, 6, 7 padded to Gp) are dropped.
+template <typename T, int NT, int ACT, int kCP>
 __device__ __forceinline__ void epilogue(const StreamParams& p, float (&acc)[kMT][NT][4], unsigned char* smem,
                                          int rank, int rt, int i, int goff, int gshift) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, r = lane >> 2, q = lane & 3;
-  const int rows_per_block = (blockDim.x >> 5) * 16 * kMT, G = p.G, Gp = p.Gp;
+  const int mwarp = warp / kCP, col0 = (warp % kCP) * NT * 8;  // this warp's m16 tile and first column
+  const int rows_per_block = (blockDim.x >> 5) / kCP * 16 * kMT, G = p.G, Gp = p.Gp;
   if (p.split == 1) {
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int j = rt * rows_per_block + warp * 16 * kMT + mt * 16 + h * 8 + r;
+        const int j = rt * rows_per_block + mwarp * 16 * kMT + mt * 16 + h * 8 + r;
         if (j >= p.b) continue;
 #pragma unroll
         for (int t = 0; t < NT; ++t)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int col = t * 8 + 2 * q + e, n = col >> gshift, l = col & (Gp - 1);
+            const int col = col0 + t * 8 + 2 * q + e, n = col >> gshift, l = col & (Gp - 1);
             if (n < p.batch && l < G) put<T, ACT>(p, acc[mt][t][2 * h + e], ((int64_t)i * p.b + j) * p.d + goff + l, n);
           }
       }
     return;
   }
-  constexpr int N = NT * 8, Np = N + 1;
-  float* red = reinterpret_cast<float*>(smem);  // over x: all its reads are done
-  __syncthreads();
+  constexpr int N = NT * 8 * kCP, Np = N + 2;
+  const int share = rows_per_block / p.split;  // a power of two
+  const int sshift = __ffs(share) - 1;
+  float* slots = reinterpret_cast<float*>(smem + 2 * (size_t)p.nb * p.xs_stride);
+  uint64_t* bar = reinterpret_cast<uint64_t*>(slots + (size_t)rows_per_block * Np);
+  hopper::cluster_wait();  // every block's barrier is initialised (arrived at the kernel's start)
+  const uint32_t slots_at = hopper::smem_u32(slots), bar_at = hopper::smem_u32(bar);
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-    for (int t = 0; t < NT; ++t)
+    for (int h = 0; h < 2; ++h) {
+      const int row = mwarp * 16 * kMT + mt * 16 + h * 8 + r, owner = row >> sshift;
+      const uint32_t dst = hopper::mapa(slots_at, owner) + ((rank * share + (row & (share - 1))) * Np + col0 + 2 * q) * 4;
+      const uint32_t dst_bar = hopper::mapa(bar_at, owner);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float* dst = red + (warp * 16 * kMT + mt * 16 + h * 8 + r) * Np + t * 8 + 2 * q;
-        dst[0] = acc[mt][t][2 * h];
-        dst[1] = acc[mt][t][2 * h + 1];
-      }
-  cluster_barrier();
-  const int share = rows_per_block / p.split;  // a power of two
-  const int sshift = __ffs(share) - 1;
+      for (int t = 0; t < NT; ++t) hopper::st_async_f32x2(dst + t * 32, acc[mt][t][2 * h], acc[mt][t][2 * h + 1], dst_bar);
+    }
+  hopper::mbarrier_wait_cluster(bar, 0);  // every rank's rows for this block have landed
 #pragma unroll 2
   for (int e = tid; e < share * N; e += blockDim.x) {
-    const int l = e & (Gp - 1), row = rank * share + ((e >> gshift) & (share - 1)), n = e >> (gshift + sshift);
-    const float* src = red + row * Np + n * Gp + l;
-    float part[8];
-#pragma unroll
-    for (int s = 0; s < 8; ++s) part[s] = s < p.split ? ld_cluster_f32(src, s) : 0.f;
-    float z = part[0];
-#pragma unroll
-    for (int s = 1; s < 8; ++s) z += part[s];
-    const int j = rt * rows_per_block + row;
-    if (n < p.batch && j < p.b && l < G) put<T, ACT>(p, z, ((int64_t)i * p.b + j) * p.d + goff + l, n);
+    const int l = e & (Gp - 1), rin = (e >> gshift) & (share - 1), n = e >> (gshift + sshift);
+    const int j = rt * rows_per_block + rank * share + rin;
+    if (n >= p.batch || j >= p.b || l >= G) continue;
+    const float* src = slots + rin * Np + n * Gp + l;
+    float z = src[0];
+    for (int s = 1; s < p.split; ++s) z += src[s * share * Np];
+    put<T, ACT>(p, z, ((int64_t)i * p.b + j) * p.d + goff + l, n);
   }
-  cluster_barrier();  // no block leaves while a peer reads its tile
+  // No barrier before leaving: a block leaves after every store into it has landed, and its own
+  // stores go to blocks that wait for them.
 }
 
-// NT: n8 tiles (N = 8 NT columns >= B * Gp). Block = 32 * warps threads, 16 kMT rows per warp.
+// NT: n8 tiles per warp; kCP: warps per m16 tile (ks_plan.h StreamShape::col_parts), each with NT
+// consecutive n8 tiles (N = 8 NT kCP columns >= B * Gp). Block = 32 * warps threads, 16 kMT rows
+// per kCP warps.
 // P: StreamParams, or StreamChainParams for ks::chain's launch (x is then the chain's input and
 // the block stages its first factor's output for its K slice).
-template <typename T, int NT, typename P, int kDepth>
+template <typename T, int NT, typename P, int kDepth, int kCP>
 __global__ void __launch_bounds__(128) stream_kernel(const P p) {
+  static_assert(kCP == 1 || !std::is_same<P, StreamChainParams>::value, "the chain's launch keeps kCP = 1");
   constexpr bool kFirst = std::is_same<P, StreamChainParams>::value;
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int r = lane >> 2, q = lane & 3;
-  const int rows_per_block = (blockDim.x >> 5) * 16 * kMT;
+  const int rows_per_block = (blockDim.x >> 5) / kCP * 16 * kMT;
+  const int mwarp = warp / kCP, col0 = (warp % kCP) * NT * 8;  // this warp's m16 tile and first column
   const int rank = blockIdx.x % p.split;
   const int unit = blockIdx.x / p.split;
   const int rt = unit % p.row_tiles, ig = unit / p.row_tiles;
@@ -296,7 +285,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   const T* w = static_cast<const T*>(p.w);
   const T* wrow[kMT][2];
   bool wok[kMT][2];
-  const int j0 = rt * rows_per_block + warp * 16 * kMT;
+  const int j0 = rt * rows_per_block + mwarp * 16 * kMT;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -323,6 +312,20 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   uint4 A[kDepth][kMT][2];  // kDepth steps in flight
 #pragma unroll
   for (int u = 0; u < kDepth; ++u) load_step(A[u], u);  // in flight while x is staged
+
+  // The split's reduction barrier (epilogue): initialised now, expecting the slot bytes of every
+  // rank; the cluster's wait in the epilogue makes it visible to the peers before they push.
+  if (p.split > 1) {
+    if (tid == 0) {
+      constexpr int N = NT * 8 * kCP;
+      uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 2 * (size_t)p.nb * p.xs_stride +
+                                                  (size_t)rows_per_block * (N + 2) * 4);
+      hopper::mbarrier_init(bar, 1);
+      hopper::mbarrier_arrive_expect_tx(bar, rows_per_block * N * 4);
+      hopper::fence_barrier_init();
+    }
+    hopper::cluster_arrive_relaxed();
+  }
 
   // x rows n < nb, positions [kbeg, kbeg + k_slice), as 8-position chunks (zeros past B and K),
   // copied asynchronously where rows are 16-byte aligned.
@@ -381,7 +384,7 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   masks_at(0, mask);
   const T* xcol[NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) xcol[t] = xs + ((t * 8 + r) >> gshift) * xs_stride + q * 8;
+  for (int t = 0; t < NT; ++t) xcol[t] = xs + ((col0 + t * 8 + r) >> gshift) * xs_stride + q * 8;
 
   float acc[kMT][NT][4];
 #pragma unroll
@@ -416,17 +419,17 @@ __global__ void __launch_bounds__(128) stream_kernel(const P p) {
   }
 
   switch (p.act) {  // the epilogue's code once per activation, not a switch per output
-    case 1: epilogue<T, NT, 1>(p, acc, smem, rank, rt, i, goff, gshift); break;
-    case 2: epilogue<T, NT, 2>(p, acc, smem, rank, rt, i, goff, gshift); break;
-    case 3: epilogue<T, NT, 3>(p, acc, smem, rank, rt, i, goff, gshift); break;
-    case 4: epilogue<T, NT, 4>(p, acc, smem, rank, rt, i, goff, gshift); break;
-    default: epilogue<T, NT, 0>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 1: epilogue<T, NT, 1, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 2: epilogue<T, NT, 2, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 3: epilogue<T, NT, 3, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    case 4: epilogue<T, NT, 4, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
+    default: epilogue<T, NT, 0, kCP>(p, acc, smem, rank, rt, i, goff, gshift); break;
   }
 }
 
-template <typename T, int NT, typename P, int kDepth>
+template <typename T, int NT, typename P, int kDepth, int kCP>
 cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
-  auto kernel = stream_kernel<T, NT, P, kDepth>;
+  auto kernel = stream_kernel<T, NT, P, kDepth, kCP>;
   static std::atomic<uint64_t> configured{0};
   int dev = 0;
   const cudaError_t e = hopper::device_with_smem(kernel, (int)kStreamMaxSmem, configured, &dev);
@@ -446,15 +449,23 @@ cudaError_t launch_nt(const P& p, const StreamShape& sh, cudaStream_t stream) {
   return cudaLaunchKernelEx(&cfg, kernel, p);
 }
 
-template <typename T, int NT, typename P>
+template <typename T, int NT, typename P, int kCP = 1>
 cudaError_t launch_depth(const P& p, const StreamShape& sh, cudaStream_t stream) {
-  if constexpr (NT == 8) return launch_nt<T, NT, P, 2>(p, sh, stream);  // depth 2 only (stream_shape)
-  else return sh.depth == 4 ? launch_nt<T, NT, P, 4>(p, sh, stream) : launch_nt<T, NT, P, 2>(p, sh, stream);
+  if constexpr (NT == 8) return launch_nt<T, NT, P, 2, kCP>(p, sh, stream);  // depth 2 only (stream_shape)
+  else return sh.depth == 4 ? launch_nt<T, NT, P, 4, kCP>(p, sh, stream) : launch_nt<T, NT, P, 2, kCP>(p, sh, stream);
 }
 
 // P = StreamChainParams (the chain's launch) only up to 64 columns: stream_matmul checks.
 template <typename T, typename P>
 cudaError_t launch_t(const P& p, const StreamShape& sh, cudaStream_t stream) {
+  if (sh.col_parts == 4) {  // 64-128 columns, a quarter per warp (stream_shape)
+    if constexpr (std::is_same<P, StreamParams>::value) {
+      if (sh.nt == 8) return launch_depth<T, 2, P, 4>(p, sh, stream);
+      if (sh.nt == 16) return launch_depth<T, 4, P, 4>(p, sh, stream);
+    }
+    return cudaErrorInvalidValue;
+  }
+  if (sh.col_parts != 1) return cudaErrorInvalidValue;
   switch (sh.nt) {
     case 1: return launch_depth<T, 1>(p, sh, stream);
     case 2: return launch_depth<T, 2>(p, sh, stream);
@@ -472,7 +483,7 @@ cudaError_t launch_t(const P& p, const StreamShape& sh, cudaStream_t stream) {
 cudaError_t stream_matmul(const MatmulArgs& g, const void* bias, int activation, cudaStream_t stream,
                           const StreamFirstFactor* first) {
   StreamShape sh;
-  if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh))
+  if (g.dtype == DType::F32 || !aligned16(g.w) || !stream_shape(g.a, g.b, g.c, g.d, g.batch, sm_count(), &sh, first != nullptr))
     return cudaErrorNotSupported;  // nothing launched: the caller may take another plan
   if (first && (g.batch_last || g.a != 1 || sh.group != g.d || sh.nt > 8 || first->c % 8 != 0 || first->b % 32 != 0 || !aligned16(first->w) ||
                 !aligned16(g.x) || g.ldx % 8 != 0 || (int64_t)first->a * first->b != (int64_t)g.c * g.d))

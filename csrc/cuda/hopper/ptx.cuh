@@ -120,6 +120,40 @@ __device__ __forceinline__ void mbarrier_arrive_cluster(uint64_t* bar, uint32_t 
       : "memory");
 }
 
+// Waits for phase `parity` of a barrier that other blocks of the cluster complete (st.async's
+// transactions): acquire at cluster scope, so that their stores are visible after it.
+__device__ __forceinline__ void mbarrier_wait_cluster(uint64_t* bar, uint32_t parity) {
+  KS_SM90_ASM(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// The split halves of cluster_sync: arrive without ordering anything (after fence_barrier_init
+// where barriers were initialised), wait with acquire.
+__device__ __forceinline__ void cluster_arrive_relaxed() { KS_SM90_ASM("barrier.cluster.arrive.relaxed;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { KS_SM90_ASM("barrier.cluster.wait;" ::: "memory"); }
+
+// The shared::cluster address of this block's shared-memory address `addr` in block `rank`.
+__device__ __forceinline__ uint32_t mapa(uint32_t addr, uint32_t rank) {
+  uint32_t remote = 0;
+  KS_SM90_ASM("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+  return remote;
+}
+
+// Two floats into a (possibly remote) block's shared memory at shared::cluster address `addr`
+// (8-byte aligned), completing 8 bytes of a transaction on the barrier at `bar` in that block.
+__device__ __forceinline__ void st_async_f32x2(uint32_t addr, float a, float b, uint32_t bar) {
+  KS_SM90_ASM("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];" ::"r"(addr),
+               "f"(a), "f"(b), "r"(bar)
+               : "memory");
+}
+
 // ---- wgmma ------------------------------------------------------------------------------------
 
 // Shared-memory matrix descriptor of a K-major tile in a SW-byte swizzle (SW = 128, 64 or 32: what
