@@ -65,3 +65,22 @@ def test_unknown_ref_is_named(tmp_path):
 def test_pure_modules_load():
     KSPattern, time_cuda, rotation_count, append_row, matmul_ref, chain_ref = ab.pure_ks_ops()
     assert KSPattern.of((1, 4, 4, 2)).nnz == 32 and callable(time_cuda) and callable(chain_ref)
+
+
+def test_case_sets_are_valid_patterns_and_batches():
+    from ks_ops.pattern import KSPattern
+    assert set(ab.CASE_SETS) == {"decode", "wide"}
+    for cases in ab.CASE_SETS.values():
+        for pat, batches in cases:
+            KSPattern.of(pat)  # raises on a malformed pattern
+            assert batches and all(isinstance(b, int) and b >= 1 for b in batches)
+
+
+def test_unknown_case_set_is_refused():
+    r = subprocess.run([sys.executable, TOOL, "--variant", "a=.", "--cases", "huge", "--out", "x.jsonl"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "huge" in r.stderr
+
+
+def test_not_served_is_printed_as_a_dash():
+    assert ab.fmt_us(None) == "-" and ab.fmt_us(3.14159) == "3.1"

@@ -38,6 +38,12 @@ FILES = ("csrc/cuda/ks_stream.cu", "csrc/ks_plan.h", "csrc/cuda/hopper/ptx.cuh")
 CASES = [((1, 128, 128, 8), (8, 16)), ((1, 128, 128, 32), (4, 16)), ((1, 768, 192, 2), (1, 16, 32)),
          ((1, 1536, 384, 2), (1, 16, 32)), ((1, 2048, 512, 2), (1, 4, 16, 32)), ((1, 128, 128, 3), (16, 32)),
          ((4, 384, 384, 6), (8,)), ((1, 8192, 2048, 2), (1, 16)), ((2, 40, 37, 8), (16,)), ((1, 72, 8, 7), (9,))]
+# 16-128 rows, where the rule takes Interleaved today and variants may widen the stream kernel past
+# 128 columns (a variant whose stream_shape does not serve a case is recorded as not timed).
+WIDE_CASES = [((1, 2048, 512, 2), (16, 32, 64, 128)), ((1, 768, 192, 2), (32, 64, 128)), ((1, 1536, 384, 2), (32, 64, 128)),
+              ((1, 128, 128, 8), (16, 32)), ((1, 128, 128, 3), (32, 64)), ((1, 768, 192, 3), (32, 64)),
+              ((1, 1024, 256, 6), (16, 32)), ((2, 512, 512, 3), (32, 64)), ((1, 8192, 2048, 2), (32, 64, 128))]
+CASE_SETS = {"decode": CASES, "wide": WIDE_CASES}
 # ks::chain in one stream launch: the auto chains of the 384 and 1024 blocks (fc1, fc2).
 CHAINS = [((6, 64, 64, 1), (1, 768, 192, 2)), ((16, 64, 64, 1), (1, 2048, 512, 2)),
           ((6, 64, 256, 1), (1, 128, 128, 3)), ((16, 64, 256, 1), (1, 128, 128, 8))]
@@ -55,6 +61,10 @@ def pure_ks_ops():
     from ks_ops.pattern import KSPattern
     from ks_ops.reference import ks_chain_reference, ks_matmul_reference
     return KSPattern, time_cuda, rotation_count, append_row, ks_matmul_reference, ks_chain_reference
+
+
+def fmt_us(t) -> str:
+    return "-" if t is None else f"{t:.1f}"
 
 
 def variant_of(spec: str) -> tuple[str, str]:
@@ -101,6 +111,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", type=variant_of, action="append", required=True, help="NAME=REF, two or more")
     ap.add_argument("--out", help="jsonl file the rows are appended to (required unless --extract-only)")
+    ap.add_argument("--cases", choices=sorted(CASE_SETS), default="decode",
+                    help="decode: 1-32 rows (default); wide: 16-128 rows, past the 128 columns main serves")
     ap.add_argument("--no-chains", action="store_true", help="skip the one-launch chains")
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build", "ab_stream"))
     ap.add_argument("--extract-only", action="store_true", help="write the variants' files under --build-dir, then stop")
@@ -138,7 +150,7 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
         return ((y.double() - ref).norm() / ref.norm()).item()
 
-    for pat, batches in CASES:
+    for pat, batches in CASE_SETS[args.cases]:
         p = KSPattern.of(pat)
         for B in batches:
             n = sets(2 * p.nnz)
@@ -148,15 +160,20 @@ def main(argv=None) -> int:
             ref = matmul_ref(xs[0], ws[0])
             row = {"pattern": pat, "rows": B, "sets": n, "gpu": torch.cuda.get_device_name()}
             for v, m in mods.items():
+                shape = m.shape(*pat, B)
+                row[v + "_blocks"] = shape[6] if shape else None
+                if not shape:  # this variant's stream_shape does not serve the case
+                    row[v] = row[v + "_err"] = None
+                    continue
                 row[v + "_err"] = check(lambda: m.run(xs[0], ws[0], y, *pat), y, ref)
                 row[v] = timed(lambda x, w, m=m: m.run(x, w, y, *pat), list(zip(xs, ws)))
-                row[v + "_blocks"] = (m.shape(*pat, B) or [0] * 7)[6]
             dn = sets(2 * p.in_features * p.out_features)
             dense = [torch.randn(p.out_features, p.in_features, dtype=dt, device=dev) for _ in range(dn)]
             row["dense"] = timed(lambda x, k: torch.nn.functional.linear(x, k), list(zip([xs[0]] * dn, dense)))
             append_row(args.out, row)
-            print(pat, B, " ".join(f"{v} {row[v]:.1f}" for v in names), f"| dense {row['dense']:.1f} | blocks",
-                  [row[v + "_blocks"] for v in names], "err %.1e" % max(row[v + "_err"] for v in names), flush=True)
+            errs = [row[v + "_err"] for v in names if row[v + "_err"] is not None]
+            print(pat, B, " ".join(f"{v} {fmt_us(row[v])}" for v in names), f"| dense {row['dense']:.1f} | blocks",
+                  [row[v + "_blocks"] for v in names], "err %.1e" % max(errs) if errs else "err -", flush=True)
     if args.no_chains:
         return 0
     for ch in CHAINS:
