@@ -207,36 +207,58 @@ constexpr int64_t kHugeWeight = int64_t{1} << 24;
 
 // Where Stream is the rule's plan (it serves the problem): the batch sizes where it measured
 // fastest on the H100 decode sweeps (results/stream2_h100_decode_plans.jsonl,
-// stream3_h100_nt16_decode_plans.jsonl, oddd1_h100_decode_plans.jsonl; tools/eval_rule.py):
-// - B * Gp <= 64 columns, or 128 where Gp = 8 (d = 5, 6, 7, 8k: at 16 rows 2.8-4.7x faster than
-//   the gemv kernel); at G = 2 and 64 rows it lost (170 vs 97 us);
+// stream3_h100_nt16_decode_plans.jsonl, oddd1_h100_decode_plans.jsonl, stream5_*; tools/eval_rule.py),
+// refitted on results/stream8_h100_decode_plans.jsonl (bf16, 12 patterns, 1-64 rows, both layouts;
+// the kernel with a relaxed last cluster barrier, its columns split over four warps where the
+// grid is small and the split's reduction by push: 5-28 % faster than before on d = 2 at 1-32
+// rows ((1, 768, 192, 2) at one row 4.44 -> 3.31 us), half the time or less on the 128 x 128
+// planes of d = 3 and 8 at 8-32 rows ((1, 128, 128, 3) at 32 rows 9.55 -> 4.42 us);
+// results/stream8_h100_push_ab.jsonl). The kernel serves B * Gp <= 128 columns:
+// - at most 128 columns, the kernel's limit when stream8 was measured (explicit here, so that a
+//   kernel serving more columns gets them from the rule only once they are measured);
 // - d = 1 only for one row, and only batch-first: from 2 rows cuBLAS on w as it lies (Strided)
 //   measured faster on 9 of 10 batch-first rows at 4 and 16 rows (by 5-40 %) and 2-4x at 64 (the
 //   kernel's columns are rows there); batch-last it was 1.1-1.65x Strided at one row too;
-// - batch-last from 8 rows Strided won on 23 of 28 rows (by up to 3x: cuBLAS's batch-last GEMM
-//   reads w once as well), but where w is huge (>= 2^24 elements: (1, 8192, 2048, 2) 1.84x faster
-//   at 16 rows), the weight-bound end;
-// - d = 2 at one row: the gemv kernel was 1.4-1.55x faster on w of 0.3-2 M elements (the
-//   cluster split's barriers at a few microseconds); on (1, 8192, 2048, 2) stream was 1.15x
-//   faster with w partly hot in L2, but the gemv kernel 1.08-1.15x faster cold (33.9 vs 36.6 us,
-//   32.5 vs 37.5: results/stream6_h100_fc2_f1_ab.jsonl, stream5_*), as a model's 32 MB layer is
-//   read, so batch-first takes it there too (batch-last: stream, not measured cold);
-// Refitted on results/stream5_h100_decode_plans.jsonl (one m16 tile per warp, K split to 32
-// positions, 4 steps in flight): d = 2 batch-first at 17-32 rows now stream (1.17-1.28x faster
-// than Interleaved; d = 3, 6, 8 there still Interleaved), d = 2 batch-last to 8 rows (1.1-1.75x
-// faster than Strided; at 16 mixed), huge w batch-last only to 16 rows (2.5x slower at 32).
+// - d = 2 at one row, batch-first: the gemv kernel, within 5 % of stream or faster (stream8: 3.99
+//   vs 3.82 us, 4.23 vs 4.22, 4.97 vs 5.52 on w of 0.3-2 M elements); batch-last stream (3.69 vs
+//   4.11, 4.26 vs 4.59, 5.42 vs 5.19); huge w in both layouts the gemv kernel: 35.8 vs 37.2 us
+//   batch-first, 35.6 vs 37.5 batch-last (hot; stream5 1.07-1.10x), and 1.08-1.15x faster cold
+//   (33.9 vs 36.6 us, 32.5 vs 37.5: results/stream6_h100_fc2_f1_ab.jsonl), as a model's 32 MB layer
+//   is read;
+// - batch-first to 16 rows every d it serves (Gp = 8 only to 16; stream8, all 12 patterns: the
+//   next plan 1.24-5.4x its time at 16 rows, 1.7-7.3x at 4; at one row 1.09-5.5x but for d = 2);
+// - batch-first 17-32 rows: d = 2 (stream8: 1.32-1.64x faster than Interleaved at 24-32 rows on w
+//   of 0.3-2 M elements; huge w a tie with the gemv kernel, 97.6 vs 94.0 and 99.7 vs 94.2 us,
+//   where stream5 had stream 1.05x ahead at 32) and d = 3 (1.18-1.78x faster than Interleaved on
+//   all 6 rows: (1, 128, 128, 3) 4.87 vs 8.51 us at 24 rows, (1, 768, 192, 3) 8.50 vs 10.05,
+//   (2, 512, 512, 3) 12.66 vs 18.06; on stream5, before the column split, 0.87-1.10x at 32);
+//   d = 4, which no decode sweep has, stays on Interleaved where it serves;
+// - batch-first 33-64 rows, d = 2 only where w < 2^19 elements: (1, 768, 192, 2) (2^18 + 2^15)
+//   1.15-1.20x faster than Interleaved at 48-64 rows (7.7 vs 8.9 us), but (1, 1536, 384, 2) and
+//   (1, 2048, 512, 2) 1.18-1.21x slower (15.0 vs 12.8, 19.5 vs 16.1 at 48); stream's time grows
+//   ~2x faster with w than Interleaved's there, crossing at ~0.6 M elements;
+// - batch-last to 16 rows for d = 2 (stream8: 1.05-1.17x faster than Strided at 16 rows on the
+//   three w of 0.3-2 M elements; on stream5 it won one of them by 1.06x and lost two by 1.08-1.2x),
+//   w < 2^18 elements ((1, 128, 128, 3) 4.68 vs 5.40 us, (1, 128, 128, 8) 5.58 vs 8.90 at 16
+//   rows; but on w of 0.44-3.5 M elements, d = 3, 6, 7, 32, Strided 1.22-2.6x faster) and huge w
+//   ((1, 8192, 2048, 2) 95.7 vs 118.8 us; 1.85x the gemv kernel's time at 24); to 4 rows otherwise
+//   (Strided won or tied all 6 such patterns at 8 rows on stream5); from 17 rows not (stream 4-6 %
+//   faster on (1, 128, 128, 3) only, on the rest 1.14-4.4x the best plan's time). stream8 has no
+//   rows at 2 or 8: 5-15 rows follow the 4 and 16 row ends (on stream5, before the column split
+//   and the push, Strided was faster at 8 rows on (1, 128, 128, 8): 6.16 vs 7.93 us).
 // in_chain: F2 of a 2-factor chain fused with its first factor (choose_stream_chain), where the
 // launch it saves outweighs the gemv kernel's 1-2.5 us edge at one row (the 384-1024 blocks' fc1
 // chains: 6.0-7.2 us in one launch against 10.7-11 for the gemv kernel's two).
 inline bool stream_takes(const Problem& q, bool in_chain = false) {
-  const int cols = stream_cols(q.d);
-  const bool huge_w = weight_elems(q) >= kHugeWeight;
-  if (q.batch * cols > 64 && cols != 8) return false;
+  const int64_t w = weight_elems(q);
+  const bool huge_w = w >= kHugeWeight;
+  if (q.batch * stream_cols(q.d) > 128) return false;
   if (q.d == 1 && (q.batch > 1 || q.batch_last)) return false;
-  if (q.batch_last && q.batch > (huge_w ? 16 : q.d == 2 ? 8 : 4)) return false;
-  if (q.d == 2 && q.batch == 1 && !in_chain && !(huge_w && q.batch_last)) return false;
-  // 17-32 rows: Interleaved where it serves, but for d = 2 and huge w.
-  if (q.batch > 16 && !huge_w && q.d != 2 && plan_serves(Plan::Interleaved, q)) return false;
+  if (q.d == 2 && q.batch == 1 && !in_chain && (huge_w || !q.batch_last)) return false;
+  if (q.batch_last && q.batch > (q.d == 2 || huge_w || w < (int64_t{1} << 18) ? 16 : 4)) return false;
+  if (!q.batch_last && q.batch > 16 &&
+      !(q.d == 3 || (q.d == 2 && (q.batch <= 32 || w < (int64_t{1} << 19)))))
+    return false;
   return plan_serves(Plan::Stream, q);
 }
 
@@ -268,7 +290,8 @@ inline Plan choose_plan(const Problem& q) {
   // rows (at one row the gemv kernel won batch-last d = 2 by 1.4-2x).
   if (q.batch <= 16 && !(half && q.sm >= 90 && (q.d == 1 || (q.batch_last && q.batch > 1)))) return Plan::Fused;
   // 17-512 rows, batch-first (results/mid1_h100_plans.jsonl, plans10_h100_*.jsonl; H100):
-  // - 17-64 rows: the Interleaved kernel wherever it serves but d = 12 (not measured there) --
+  // - 17-64 rows: the Interleaved kernel wherever it serves (and stream_takes did not take the
+  //   problem: d = 2 and 3 to 32 rows, d = 2 with w < 2^19 to 64) but d = 12 (not measured there) --
   //   best on 11 of 13 rows of the decode sweeps it was fitted on and on 13 of 16 of the MLP
   //   factors after (by 1.2-1.9x over the gemv kernel or Transposed), but for huge w;
   // - 65-512 rows, d = 2, 4, 8 (and 6 with the planes the B >= 1024 rule takes; d = 3 was mixed,

@@ -61,22 +61,23 @@ def test_rule_names_a_plan_that_serves(dtype, batch_last, sm):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_rule_streams_w_at_decode_sizes(dtype):
-    """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 while batch * Gp <= 64 columns
-    (Gp: the plane group G = d for d <= 8, 8 for d % 8 == 0, rounded up to a power of two), 128
-    where Gp = 8; at d = 1 only one row, batch-first; batch-last only to 4 rows (Strided from 8),
-    8 for d = 2, 16 where w is huge; not at d = 2 and one row (the gemv kernel) unless w is huge and
-    batch-last (the gemv kernel measured faster batch-first on the huge w read cold);
-    batch-first 17-32 rows go to Interleaved where it serves, but for d = 2. The kernel serves
-    batch * Gp <= 128; its shared memory (the block's x rows, K split over up to 8 blocks) bounds
-    c * G."""
+    """Stream (csrc/cuda/ks_stream.cu) for 16-bit products on sm_90 at decode sizes, as refitted on
+    benchmarks/results/stream8_h100_decode_plans.jsonl (csrc/ks_plan.h, stream_takes). The kernel
+    serves batch * Gp <= 128 columns (Gp: the plane group G = d for d <= 8, 8 for d % 8 == 0,
+    rounded up to a power of two); its shared memory (the block's x rows, K split over up to 8
+    blocks) bounds c * G. The rule: d = 1 only at one row, batch-first; d = 2 at one row only
+    batch-last and not for huge w (the gemv kernel); batch-first every d to 16 rows, d = 2 and 3 to
+    32 (not d = 4: Interleaved, not measured), d = 2 to 64 where w < 2^19 elements; batch-last to
+    16 rows for d = 2, w < 2^18 elements or huge w (>= 2^24), to 4 rows otherwise."""
     huge = (1, 8192, 2048, 2)  # 2^25 elements of w
     for batch_last in (False, True):
-        cases = [((1, 2048, 512, 2), (4,)), ((1, 128, 128, 8), (1, 4)), ((1, 128, 128, 32), (1, 4)),
-                 ((3, 40, 24, 4), (1, 4)), ((1, 128, 128, 3), (1, 4)), ((1, 128, 128, 6), (2, 4)),
-                 ((1, 256, 256, 5), (1, 4)), ((1, 512, 512, 7), (1, 4)), (huge, (4, 16) if not batch_last else (1, 4, 16))]
+        cases = [((1, 2048, 512, 2), (4,)), ((1, 128, 128, 8), (1, 4, 16)), ((1, 128, 128, 32), (1, 4)),
+                 ((3, 40, 24, 4), (1, 4)), ((1, 128, 128, 3), (1, 4, 16)), ((1, 128, 128, 6), (2, 4)),
+                 ((1, 256, 256, 5), (1, 4)), ((1, 512, 512, 7), (1, 4)), (huge, (4, 16)),
+                 ((1, 768, 192, 2), (4, 16)), ((1, 2048, 512, 2), (9, 16))]
         if not batch_last:
-            cases += [((16, 64, 64, 1), (1,)), ((1, 2048, 512, 2), (16,)), ((1, 128, 128, 3), (16,)), ((1, 128, 128, 6), (9, 16)),
-                      ((1, 128, 128, 32), (16,)), (huge, (32,))]
+            cases += [((16, 64, 64, 1), (1,)), ((1, 128, 128, 6), (9, 16)), ((1, 128, 128, 32), (16,)),
+                      ((1, 512, 512, 7), (16,)), ((4, 384, 384, 6), (16,)), ((1, 768, 192, 3), (16,)), (huge, (32,))]
         for pattern, batches in cases:
             for batch in batches:
                 assert plan_for(pattern, batch, dtype, batch_last=batch_last) == "stream", (pattern, batch, batch_last)
@@ -84,24 +85,41 @@ def test_rule_streams_w_at_decode_sizes(dtype):
         for batch in (2, 4, 16):  # d = 1 from 2 rows: cuBLAS on w as it lies (the gemv kernel only for fp32)
             assert plan_for((16, 64, 256, 1), batch, dtype, batch_last=batch_last) == "strided"
             assert plan_for((16, 64, 256, 1), batch, torch.float32, batch_last=batch_last) == "fused"
-        assert plan_for((1, 2048, 512, 2), 1, dtype, batch_last=batch_last) == "fused"  # d = 2, one row
-        assert plan_for(huge, 1, dtype, batch_last=batch_last) == ("stream" if batch_last else "fused")
+        for pattern in ((1, 768, 192, 2), (1, 1536, 384, 2), (1, 2048, 512, 2)):  # d = 2, one row
+            assert plan_for(pattern, 1, dtype, batch_last=batch_last) == ("stream" if batch_last else "fused"), pattern
+        assert plan_for(huge, 1, dtype, batch_last=batch_last) == "fused"  # huge w, one row: the gemv kernel
         assert plan_for((1, 128, 128, 12), 1, dtype, batch_last=batch_last) != "stream"  # d = 12: no group
         assert plan_for((1, 128, 5, 4), 1, dtype, batch_last=batch_last) != "stream"    # c * d % 8 != 0
         assert plan_for(huge, 64, dtype, batch_last=batch_last) == "fused"  # huge w at 64 rows: gemv
     assert plan_for((16, 64, 64, 1), 1, dtype, batch_last=True) == "strided"
-    for pattern in ((1, 128, 128, 3), (1, 256, 256, 5), (1, 128, 128, 32)):  # batch-last from 8 rows
-        for batch in (8, 16):
+    # batch-last: to 16 rows for d = 2, w < 2^18 elements or huge w; to 4 otherwise; Strided beyond
+    for pattern in ((1, 256, 256, 5), (1, 128, 128, 32), (1, 768, 192, 3), (2, 512, 512, 3), (1, 1024, 256, 6),
+                    (1, 256, 128, 8)):  # w of 2^18 elements and more
+        assert plan_for(pattern, 4, dtype, batch_last=True) == "stream", pattern
+        for batch in (5, 8, 16):
             assert plan_for(pattern, batch, dtype, batch_last=True) == "strided", (pattern, batch)
-    assert plan_for((1, 2048, 512, 2), 8, dtype, batch_last=True) == "stream"    # d = 2: to 8 rows
-    assert plan_for((1, 2048, 512, 2), 9, dtype, batch_last=True) == "strided"
-    assert plan_for(huge, 16, dtype, batch_last=True) == "stream" and plan_for(huge, 17, dtype, batch_last=True) != "stream"
-    assert plan_for((1, 128, 128, 3), 17, dtype) != "stream" and plan_for((1, 128, 128, 6), 17, dtype) != "stream"
-    for batch in (17, 32):  # batch-first 17-32 rows of d = 2: stream (64 columns)
-        assert plan_for((1, 2048, 512, 2), batch, dtype) == "stream"
-    for batch in (17, 32, 64):  # other d at 17-64 rows, and d = 2 past 64 columns: Interleaved where it serves
+    for pattern in ((1, 128, 128, 3), (1, 128, 128, 8), (1, 768, 192, 2), (1, 2048, 512, 2), huge):
+        assert plan_for(pattern, 16, dtype, batch_last=True) == "stream", pattern
+        assert plan_for(pattern, 17, dtype, batch_last=True) != "stream", pattern
+    assert plan_for((1, 128, 128, 3), 24, dtype, batch_last=True) == "strided"
+    # batch-first 17-32 rows: d = 2 and 3 (Interleaved was 1.18-1.78x stream's time at d = 3)
+    for batch in (17, 24, 32):
+        for pattern in ((1, 2048, 512, 2), (1, 768, 192, 2), (1, 128, 128, 3), (1, 768, 192, 3), (2, 512, 512, 3)):
+            assert plan_for(pattern, batch, dtype) == "stream", (pattern, batch)
+        assert plan_for((1, 128, 128, 4), batch, dtype) == "interleaved"  # d = 4: not measured
+        assert plan_for((1, 128, 128, 6), batch, dtype) == "interleaved"  # Gp = 8: 16 rows at most
+    # batch-first 33-64 rows: d = 2 where w < 2^19 elements (Interleaved 1.15-1.20x stream's time at
+    # (1, 768, 192, 2), 0.83-0.85x at 1.2-2.1 M elements)
+    for batch in (33, 48, 64):
+        assert plan_for((1, 768, 192, 2), batch, dtype) == "stream", batch
+        assert plan_for((1, 512, 256, 2), batch, dtype) == "stream", batch     # 2^18 elements
+        assert plan_for((1, 1024, 256, 2), batch, dtype) == "interleaved"      # 2^19 elements
+        assert plan_for((1, 1536, 384, 2), batch, dtype) == "interleaved"
+        assert plan_for((1, 2048, 512, 2), batch, dtype) == "interleaved"
         assert plan_for((1, 128, 128, 6), batch, dtype) == "interleaved"
-    assert plan_for((1, 2048, 512, 2), 33, dtype) == "interleaved"
+        assert plan_for((1, 128, 128, 3), batch, dtype) == "interleaved"       # past 128 columns
+    assert plan_for((1, 768, 192, 2), 65, dtype) != "stream"                    # past 128 columns
+    assert plan_for((1, 768, 192, 2), 48, dtype, batch_last=True) == "strided"
     assert plan_for((1, 2048, 512, 2), 16, torch.float32) != "stream"
     assert plan_serves("stream", (1, 2048, 512, 2), 64, dtype) and plan_for((1, 2048, 512, 2), 64, dtype) != "stream"
     # x rows of K positions over at most 8 blocks: 32 rows of 16384 / 8 positions fit in 160 KB, 64 do not
@@ -242,7 +260,8 @@ def test_rule_between_decode_and_large_batches(dtype):
     """17-512 rows, batch-first 16-bit on sm_90 (results/mid1_h100_plans.jsonl): Interleaved where it
     measured best -- any plane shape to 64 rows (not d = 12), from 65 rows only where b >= c, the
     planes are not small and w < 2^23; huge w (>= 2^24) with d in {2, 4, 8}: the gemv kernel to
-    256 rows (64 batch-last). d = 2 at 17-32 rows: stream (test_rule_streams_w_at_decode_sizes)."""
+    256 rows (64 batch-last). d = 2 and 3 at 17-32 rows, d = 2 to 64 where w < 2^19 elements: stream
+    (test_rule_streams_w_at_decode_sizes)."""
     for batch in (17, 64, 128, 256, 512):
         assert plan_for((1, 2048, 512, 2), batch, dtype) == ("stream" if batch <= 32 else "interleaved"), batch
         assert plan_for((1, 128, 128, 8), batch, dtype) == "interleaved", batch
@@ -259,7 +278,9 @@ def test_rule_between_decode_and_large_batches(dtype):
     assert plan_for((1, 8192, 2048, 2), 64, dtype, batch_last=True) == "fused"
     assert plan_for((1, 8192, 2048, 2), 128, dtype, batch_last=True) == "strided"
     assert plan_for((2, 128, 128, 12), 32, dtype) != "interleaved"
-    assert plan_for((1, 128, 128, 3), 32, dtype) == "interleaved"
+    assert plan_for((1, 128, 128, 3), 32, dtype) == "stream"
+    assert plan_for((1, 128, 128, 3), 48, dtype) == "interleaved"
+    assert plan_for((1, 128, 128, 4), 32, dtype) == "interleaved"
     assert plan_for((1, 128, 128, 3), 128, dtype) != "interleaved"
 
 
