@@ -209,8 +209,8 @@ constexpr int64_t kHugeWeight = int64_t{1} << 24;
 // fastest on the H100 decode sweeps (results/stream2_h100_decode_plans.jsonl,
 // stream3_h100_nt16_decode_plans.jsonl, oddd1_h100_decode_plans.jsonl, stream5_*; tools/eval_rule.py),
 // refitted on results/stream8_h100_decode_plans.jsonl (bf16, 12 patterns, 1-64 rows, both layouts;
-// the kernel with a relaxed last cluster barrier, its columns split over four warps where the
-// grid is small and the split's reduction by push: 5-28 % faster than before on d = 2 at 1-32
+// the kernel with its columns split over four warps where the grid is small and the split's
+// reduction by push, no cluster barrier left in the epilogue: 5-28 % faster than before on d = 2 at 1-32
 // rows ((1, 768, 192, 2) at one row 4.44 -> 3.31 us), half the time or less on the 128 x 128
 // planes of d = 3 and 8 at 8-32 rows ((1, 128, 128, 3) at 32 rows 9.55 -> 4.42 us);
 // results/stream8_h100_push_ab.jsonl). The kernel serves B * Gp <= 128 columns:
