@@ -70,7 +70,7 @@ def test_pure_modules_load():
 def test_case_sets_are_valid_patterns_and_batches():
     from ks_ops.pattern import KSPattern
     assert set(ab.CASE_SETS) == {"decode", "wide"}
-    for cases in ab.CASE_SETS.values():
+    for cases in [c for fam in ab.KERNELS.values() for c in fam["cases"].values()]:
         for pat, batches in cases:
             KSPattern.of(pat)  # raises on a malformed pattern
             assert batches and all(isinstance(b, int) and b >= 1 for b in batches)
@@ -84,3 +84,30 @@ def test_unknown_case_set_is_refused():
 
 def test_not_served_is_printed_as_a_dash():
     assert ab.fmt_us(None) == "-" and ab.fmt_us(3.14159) == "3.1"
+
+
+def test_each_kernel_family_extracts_its_files(tmp_path):
+    for name, fam in ab.KERNELS.items():
+        d = ab.extract(name, ".", str(tmp_path), fam["files"])
+        for path in fam["files"]:
+            with open(os.path.join(d, os.path.relpath(path, "csrc")), "rb") as got, open(os.path.join(ROOT, path), "rb") as want:
+                assert got.read() == want.read()
+        assert os.path.isfile(os.path.join(ROOT, "tools", fam["bind"]))
+        assert fam["cases"] and all(cases for cases in fam["cases"].values())
+
+
+def test_case_set_of_another_family_is_refused():
+    r = subprocess.run([sys.executable, TOOL, "--variant", "a=.", "--kernel", "interleaved", "--cases", "wide",
+                        "--out", "x.jsonl"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--cases wide is not a case set of --kernel interleaved" in r.stderr
+
+
+def test_interleaved_planes_are_w_transposed_and_zero_padded():
+    import torch
+    w = torch.randn(2, 5, 13, 3, dtype=torch.float64)  # c = 13: padded to 16
+    wp = ab.prepared("interleaved", w)
+    assert wp.shape == (2, 3, 5, 16)
+    for i, j, k, l in [(0, 0, 0, 0), (1, 4, 12, 2), (0, 3, 7, 1)]:
+        assert wp[i, l, j, k] == w[i, j, k, l]
+    assert (wp[..., 13:] == 0).all()
+    assert ab.prepared("stream", w) is w

@@ -30,8 +30,15 @@ std::vector<int64_t> shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t b
   return {s.nt, s.nb, s.warps, s.row_tiles, s.split, s.k_slice, s.blocks, s.smem};
 }
 
+// The variant's grid for the case, 0 where it does not serve it (tools/ab_stream.py's common call).
+int64_t blocks(int64_t a, int64_t b, int64_t c, int64_t d, int64_t batch) {
+  ks::StreamShape s;
+  return ks::stream_shape(a, b, c, d, batch, ks::detail::sm_count(), &s) ? s.blocks : 0;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("run", &run);
   m.def("run_chain", &run_chain);
   m.def("shape", &shape);
+  m.def("blocks", &blocks);
 }
