@@ -54,7 +54,8 @@ CASE_SETS = {"decode": CASES, "wide": WIDE_CASES}
 # plan there) and, for continuity, one large batch.
 INTERLEAVED_CASES = [((1, 2048, 512, 2), (64, 128, 256)), ((1, 128, 128, 8), (64, 256)), ((1, 1536, 384, 2), (64, 256)),
                      ((1, 768, 192, 3), (64, 256)), ((2, 512, 512, 3), (64, 256)), ((1, 1024, 256, 6), (64, 256)),
-                     ((4, 384, 384, 6), (64, 256)), ((1, 8192, 2048, 2), (64, 256)), ((6, 512, 512, 4), (4096,))]
+                     ((4, 384, 384, 6), (64, 256)), ((1, 8192, 2048, 2), (64, 256)), ((6, 512, 512, 4), (4096,)),
+                     ((3, 512, 512, 6), (4096,)), ((2, 768, 768, 2), (8192,))]
 # Per kernel family: its files, its binding (run(x, w_prepared, y, a, b, c, d), blocks(a, b, c, d,
 # batch): the grid, 0 where the variant does not serve the case, -1 where it does not say), its
 # case sets, and whether it has the one-launch chains.
