@@ -131,14 +131,14 @@ def extract(name: str, ref: str, build_root: str, files=FILES) -> str:
     return d
 
 
-def build(name: str, d: str, bind: str = "ab_stream_bind.cu"):
+def build(name: str, d: str, family: str = "stream"):
+    """The variant in folder d compiled with its family's binding, as extension ab_<family>_<name>."""
     from torch.utils.cpp_extension import load
     # The variant's folders first: its kernel's quoted includes find their siblings in the variant,
     # the rest in the checkout.
     inc = [os.path.join(d, "cuda", "hopper"), os.path.join(d, "cuda"), os.path.join(ROOT, "csrc", "cuda", "hopper"),
            os.path.join(ROOT, "csrc", "cuda"), os.path.join(ROOT, "csrc")]
-    return load(f"ab_{os.path.splitext(bind)[0].replace('ab_', '').replace('_bind', '')}_{name}",
-                [os.path.join(ROOT, "tools", bind)], extra_include_paths=inc,
+    return load(f"ab_{family}_{name}", [os.path.join(ROOT, "tools", KERNELS[family]["bind"])], extra_include_paths=inc,
                 extra_cuda_cflags=["-O3", "-gencode=arch=compute_90a,code=sm_90a"], build_directory=d, verbose=False)
 
 
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
         return 0
     t0 = time.time()
     with ThreadPoolExecutor(len(dirs)) as ex:  # nvcc is single-threaded: one per variant
-        mods = dict(zip(dirs, ex.map(lambda n: build(n, dirs[n], kernel["bind"]), dirs)))
+        mods = dict(zip(dirs, ex.map(lambda n: build(n, dirs[n], args.kernel), dirs)))
     print(f"built {names} in {time.time() - t0:.0f} s", flush=True)
     if args.build_only:
         return 0

@@ -23,13 +23,6 @@ void run_chain(torch::Tensor x, torch::Tensor w1, torch::Tensor w2, torch::Tenso
   TORCH_CHECK(e == cudaSuccess, "stream chain: ", cudaGetErrorString(e));
 }
 
-// The launch shape the variant's stream_shape picks (empty where it does not serve).
-std::vector<int64_t> shape(int64_t a, int64_t b, int64_t c, int64_t d, int64_t batch) {
-  ks::StreamShape s;
-  if (!ks::stream_shape(a, b, c, d, batch, ks::detail::sm_count(), &s)) return {};
-  return {s.nt, s.nb, s.warps, s.row_tiles, s.split, s.k_slice, s.blocks, s.smem};
-}
-
 // The variant's grid for the case, 0 where it does not serve it (tools/ab_stream.py's common call).
 int64_t blocks(int64_t a, int64_t b, int64_t c, int64_t d, int64_t batch) {
   ks::StreamShape s;
@@ -39,6 +32,5 @@ int64_t blocks(int64_t a, int64_t b, int64_t c, int64_t d, int64_t batch) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("run", &run);
   m.def("run_chain", &run_chain);
-  m.def("shape", &shape);
   m.def("blocks", &blocks);
 }
